@@ -1,0 +1,28 @@
+"""omni_core: OmniGen2 in plain PyTorch (no ComfyUI imports), faithful to the official implementation.
+
+The public API: `load_model(...)` returns an `OmniGen2` with `.generate(...)`, or `.encode_condition(...)` then
+`.sample(...)`. Everything else is importable from its own module.
+"""
+
+from .condition import Condition, ReferenceImage, TextCondition
+from .config import TransformerConfig
+from .errors import CheckpointMismatchError, InvalidInputError, ModelFileError, OmniGen2Error
+from .loading.model_loader import DEFAULT_MODEL_DIR, load_model
+from .pipeline import GenerationResult, OmniGen2
+from .transformer import OmniGen2Transformer
+
+__all__ = [
+    "CheckpointMismatchError",
+    "Condition",
+    "DEFAULT_MODEL_DIR",
+    "GenerationResult",
+    "InvalidInputError",
+    "ModelFileError",
+    "OmniGen2",
+    "OmniGen2Error",
+    "OmniGen2Transformer",
+    "ReferenceImage",
+    "TextCondition",
+    "TransformerConfig",
+    "load_model",
+]

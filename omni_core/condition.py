@@ -1,0 +1,73 @@
+"""What a generation is conditioned on: encoded prompts and reference latents, as one immutable object."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+MAX_REFERENCE_IMAGES = 5  # the checkpoint's image_index_embedding has one row per reference slot
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """Last hidden states of the MLLM for one prompt: `embeds` [1, L, D], `mask` [1, L] (1 = real token)."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """One reference image as the transformer sees it: scaled VAE latent [C, h, w] and its pixel size.
+
+    `position_scale` > 1 marks a compact (downscaled) reference whose Omni-RoPE row/column ids are stretched back
+    onto the full-size grid; `keep_index` (token indices, row-major) marks a pruned one. Both default to "as encoded".
+    """
+
+    latent: torch.Tensor
+    pixel_size: tuple[int, int]
+    position_scale: float = 1.0
+    keep_index: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A positive prompt, an optional negative prompt and 0..5 reference images, ready for sampling."""
+
+    positive: TextCondition
+    negative: TextCondition | None = None
+    references: tuple[ReferenceImage, ...] = ()
+    fingerprint: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.references) > MAX_REFERENCE_IMAGES:
+            from .errors import InvalidInputError
+
+            raise InvalidInputError(
+                f"{len(self.references)} reference images given; OmniGen2 takes at most {MAX_REFERENCE_IMAGES}. "
+                "Remove some images or combine them into one."
+            )
+        if not self.fingerprint:
+            object.__setattr__(self, "fingerprint", condition_fingerprint(self))
+
+
+def tensor_fingerprint(tensor: torch.Tensor) -> str:
+    """A content hash of a tensor (shape, dtype and bytes), for cache keys that must never collide across inputs."""
+    data = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha1(f"{tuple(data.shape)}|{data.dtype}".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def condition_fingerprint(condition: Condition) -> str:
+    """Hash of everything that determines the reference tokens' content (not the prompts: refs never see text)."""
+    digest = hashlib.sha1()
+    for ref in condition.references:
+        digest.update(tensor_fingerprint(ref.latent).encode())
+        digest.update(f"{ref.pixel_size}|{ref.position_scale}".encode())
+        if ref.keep_index is not None:
+            digest.update(tensor_fingerprint(ref.keep_index).encode())
+    return digest.hexdigest()

@@ -1,0 +1,237 @@
+"""OmniGen2 end to end: prompts and images to a condition, a condition to images. The API nodes, CLI and tests use.
+
+`encode_condition` runs the MLLM and the VAE encoder once; `sample` can then be called many times (new seeds,
+sizes, steps) without re-encoding. `generate` is both in one call with the official pipeline's defaults.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage
+from .errors import InvalidInputError, OmniGen2Error
+from .guidance import GuidedVelocity
+from .image_processing import ImageLike, check_output_size, postprocess, preprocess_reference
+from .sampler import sample_euler
+from .schedule import flow_timesteps
+from .text_encoder import TextEncoder
+from .transformer import OmniGen2Transformer
+from .vae import decode_latents, encode_to_latents
+
+DEFAULT_SIZE = 1024  # the official default_sample_size 128 x VAE factor 8
+LATENT_FACTOR = 8
+Progress = Callable[[int, int, torch.Tensor], None]
+
+
+@dataclass
+class GenerationResult:
+    """images [B, 3, H, W] in [0, 1]; latents [B, C, H/8, W/8] in the transformer's (scaled) space; run figures."""
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def initial_noise(seed: int, count: int, channels: int, latent_size: tuple[int, int]) -> torch.Tensor:
+    """randn([1, C, h, w]) from a CPU generator seeded seed + i for image i: the same images on every device."""
+    return torch.cat(
+        [torch.randn([1, channels, *latent_size], generator=torch.Generator().manual_seed(seed + i)) for i in range(count)]
+    )
+
+
+def _check_guidance(text_guidance_scale: float, image_guidance_scale: float, cfg_range: Sequence[float]) -> tuple[float, float]:
+    for name, value in (("text_guidance_scale", text_guidance_scale), ("image_guidance_scale", image_guidance_scale)):
+        if not isinstance(value, (int, float)) or value != value or value < 0:
+            raise InvalidInputError(f"{name} must be a number >= 0 (1 disables it), got {value!r}.")
+    if len(cfg_range) != 2 or not 0.0 <= cfg_range[0] <= cfg_range[1] <= 1.0:
+        raise InvalidInputError(f"cfg_range must be (start, end) with 0 <= start <= end <= 1, got {tuple(cfg_range)}.")
+    return float(cfg_range[0]), float(cfg_range[1])
+
+
+class OmniGen2:
+    """The three models of OmniGen2 and the official generation procedure over them."""
+
+    def __init__(
+        self,
+        transformer: OmniGen2Transformer,
+        vae: torch.nn.Module,
+        text_encoder: TextEncoder,
+        scheduler_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.scheduler_config = {"num_train_timesteps": 1000, "dynamic_time_shift": True, **(scheduler_config or {})}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @torch.no_grad()
+    def encode_condition(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        images: Sequence[ImageLike] | None = None,
+        max_pixels: int = 1024 * 1024,
+        max_input_image_side_length: int = 1024,
+    ) -> Condition:
+        """Encode the prompts with the MLLM and each reference image with the VAE (posterior mean)."""
+        if not isinstance(prompt, str):
+            raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}.")
+        images = list(images or [])
+        if len(images) > MAX_REFERENCE_IMAGES:
+            raise InvalidInputError(
+                f"{len(images)} reference images given; OmniGen2 takes at most {MAX_REFERENCE_IMAGES}. "
+                "Remove some images or combine them into one."
+            )
+        references = []
+        for j, image in enumerate(images):
+            pixels = preprocess_reference(image, max_pixels, max_input_image_side_length, name=f"image {j + 1}")
+            latent = encode_to_latents(self.vae, pixels.to(self.device))[0]
+            references.append(ReferenceImage(latent=latent, pixel_size=tuple(pixels.shape[-2:])))
+        return Condition(
+            positive=self.text_encoder.encode_prompt(prompt),
+            negative=self.text_encoder.encode_negative(negative_prompt),
+            references=tuple(references),
+        )
+
+    def output_size(
+        self, condition: Condition, width: int | None, height: int | None, max_pixels: int, align_res: bool | None
+    ) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(sampled (H, W), delivered (H, W)) by the official rules.
+
+        With exactly one reference and align_res (by default: when no size is given) the output takes the
+        reference's processed size; otherwise the requested size (default 1024) scaled to max_pixels and floored to
+        multiples of 16 is sampled, and the decoded image is resized back to the requested size.
+        """
+        if align_res is None:
+            align_res = width is None and height is None
+        if align_res and len(condition.references) == 1:
+            size = tuple(condition.references[0].pixel_size)
+            return size, size
+        requested = (height or DEFAULT_SIZE, width or DEFAULT_SIZE)
+        return check_output_size(requested[0], requested[1], max_pixels), requested
+
+    @torch.no_grad()
+    def sample(
+        self,
+        condition: Condition,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int = 50,
+        text_guidance_scale: float = 5.0,
+        image_guidance_scale: float = 2.0,
+        cfg_range: Sequence[float] = (0.0, 1.0),
+        seed: int = 0,
+        num_images: int = 1,
+        max_pixels: int = 1024 * 1024,
+        align_res: bool | None = None,
+        progress: Progress | None = None,
+    ) -> GenerationResult:
+        """Denoise `num_images` latents from seeded noise under `condition` and decode them."""
+        cfg_range = _check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
+        if not isinstance(num_images, int) or num_images < 1:
+            raise InvalidInputError(f"num_images must be a whole number >= 1, got {num_images!r}.")
+        (sample_h, sample_w), delivered = self.output_size(condition, width, height, max_pixels, align_res)
+        latent_size = (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR)
+        timesteps = flow_timesteps(
+            steps, latent_size[0] * latent_size[1], self.scheduler_config.get("dynamic_time_shift", True)
+        ).to(self.device)
+        channels = self.transformer.config.in_channels
+        noise = initial_noise(seed, num_images, channels, latent_size).to(self.device)
+
+        velocity = GuidedVelocity(
+            self._pass_runner(condition),
+            condition.positive,
+            condition.negative,
+            has_references=bool(condition.references),
+            steps=steps,
+            text_scale=text_guidance_scale,
+            image_scale=image_guidance_scale,
+            cfg_range=cfg_range,
+        )
+        step_seconds: list[float] = []
+        clock = [time.perf_counter()]
+
+        def on_step(info: dict) -> None:
+            now = time.perf_counter()
+            step_seconds.append(now - clock[0])
+            clock[0] = now
+            if progress is not None:
+                progress(info["i"] + 1, steps, info["x"])
+
+        latents = sample_euler(velocity, noise, timesteps, callback=on_step)
+        if not torch.isfinite(latents).all():
+            raise OmniGen2Error(
+                "sampling produced NaN or infinite values; float16 weights can overflow, load the model in "
+                "bfloat16 or float32 instead."
+            )
+        images = postprocess(decode_latents(self.vae, latents), delivered)
+        stats = {
+            "steps": steps,
+            "seconds_per_step": sum(step_seconds) / max(len(step_seconds), 1),
+            "sampled_size": [sample_h, sample_w],
+            "reference_images": len(condition.references),
+        }
+        return GenerationResult(images=images, latents=latents, stats=stats)
+
+    def _pass_runner(self, condition: Condition):
+        """The transformer call for one batch of guidance passes, in the transformer's dtype."""
+        transformer, dtype = self.transformer, self.dtype
+        references = [ref.latent.to(self.device, dtype) for ref in condition.references]
+
+        def run(latents, t, embeds, mask, with_references):
+            N = latents.shape[0]
+            return transformer(
+                latents.to(dtype),
+                t.expand(N).to(dtype),
+                embeds.to(self.device, dtype),
+                mask.to(self.device),
+                [references] * N if with_references and references else None,
+            )
+
+        return run
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        images: Sequence[ImageLike] | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int = 50,
+        text_guidance_scale: float = 5.0,
+        image_guidance_scale: float = 2.0,
+        cfg_range: Sequence[float] = (0.0, 1.0),
+        max_pixels: int = 1024 * 1024,
+        max_input_image_side_length: int = 1024,
+        seed: int = 0,
+        num_images: int = 1,
+        align_res: bool | None = None,
+        progress: Progress | None = None,
+    ) -> GenerationResult:
+        """Text-to-image, editing or in-context generation in one call (see `encode_condition` and `sample`)."""
+        condition = self.encode_condition(prompt, negative_prompt, images, max_pixels, max_input_image_side_length)
+        return self.sample(
+            condition,
+            width=width,
+            height=height,
+            steps=steps,
+            text_guidance_scale=text_guidance_scale,
+            image_guidance_scale=image_guidance_scale,
+            cfg_range=cfg_range,
+            seed=seed,
+            num_images=num_images,
+            max_pixels=max_pixels,
+            align_res=align_res,
+            progress=progress,
+        )

@@ -1,0 +1,341 @@
+"""The OmniGen2 diffusion transformer, with state-dict keys equal to the official checkpoints.
+
+Reads top-down like diffusers' Lumina2 file, its ancestor: leaves first (embeddings, feed-forward, modulation,
+attention, block, output norm), the model last. Weight-owning constructors take an `operations` namespace
+(see `ops.py`) so ComfyUI can supply its own layer classes. Numbers follow `shared/docs/omnigen2-facts.md`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention
+from .config import TransformerConfig
+from .errors import InvalidInputError
+from .layout import ReferenceGrid, SampleLayout
+from .ops import default_operations
+from .packing import pad_sequences, patchify, unpatchify
+from .rope import OmniRoPE, Rotation, apply_rotation
+
+MAX_REFERENCE_IMAGES = 5
+TIMESTEP_FREQUENCY_DIM = 256
+
+
+def timestep_sinusoids(timestep: torch.Tensor, dim: int = TIMESTEP_FREQUENCY_DIM, scale: float = 1000.0) -> torch.Tensor:
+    """[cos | sin] of scale * t * 10000^(-k / (dim / 2)), float32: diffusers' Timesteps(flip_sin_to_cos, shift 0)."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timestep.device) / half)
+    angles = scale * (timestep[:, None].float() * frequencies[None, :])
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoids -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, width: int, operations: SimpleNamespace, dtype=None, device=None) -> None:
+        super().__init__()
+        self.linear_1 = operations.Linear(TIMESTEP_FREQUENCY_DIM, width, dtype=dtype, device=device)
+        self.linear_2 = operations.Linear(width, width, dtype=dtype, device=device)
+
+    def forward(self, sinusoids: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(sinusoids)))
+
+
+class TimeCaptionEmbedding(nn.Module):
+    """Embeds the timestep (depends on t only) and projects MLLM hidden states to the model width."""
+
+    def __init__(self, config: TransformerConfig, operations: SimpleNamespace, dtype=None, device=None) -> None:
+        super().__init__()
+        self.timestep_scale = config.timestep_scale
+        self.timestep_embedder = TimestepEmbedder(config.time_embed_dim, operations, dtype, device)
+        self.caption_embedder = nn.Sequential(
+            operations.RMSNorm(config.text_feat_dim, eps=config.norm_eps, dtype=dtype, device=device),
+            operations.Linear(config.text_feat_dim, config.hidden_size, dtype=dtype, device=device),
+        )
+
+    def embed_time(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.timestep_embedder(timestep_sinusoids(timestep, scale=self.timestep_scale).to(dtype))
+
+    def embed_caption(self, text_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.caption_embedder(text_hidden_states)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: linear_2(silu(linear_1 x) * linear_3 x)."""
+
+    def __init__(self, config: TransformerConfig, operations: SimpleNamespace, dtype=None, device=None) -> None:
+        super().__init__()
+        dim, inner = config.hidden_size, config.ffn_inner_dim
+        self.linear_1 = operations.Linear(dim, inner, bias=False, dtype=dtype, device=device)
+        self.linear_2 = operations.Linear(inner, dim, bias=False, dtype=dtype, device=device)
+        self.linear_3 = operations.Linear(dim, inner, bias=False, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)) * self.linear_3(x))
+
+
+@dataclass(frozen=True)
+class ModulationOut:
+    """Per-sample [B, D] modulation of a block; there is no shift term in OmniGen2."""
+
+    scale_msa: torch.Tensor
+    gate_msa: torch.Tensor
+    scale_mlp: torch.Tensor
+    gate_mlp: torch.Tensor
+
+
+class Modulation(nn.Module):
+    """`norm1` of a modulated block: RMSNorm plus the linear map from the time embedding to scales and gates."""
+
+    def __init__(self, config: TransformerConfig, operations: SimpleNamespace, dtype=None, device=None) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.linear = operations.Linear(config.time_embed_dim, 4 * dim, dtype=dtype, device=device)
+        self.norm = operations.RMSNorm(dim, eps=config.norm_eps, dtype=dtype, device=device)
+
+    def forward(self, temb: torch.Tensor) -> ModulationOut:
+        return ModulationOut(*self.linear(F.silu(temb)).chunk(4, dim=1))
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RMSNorm on queries and keys, rotated by Omni-RoPE."""
+
+    def __init__(self, config: TransformerConfig, operations: SimpleNamespace, dtype=None, device=None) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_kv_heads, config.head_dim
+        dim, kv_dim = config.hidden_size, config.num_kv_heads * config.head_dim
+        self.to_q = operations.Linear(dim, dim, bias=False, dtype=dtype, device=device)
+        self.to_k = operations.Linear(dim, kv_dim, bias=False, dtype=dtype, device=device)
+        self.to_v = operations.Linear(dim, kv_dim, bias=False, dtype=dtype, device=device)
+        self.norm_q = operations.RMSNorm(self.head_dim, eps=1e-5, dtype=dtype, device=device)
+        self.norm_k = operations.RMSNorm(self.head_dim, eps=1e-5, dtype=dtype, device=device)
+        self.to_out = nn.ModuleList([operations.Linear(dim, dim, bias=False, dtype=dtype, device=device)])
+
+    def project(self, x: torch.Tensor, rotation: Rotation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, S, dim] -> rotated q [B, H, S, D] and k, v [B, H_kv, S, D]."""
+        B, S, _ = x.shape
+        query = self.norm_q(self.to_q(x).view(B, S, self.heads, self.head_dim))
+        key = self.norm_k(self.to_k(x).view(B, S, self.kv_heads, self.head_dim))
+        value = self.to_v(x).view(B, S, self.kv_heads, self.head_dim)
+        query, key = apply_rotation(query, rotation), apply_rotation(key, rotation)
+        return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None) -> torch.Tensor:
+        query, key, value = self.project(x, rotation)
+        out = attention(query, key, value, mask)  # (B, H, S, D)
+        return self.to_out[0](out.transpose(1, 2).flatten(2))
+
+
+class TransformerBlock(nn.Module):
+    """Sandwich-normed attention and SwiGLU, each added back through a tanh gate when modulated by time."""
+
+    def __init__(
+        self, config: TransformerConfig, modulation: bool, operations: SimpleNamespace, dtype=None, device=None
+    ) -> None:
+        super().__init__()
+        dim, eps = config.hidden_size, config.norm_eps
+        self.modulation = modulation
+        self.attn = Attention(config, operations, dtype, device)
+        self.feed_forward = FeedForward(config, operations, dtype, device)
+        self.norm1 = (
+            Modulation(config, operations, dtype, device)
+            if modulation
+            else operations.RMSNorm(dim, eps=eps, dtype=dtype, device=device)
+        )
+        self.norm2 = operations.RMSNorm(dim, eps=eps, dtype=dtype, device=device)
+        self.ffn_norm1 = operations.RMSNorm(dim, eps=eps, dtype=dtype, device=device)
+        self.ffn_norm2 = operations.RMSNorm(dim, eps=eps, dtype=dtype, device=device)
+
+    def forward(
+        self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, temb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if not self.modulation:
+            x = x + self.norm2(self.attn(self.norm1(x), rotation, mask))
+            return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
+        mod = self.norm1(temb)
+        attn_out = self.attn(self.norm1.norm(x) * (1 + mod.scale_msa[:, None]), rotation, mask)
+        x = x + mod.gate_msa[:, None].tanh() * self.norm2(attn_out)
+        ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + mod.scale_mlp[:, None]))
+        return x + mod.gate_mlp[:, None].tanh() * self.ffn_norm2(ffn_out)
+
+
+class OutputNorm(nn.Module):
+    """LayerNorm without affine, scaled by (1 + linear_1(silu(temb))), then projected to patch pixels."""
+
+    def __init__(self, config: TransformerConfig, operations: SimpleNamespace, dtype=None, device=None) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.linear_1 = operations.Linear(config.time_embed_dim, dim, dtype=dtype, device=device)
+        self.norm = operations.LayerNorm(dim, eps=1e-6, elementwise_affine=False, dtype=dtype, device=device)
+        out_dim = config.patch_size * config.patch_size * config.output_channels
+        self.linear_2 = operations.Linear(dim, out_dim, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        scale = self.linear_1(F.silu(temb).to(x.dtype))
+        return self.linear_2(self.norm(x) * (1 + scale)[:, None, :])
+
+
+def _check_latent(latent: torch.Tensor, name: str, channels: int, patch_size: int) -> None:
+    if latent.ndim != 3 or latent.shape[0] != channels:
+        raise InvalidInputError(f"{name} must be a [{channels}, H, W] latent, got shape {tuple(latent.shape)}.")
+    if latent.shape[1] % patch_size or latent.shape[2] % patch_size or min(latent.shape[1:]) == 0:
+        raise InvalidInputError(
+            f"{name} has spatial size {tuple(latent.shape[1:])}; both sides must be positive multiples of the patch "
+            f"size {patch_size} (image sides multiples of {8 * patch_size} pixels)."
+        )
+
+
+class OmniGen2Transformer(nn.Module):
+    """OmniGen2's diffusion transformer: refiners per modality, then joint blocks over [text | references | noise].
+
+    `forward` takes the official argument names; RoPE is computed inside from each sample's layout.
+    """
+
+    def __init__(
+        self, config: TransformerConfig, operations: SimpleNamespace | None = None, dtype=None, device=None
+    ) -> None:
+        super().__init__()
+        ops = operations or default_operations
+        self.config = config
+        # 1. Positional, patch and conditional embeddings
+        self.rope = OmniRoPE(config.axes_dim_rope)
+        self.x_embedder = ops.Linear(config.patch_channels, config.hidden_size, dtype=dtype, device=device)
+        self.ref_image_patch_embedder = ops.Linear(config.patch_channels, config.hidden_size, dtype=dtype, device=device)
+        self.image_index_embedding = nn.Parameter(torch.empty(MAX_REFERENCE_IMAGES, config.hidden_size, dtype=dtype, device=device))
+        self.time_caption_embed = TimeCaptionEmbedding(config, ops, dtype, device)
+        # 2. Refiners: noise and references modulated by time, text not
+        refiners = range(config.num_refiner_layers)
+        self.noise_refiner = nn.ModuleList([TransformerBlock(config, True, ops, dtype, device) for _ in refiners])
+        self.ref_image_refiner = nn.ModuleList([TransformerBlock(config, True, ops, dtype, device) for _ in refiners])
+        self.context_refiner = nn.ModuleList([TransformerBlock(config, False, ops, dtype, device) for _ in refiners])
+        # 3. Joint transformer blocks
+        self.layers = nn.ModuleList([TransformerBlock(config, True, ops, dtype, device) for _ in range(config.num_layers)])
+        # 4. Output norm and projection
+        self.norm_out = OutputNorm(config, ops, dtype, device)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor | Sequence[torch.Tensor],
+        timestep: torch.Tensor,
+        text_hidden_states: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        ref_image_hidden_states: Sequence[Sequence[torch.Tensor] | None] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Predict the velocity (data - noise) for each latent.
+
+        hidden_states: [B, C, H, W] or a list of [C, H_i, W_i]; timestep [B] in [0, 1] (0 = noise);
+        text_hidden_states [B, L, text_feat_dim] right-padded with text_attention_mask [B, L];
+        ref_image_hidden_states: per sample a list of 0..5 reference latents [C, h, w] (or None).
+        Returns the same container type as hidden_states.
+        """
+        latents = list(hidden_states)
+        layouts, references = self._plan(latents, text_hidden_states, text_attention_mask, ref_image_hidden_states)
+        dtype, device = latents[0].dtype, latents[0].device
+        temb = self.time_caption_embed.embed_time(timestep.to(device).expand(len(latents)), dtype)  # (B, time_dim)
+
+        # 2. Refiners: each modality on its own
+        text = self._refine_text(text_hidden_states, text_attention_mask, layouts)
+        noise = self._refine_noise(latents, layouts, temb)
+        refs = self._refine_references(references, layouts, temb)
+
+        # 3. Joint blocks over [text | references | noise]
+        joint_tokens, joint_positions = [], []
+        for i, layout in enumerate(layouts):
+            joint_tokens.append(torch.cat([text[i, : layout.text_len], *refs[i], noise[i, : layout.noise_len]]))
+            joint_positions.append(
+                torch.cat([layout.text_positions(device), *layout.reference_positions(device), layout.noise_positions(device)])
+            )
+        x, mask = pad_sequences(joint_tokens)
+        rotation = self.rope(pad_sequences(joint_positions)[0])
+        for layer in self.layers:
+            x = layer(x, rotation, mask, temb)
+
+        # 4. Output norm and projection, 5. Unpatchify the noise tokens
+        x = self.norm_out(x, temb)
+        p = self.config.patch_size
+        outputs = [
+            unpatchify(x[i, layout.seq_len - layout.noise_len : layout.seq_len], layout.noise_grid, p)
+            for i, layout in enumerate(layouts)
+        ]
+        return torch.stack(outputs) if isinstance(hidden_states, torch.Tensor) else outputs
+
+    def _plan(self, latents, text_hidden_states, text_attention_mask, ref_image_hidden_states):
+        """Validate inputs and describe each sample's sequence."""
+        config, p = self.config, self.config.patch_size
+        B = len(latents)
+        if text_hidden_states.ndim != 3 or text_hidden_states.shape[0] != B or text_hidden_states.shape[2] != config.text_feat_dim:
+            raise InvalidInputError(
+                f"text_hidden_states must be [{B}, L, {config.text_feat_dim}], got {tuple(text_hidden_states.shape)}."
+            )
+        if text_attention_mask.shape != text_hidden_states.shape[:2]:
+            raise InvalidInputError(
+                f"text_attention_mask {tuple(text_attention_mask.shape)} does not match text_hidden_states "
+                f"{tuple(text_hidden_states.shape[:2])}."
+            )
+        text_lens = text_attention_mask.sum(dim=1).tolist()
+        positions = torch.arange(text_attention_mask.shape[1], device=text_attention_mask.device)
+        if not torch.equal(text_attention_mask.bool(), positions[None, :] < text_attention_mask.sum(dim=1, keepdim=True)):
+            raise InvalidInputError("text_attention_mask must be right-padded (ones, then zeros) in every row.")
+        if ref_image_hidden_states is None:
+            ref_image_hidden_states = [None] * B
+        if len(ref_image_hidden_states) != B:
+            raise InvalidInputError(f"ref_image_hidden_states has {len(ref_image_hidden_states)} entries for {B} samples.")
+        layouts, references = [], []
+        for i, (latent, refs) in enumerate(zip(latents, ref_image_hidden_states)):
+            refs = list(refs or [])
+            if len(refs) > MAX_REFERENCE_IMAGES:
+                raise InvalidInputError(
+                    f"sample {i} has {len(refs)} reference images; OmniGen2 takes at most {MAX_REFERENCE_IMAGES}."
+                )
+            _check_latent(latent, f"hidden_states[{i}]", config.in_channels, p)
+            for j, ref in enumerate(refs):
+                _check_latent(ref, f"ref_image_hidden_states[{i}][{j}]", config.in_channels, p)
+            grids = tuple(ReferenceGrid(ref.shape[1] // p, ref.shape[2] // p) for ref in refs)
+            layouts.append(SampleLayout(int(text_lens[i]), grids, (latent.shape[1] // p, latent.shape[2] // p)))
+            references.append(refs)
+        return layouts, references
+
+    def _refine_text(self, text_hidden_states, text_attention_mask, layouts) -> torch.Tensor:
+        text = self.time_caption_embed.embed_caption(text_hidden_states)
+        B, L, _ = text.shape
+        mask = None if all(layout.text_len == L for layout in layouts) else text_attention_mask.bool()
+        rotation = self.rope(SampleLayout(L, (), (0, 0)).text_positions(text.device)[None].expand(B, L, 3))
+        for layer in self.context_refiner:
+            text = layer(text, rotation, mask)
+        return text
+
+    def _refine_noise(self, latents, layouts, temb) -> torch.Tensor:
+        p, device = self.config.patch_size, latents[0].device
+        x, mask = pad_sequences([patchify(latent, p) for latent in latents])
+        x = self.x_embedder(x)
+        rotation = self.rope(pad_sequences([layout.noise_positions(device) for layout in layouts])[0])
+        for layer in self.noise_refiner:
+            x = layer(x, rotation, mask, temb)
+        return x
+
+    def _refine_references(self, references, layouts, temb) -> list[list[torch.Tensor]]:
+        """Each reference image refined on its own (images do not see each other), all images in one batch."""
+        tokens, positions, owners = [], [], []
+        for i, (refs, layout) in enumerate(zip(references, layouts)):
+            for j, (ref, ids) in enumerate(zip(refs, layout.reference_positions(temb.device))):
+                tokens.append(self.ref_image_patch_embedder(patchify(ref, self.config.patch_size)) + self.image_index_embedding[j])
+                positions.append(ids)
+                owners.append(i)
+        if not tokens:
+            return [[] for _ in layouts]
+        x, mask = pad_sequences(tokens)
+        rotation = self.rope(pad_sequences(positions)[0])
+        ref_temb = temb[owners]
+        for layer in self.ref_image_refiner:
+            x = layer(x, rotation, mask, ref_temb)
+        refined: list[list[torch.Tensor]] = [[] for _ in layouts]
+        for row, (owner, ids) in enumerate(zip(owners, positions)):
+            refined[owner].append(x[row, : len(ids)])
+        return refined
