@@ -118,7 +118,7 @@ class OmniGen2:
         if align_res and len(condition.references) == 1:
             size = tuple(condition.references[0].pixel_size)
             return size, size
-        requested = (height or DEFAULT_SIZE, width or DEFAULT_SIZE)
+        requested = (DEFAULT_SIZE if height is None else height, DEFAULT_SIZE if width is None else width)
         return check_output_size(requested[0], requested[1], max_pixels), requested
 
     @torch.no_grad()

@@ -1,0 +1,159 @@
+"""Prompts to OmniGen2 text conditions: the Qwen2.5-VL MLLM's last hidden states, as the official pipelines make them.
+
+Generation (`encode`) formats each prompt with the tokenizer's chat template (system + user, no assistant header),
+right-pads, and keeps every template token. The chat path (`chat_inputs`, `generate`, `encode_chat`) shows images to
+the MLLM with `<imgN>: <|vision_start|><|image_pad|><|vision_end|>` before the text and drops the image-pad positions
+from the features it returns.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from .condition import TextCondition
+from .errors import InvalidInputError
+
+SYSTEM_PROMPT = "You are a helpful assistant that generates high-quality images based on user instructions."
+IMAGE_PAD = "<|image_pad|>"
+# The chat pipeline stops at the end of a turn or where the MLLM asks for an image.
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|img|>")
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """What the MLLM answered: the new token ids [N] (prompt removed) and their text, special tokens kept."""
+
+    token_ids: torch.Tensor
+    text: str
+
+
+def chat_template(prompt: str, num_images: int) -> str:
+    """The chat pipeline's conversation: images announced as `<imgN>:` before the text, assistant header appended."""
+    shown = "".join(f"<img{i}>: <|vision_start|>{IMAGE_PAD}<|vision_end|>" for i in range(1, num_images + 1))
+    return (
+        f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
+        f"<|im_start|>user\n{shown}{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+class TextEncoder:
+    """The MLLM (`Qwen2_5_VLForConditionalGeneration`, eval, frozen) with its tokenizer and image processor.
+
+    transformers' `Qwen2_5_VLProcessor` is not used: in transformers 5 it insists on a torchvision video processor,
+    and the image-pad expansion it does is one line here. `image_processor` may be None (text-only use).
+    """
+
+    def __init__(self, mllm: torch.nn.Module, tokenizer: Any, image_processor: Any | None = None) -> None:
+        self.mllm = mllm.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.mllm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.mllm.parameters()).dtype
+
+    def template(self, prompt: str) -> str:
+        """The generation pipeline's text for one prompt: the tokenizer's chat template, no assistant header."""
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+    @torch.no_grad()
+    def encode_batch(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features [B, L, D] and attention mask [B, L] (int64) of right-padded ("longest") templated prompts."""
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts) or not prompts:
+            raise InvalidInputError(f"prompts must be a non-empty list of strings, got {prompts!r}.")
+        tokens = self.tokenizer(
+            [self.template(p) for p in prompts], padding="longest", return_tensors="pt"
+        ).to(self.device)
+        features = self.mllm(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
+        ).hidden_states[-1]
+        return features, tokens.attention_mask.to(torch.int64)
+
+    def encode(self, prompts: Sequence[str]) -> list[TextCondition]:
+        """One condition per prompt, each cut to its own tokens (as if encoded alone), mask all ones."""
+        features, mask = self.encode_batch(prompts)
+        conditions = []
+        for row, prompt in enumerate(prompts):
+            length = int(mask[row].sum())
+            conditions.append(TextCondition(features[row : row + 1, :length], mask[row : row + 1, :length], prompt))
+        return conditions
+
+    def encode_prompt(self, prompt: str) -> TextCondition:
+        """One prompt to a condition: embeds [1, L, D], mask [1, L]."""
+        return self.encode([prompt])[0]
+
+    def encode_negative(self, prompt: str | None = None) -> TextCondition:
+        """The negative prompt; None means "" as in the official pipeline."""
+        return self.encode_prompt("" if prompt is None else prompt)
+
+    # Chat path: images shown to the MLLM.
+
+    def chat_inputs(self, prompt: str, images: Sequence[Image.Image], answer: str = "") -> dict[str, torch.Tensor]:
+        """Model inputs for the chat conversation with `images` shown; `answer` continues the assistant turn.
+
+        Each `<|image_pad|>` becomes one pad per merged patch (grid t*h*w / merge_size^2), as the processor does.
+        """
+        text = chat_template(prompt, len(images)) + answer
+        vision: dict[str, torch.Tensor] = {}
+        if images:
+            if self.image_processor is None:
+                raise InvalidInputError(
+                    "This text encoder has no image processor, so it cannot show images to the MLLM. Load it from a "
+                    "folder with preprocessor_config.json, or pass no images."
+                )
+            vision = dict(self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt"))
+            merge = self.image_processor.merge_size**2
+            pieces = text.split(IMAGE_PAD)
+            text = pieces[0]
+            for grid, piece in zip(vision["image_grid_thw"], pieces[1:]):
+                text += IMAGE_PAD * (int(grid.prod()) // merge) + piece
+        tokens = self.tokenizer([text], padding="longest", return_tensors="pt")
+        inputs = {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask.to(torch.int64)}
+        if vision:
+            inputs["pixel_values"] = vision["pixel_values"].to(self.dtype)
+            inputs["image_grid_thw"] = vision["image_grid_thw"]
+            if _accepts(self.mllm.forward, "mm_token_type_ids"):  # transformers 5 needs it for 3D RoPE ids
+                image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+                inputs["mm_token_type_ids"] = (tokens.input_ids == image_id).to(torch.int64)
+        return {name: value.to(self.device) for name, value in inputs.items()}
+
+    @torch.no_grad()
+    def generate(self, prompt: str, images: Sequence[Image.Image] = (), max_new_tokens: int = 256) -> ChatReply:
+        """Greedy answer of the MLLM, stopping at the end of its turn or at `<|img|>` (a request to draw)."""
+        inputs = self.chat_inputs(prompt, images)
+        known = (self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS if t in self.tokenizer.get_vocab())
+        output = self.mllm.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=list(known),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        new_ids = output[0, inputs["input_ids"].shape[1] :].cpu()
+        return ChatReply(new_ids, self.tokenizer.decode(new_ids, skip_special_tokens=False))
+
+    @torch.no_grad()
+    def encode_chat(self, prompt: str, images: Sequence[Image.Image] = (), answer: str = "") -> TextCondition:
+        """Features of the chat conversation with images shown, image-pad positions removed (the chat pipeline's
+        condition when the answer asks for an image; `answer` is the text before `<|img|>`)."""
+        inputs = self.chat_inputs(prompt, images, answer)
+        features = self.mllm(**inputs, output_hidden_states=True).hidden_states[-1]
+        image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        keep = (inputs["input_ids"][0] != image_id) & inputs["attention_mask"][0].bool()
+        embeds = features[:, keep]
+        return TextCondition(embeds, torch.ones(embeds.shape[:2], dtype=torch.int64, device=embeds.device), prompt)
+
+
+def _accepts(function: Any, name: str) -> bool:
+    """Whether `function` takes a keyword `name` (transformers versions differ)."""
+    return name in inspect.signature(function).parameters
