@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 MAX_REFERENCE_IMAGES = 5  # the checkpoint's image_index_embedding has one row per reference slot
+PIXELS_PER_TOKEN = 16  # VAE factor 8 x patch size 2
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,25 @@ class ReferenceImage:
 
     `position_scale` > 1 marks a compact (downscaled) reference whose Omni-RoPE row/column ids are stretched back
     onto the full-size grid; `keep_index` (token indices, row-major) marks a pruned one. Both default to "as encoded".
+    `pixels` keeps the preprocessed image [1, 3, H, W] in [-1, 1], so it can be re-encoded smaller.
     """
 
     latent: torch.Tensor
     pixel_size: tuple[int, int]
     position_scale: float = 1.0
     keep_index: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
+
+    @property
+    def full_size_tokens(self) -> int:
+        """Tokens this image would take uncompacted and unpruned (the patch grid at its full pixel size)."""
+        return (self.pixel_size[0] // PIXELS_PER_TOKEN) * (self.pixel_size[1] // PIXELS_PER_TOKEN)
+
+    @property
+    def num_tokens(self) -> int:
+        latent_per_token = PIXELS_PER_TOKEN // 8
+        grid = (self.latent.shape[1] // latent_per_token) * (self.latent.shape[2] // latent_per_token)
+        return grid if self.keep_index is None else len(self.keep_index)
 
 
 @dataclass(frozen=True)

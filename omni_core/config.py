@@ -35,6 +35,9 @@ class TransformerConfig:
         axes_lens (tuple, (1024, 1664, 1664)): table lengths of the official RoPE; kept for config round-trips.
         text_feat_dim (int, 2048): width of the MLLM hidden states.
         timestep_scale (float, 1000.0): t in [0, 1] is multiplied by this before the sinusoidal embedding.
+        independent_condition (bool, False): the weights were trained with OminiControl2's asymmetric mask
+            (references attend only to themselves at a clean timestep); not a key of the official release, which
+            was trained without it. It sets the default conditioning mode.
     """
 
     patch_size: int = 2
@@ -52,6 +55,7 @@ class TransformerConfig:
     axes_lens: tuple[int, int, int] = (1024, 1664, 1664)
     text_feat_dim: int = 2048
     timestep_scale: float = 1000.0
+    independent_condition: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axes_dim_rope", tuple(self.axes_dim_rope))

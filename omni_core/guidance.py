@@ -55,15 +55,16 @@ class GuidancePass:
     with_references: bool
 
 
-# forward(latents [N, C, H, W], t, text embeds [N, L, D], text mask [N, L], refs or None) -> velocity [N, C, H, W]
-PassRunner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+# run(latents [N, C, H, W], t, text embeds [N, L, D], text mask [N, L], with references, pass names, step)
+#   -> velocity [N, C, H, W]; the names and step let the runner keep per-pass reference caches.
+PassRunner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool, tuple[str, ...], int], torch.Tensor]
 
 
 class GuidedVelocity:
     """The velocity the sampler integrates: every pass a step needs, batched where shapes agree, then combined.
 
     Passes with the same text length and the same reference set run as one forward (one batch of
-    N * passes samples), which is faster than separate calls and exact: no padding is introduced.
+    N * passes samples): no padding is introduced, so it equals separate calls up to float round-off.
     """
 
     def __init__(
@@ -99,7 +100,8 @@ class GuidedVelocity:
             N = x.shape[0]
             embeds = torch.cat([p.text.embeds.expand(N, -1, -1) for p in group])
             mask = torch.cat([p.text.mask.expand(N, -1) for p in group])
-            out = self.run_passes(x.repeat(len(group), 1, 1, 1), t, embeds, mask, group[0].with_references)
+            names = tuple(p.name for p in group)
+            out = self.run_passes(x.repeat(len(group), 1, 1, 1), t, embeds, mask, group[0].with_references, names, step)
             for p, v in zip(group, out.float().split(N)):
                 velocity[p.name] = v
         return combine_guidance(velocity, text_scale, image_scale)

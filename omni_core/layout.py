@@ -11,15 +11,21 @@ from .rope import grid_positions, text_positions
 
 @dataclass(frozen=True)
 class ReferenceGrid:
-    """A reference image's token grid, and the scale that maps it back onto its full-size grid (compact tokens)."""
+    """A reference image's token grid, the scale that maps it back onto its full-size grid (compact tokens), and
+    the row-major indices of the tokens kept after pruning (None: all)."""
 
     height: int
     width: int
     position_scale: float = 1.0
+    keep_index: tuple[int, ...] | None = None
 
     @property
     def num_tokens(self) -> int:
-        return self.height * self.width
+        return self.height * self.width if self.keep_index is None else len(self.keep_index)
+
+    def positions(self, sequence_id: float, device: torch.device | str = "cpu") -> torch.Tensor:
+        ids = grid_positions(self.height, self.width, sequence_id, self.position_scale, device)
+        return ids if self.keep_index is None else ids[list(self.keep_index)]
 
     @property
     def sequence_extent(self) -> int:
@@ -60,7 +66,7 @@ class SampleLayout:
         shift = self.text_len
         positions = []
         for ref in self.references:
-            positions.append(grid_positions(ref.height, ref.width, shift, ref.position_scale, device))
+            positions.append(ref.positions(shift, device))
             shift += ref.sequence_extent
         return positions
 

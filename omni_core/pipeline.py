@@ -12,10 +12,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .compact import compact_condition
 from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import GuidedVelocity
 from .image_processing import ImageLike, check_output_size, postprocess, preprocess_reference
+from .reference_cache import ReferenceFeatureCache
+from .reference_passes import TransformerPasses
 from .sampler import sample_euler
 from .schedule import flow_timesteps
 from .text_encoder import TextEncoder
@@ -97,11 +100,18 @@ class OmniGen2:
         for j, image in enumerate(images):
             pixels = preprocess_reference(image, max_pixels, max_input_image_side_length, name=f"image {j + 1}")
             latent = encode_to_latents(self.vae, pixels.to(self.device))[0]
-            references.append(ReferenceImage(latent=latent, pixel_size=tuple(pixels.shape[-2:])))
+            references.append(ReferenceImage(latent=latent, pixel_size=tuple(pixels.shape[-2:]), pixels=pixels))
         return Condition(
             positive=self.text_encoder.encode_prompt(prompt),
             negative=self.text_encoder.encode_negative(negative_prompt),
             references=tuple(references),
+        )
+
+    @torch.no_grad()
+    def compact_condition(self, condition: Condition, condition_scale: float = 1.0, prune_ratio: float = 0.0) -> Condition:
+        """The condition with fewer reference tokens: re-encoded at `condition_scale` and/or pruned (see compact.py)."""
+        return compact_condition(
+            condition, lambda pixels: encode_to_latents(self.vae, pixels.to(self.device)), condition_scale, prune_ratio
         )
 
     def output_size(
@@ -136,9 +146,22 @@ class OmniGen2:
         max_pixels: int = 1024 * 1024,
         align_res: bool | None = None,
         progress: Progress | None = None,
+        cache_per_n_steps: int | None = None,
+        independent_condition: bool | None = None,
+        condition_timestep: float = 1.0,
     ) -> GenerationResult:
-        """Denoise `num_images` latents from seeded noise under `condition` and decode them."""
+        """Denoise `num_images` latents from seeded noise under `condition` and decode them.
+
+        cache_per_n_steps: compute reference features on steps 0, n, 2n, ... and reuse them in between (None: no
+        reuse; n > steps: once). independent_condition: references attend only to themselves at
+        `condition_timestep` (OminiControl2's asymmetric mask; exact to reuse); default: what the model was trained
+        with (`transformer.config.independent_condition`).
+        """
         cfg_range = _check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
+        if cache_per_n_steps is not None and (not isinstance(cache_per_n_steps, int) or cache_per_n_steps < 1):
+            raise InvalidInputError(f"cache_per_n_steps must be a whole number >= 1 or None, got {cache_per_n_steps!r}.")
+        if independent_condition is None:
+            independent_condition = self.transformer.config.independent_condition
         if not isinstance(num_images, int) or num_images < 1:
             raise InvalidInputError(f"num_images must be a whole number >= 1, got {num_images!r}.")
         (sample_h, sample_w), delivered = self.output_size(condition, width, height, max_pixels, align_res)
@@ -149,8 +172,10 @@ class OmniGen2:
         channels = self.transformer.config.in_channels
         noise = initial_noise(seed, num_images, channels, latent_size).to(self.device)
 
+        cache = ReferenceFeatureCache(cache_per_n_steps) if cache_per_n_steps is not None else None
+        passes = TransformerPasses(self.transformer, condition, cache, independent_condition, condition_timestep)
         velocity = GuidedVelocity(
-            self._pass_runner(condition),
+            passes,
             condition.positive,
             condition.negative,
             has_references=bool(condition.references),
@@ -169,7 +194,11 @@ class OmniGen2:
             if progress is not None:
                 progress(info["i"] + 1, steps, info["x"])
 
-        latents = sample_euler(velocity, noise, timesteps, callback=on_step)
+        try:
+            latents = sample_euler(velocity, noise, timesteps, callback=on_step)
+        finally:  # also on cancel or error: no cached features outlive the run
+            if cache is not None:
+                cache.clear()
         if not torch.isfinite(latents).all():
             raise OmniGen2Error(
                 "sampling produced NaN or infinite values; float16 weights can overflow, load the model in "
@@ -181,25 +210,13 @@ class OmniGen2:
             "seconds_per_step": sum(step_seconds) / max(len(step_seconds), 1),
             "sampled_size": [sample_h, sample_w],
             "reference_images": len(condition.references),
+            "reference_tokens": sum(ref.num_tokens for ref in condition.references),
+            "tokens_saved_by_compaction": sum(ref.full_size_tokens - ref.num_tokens for ref in condition.references),
+            "cache_per_n_steps": cache_per_n_steps,
+            "independent_condition": independent_condition,
+            **passes.stats(),
         }
         return GenerationResult(images=images, latents=latents, stats=stats)
-
-    def _pass_runner(self, condition: Condition):
-        """The transformer call for one batch of guidance passes, in the transformer's dtype."""
-        transformer, dtype = self.transformer, self.dtype
-        references = [ref.latent.to(self.device, dtype) for ref in condition.references]
-
-        def run(latents, t, embeds, mask, with_references):
-            N = latents.shape[0]
-            return transformer(
-                latents.to(dtype),
-                t.expand(N).to(dtype),
-                embeds.to(self.device, dtype),
-                mask.to(self.device),
-                [references] * N if with_references and references else None,
-            )
-
-        return run
 
     def generate(
         self,
@@ -218,6 +235,8 @@ class OmniGen2:
         num_images: int = 1,
         align_res: bool | None = None,
         progress: Progress | None = None,
+        cache_per_n_steps: int | None = None,
+        independent_condition: bool | None = None,
     ) -> GenerationResult:
         """Text-to-image, editing or in-context generation in one call (see `encode_condition` and `sample`)."""
         condition = self.encode_condition(prompt, negative_prompt, images, max_pixels, max_input_image_side_length)
@@ -234,4 +253,6 @@ class OmniGen2:
             max_pixels=max_pixels,
             align_res=align_res,
             progress=progress,
+            cache_per_n_steps=cache_per_n_steps,
+            independent_condition=independent_condition,
         )

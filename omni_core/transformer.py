@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
+from .condition import ReferenceImage
 from .config import TransformerConfig
 from .errors import InvalidInputError
 from .layout import ReferenceGrid, SampleLayout
 from .ops import default_operations
 from .packing import pad_sequences, patchify, unpatchify
+from .reference_cache import KVCapture, KVReuse, KVStore, LayerKV
 from .rope import OmniRoPE, Rotation, apply_rotation
 
 MAX_REFERENCE_IMAGES = 5
@@ -127,8 +129,11 @@ class Attention(nn.Module):
         query, key = apply_rotation(query, rotation), apply_rotation(key, rotation)
         return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, kv_hook=None) -> torch.Tensor:
+        """kv_hook(key, value, mask) -> (key, value, mask) may record or extend the keys (reference caching)."""
         query, key, value = self.project(x, rotation)
+        if kv_hook is not None:
+            key, value, mask = kv_hook(key, value, mask)
         out = attention(query, key, value, mask)  # (B, H, S, D)
         return self.to_out[0](out.transpose(1, 2).flatten(2))
 
@@ -154,13 +159,18 @@ class TransformerBlock(nn.Module):
         self.ffn_norm2 = operations.RMSNorm(dim, eps=eps, dtype=dtype, device=device)
 
     def forward(
-        self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, temb: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        rotation: Rotation,
+        mask: torch.Tensor | None,
+        temb: torch.Tensor | None = None,
+        kv_hook=None,
     ) -> torch.Tensor:
         if not self.modulation:
             x = x + self.norm2(self.attn(self.norm1(x), rotation, mask))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
         mod = self.norm1(temb)
-        attn_out = self.attn(self.norm1.norm(x) * (1 + mod.scale_msa[:, None]), rotation, mask)
+        attn_out = self.attn(self.norm1.norm(x) * (1 + mod.scale_msa[:, None]), rotation, mask, kv_hook)
         x = x + mod.gate_msa[:, None].tanh() * self.norm2(attn_out)
         ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + mod.scale_mlp[:, None]))
         return x + mod.gate_mlp[:, None].tanh() * self.ffn_norm2(ffn_out)
@@ -180,6 +190,26 @@ class OutputNorm(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         scale = self.linear_1(F.silu(temb).to(x.dtype))
         return self.linear_2(self.norm(x) * (1 + scale)[:, None, :])
+
+
+def _as_reference(ref, name: str, channels: int, patch_size: int) -> tuple[torch.Tensor, ReferenceGrid]:
+    """A reference latent and its token grid, from a plain latent or a `ReferenceImage` (compact, pruned)."""
+    latent = ref.latent if isinstance(ref, ReferenceImage) else ref
+    _check_latent(latent, name, channels, patch_size)
+    grid = ReferenceGrid(latent.shape[1] // patch_size, latent.shape[2] // patch_size)
+    if isinstance(ref, ReferenceImage):
+        keep = None if ref.keep_index is None else tuple(int(k) for k in ref.keep_index)
+        grid = ReferenceGrid(grid.height, grid.width, ref.position_scale, keep)
+    return latent, grid
+
+
+def _check_uniform_reference_span(layouts: list[SampleLayout], store: KVStore) -> None:
+    spans = {(layout.text_len, layout.text_len + layout.reference_len) for layout in layouts}
+    if spans != {(store.start, store.end)}:
+        raise InvalidInputError(
+            f"reference caching needs the same text length and references in every sample of a batch; got spans "
+            f"{sorted(spans)} for a store of {(store.start, store.end)}"
+        )
 
 
 def _check_latent(latent: torch.Tensor, name: str, channels: int, patch_size: int) -> None:
@@ -226,45 +256,83 @@ class OmniGen2Transformer(nn.Module):
         timestep: torch.Tensor,
         text_hidden_states: torch.Tensor,
         text_attention_mask: torch.Tensor,
-        ref_image_hidden_states: Sequence[Sequence[torch.Tensor] | None] | None = None,
+        ref_image_hidden_states: Sequence[Sequence[torch.Tensor | ReferenceImage] | None] | None = None,
+        reference_kv: KVStore | KVReuse | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Predict the velocity (data - noise) for each latent.
 
         hidden_states: [B, C, H, W] or a list of [C, H_i, W_i]; timestep [B] in [0, 1] (0 = noise);
         text_hidden_states [B, L, text_feat_dim] right-padded with text_attention_mask [B, L];
-        ref_image_hidden_states: per sample a list of 0..5 reference latents [C, h, w] (or None).
+        ref_image_hidden_states: per sample a list of 0..5 reference latents [C, h, w] or `ReferenceImage`s
+        (compact or pruned tokens), or None.
+        reference_kv: a `KVStore` records each joint layer's reference keys/values; a `KVReuse` supplies stored
+        ones instead, and the reference tokens are then not run at all (only their layout is read).
         Returns the same container type as hidden_states.
         """
         latents = list(hidden_states)
         layouts, references = self._plan(latents, text_hidden_states, text_attention_mask, ref_image_hidden_states)
         dtype, device = latents[0].dtype, latents[0].device
         temb = self.time_caption_embed.embed_time(timestep.to(device).expand(len(latents)), dtype)  # (B, time_dim)
+        run_references = not isinstance(reference_kv, KVReuse)
 
         # 2. Refiners: each modality on its own
         text = self._refine_text(text_hidden_states, text_attention_mask, layouts)
         noise = self._refine_noise(latents, layouts, temb)
-        refs = self._refine_references(references, layouts, temb)
+        refs = self._refine_references(references, layouts, temb) if run_references else [[] for _ in layouts]
 
         # 3. Joint blocks over [text | references | noise]
         joint_tokens, joint_positions = [], []
         for i, layout in enumerate(layouts):
+            ref_positions = layout.reference_positions(device) if run_references else []
             joint_tokens.append(torch.cat([text[i, : layout.text_len], *refs[i], noise[i, : layout.noise_len]]))
-            joint_positions.append(
-                torch.cat([layout.text_positions(device), *layout.reference_positions(device), layout.noise_positions(device)])
-            )
+            joint_positions.append(torch.cat([layout.text_positions(device), *ref_positions, layout.noise_positions(device)]))
+        if isinstance(reference_kv, KVStore):
+            _check_uniform_reference_span(layouts, reference_kv)
         x, mask = pad_sequences(joint_tokens)
         rotation = self.rope(pad_sequences(joint_positions)[0])
         for layer in self.layers:
-            x = layer(x, rotation, mask, temb)
+            x = layer(x, rotation, mask, temb, reference_kv)
 
         # 4. Output norm and projection, 5. Unpatchify the noise tokens
         x = self.norm_out(x, temb)
         p = self.config.patch_size
+        ends = [len(tokens) for tokens in joint_tokens]
         outputs = [
-            unpatchify(x[i, layout.seq_len - layout.noise_len : layout.seq_len], layout.noise_grid, p)
-            for i, layout in enumerate(layouts)
+            unpatchify(x[i, end - layout.noise_len : end], layout.noise_grid, p)
+            for i, (layout, end) in enumerate(zip(layouts, ends))
         ]
         return torch.stack(outputs) if isinstance(hidden_states, torch.Tensor) else outputs
+
+    @torch.no_grad()
+    def reference_features(
+        self, references: Sequence[torch.Tensor | ReferenceImage], text_len: int, condition_timestep: float = 1.0
+    ) -> list[LayerKV]:
+        """The condition branch of the asymmetric mask: each joint layer's keys/values of the reference tokens when
+        every image attends only to itself at the fixed `condition_timestep` (1 = clean).
+
+        They depend on the images and on where the images sit (after `text_len` text tokens) and on nothing else,
+        so one computation serves every step. Returns per joint layer [1, H_kv, R, D], images concatenated.
+        """
+        config, p = self.config, self.config.patch_size
+        latents, grids = zip(*(_as_reference(ref, f"references[{j}]", config.in_channels, p) for j, ref in enumerate(references)))
+        layout = SampleLayout(text_len, tuple(grids), (0, 0))
+        device = latents[0].device
+        temb = self.time_caption_embed.embed_time(torch.full((1,), condition_timestep, device=device), latents[0].dtype)
+        x, mask, rotation = self._embed_references([list(zip(latents, grids))], [layout])
+        temb = temb.expand(x.shape[0], -1)
+        for layer in self.ref_image_refiner:
+            x = layer(x, rotation, mask, temb)
+        capture = KVCapture()
+        for layer in self.layers:
+            x = layer(x, rotation, mask, temb, capture)
+        lengths = layout.reference_lens
+        return [
+            LayerKV(
+                torch.cat([kv.key[j, :, :n] for j, n in enumerate(lengths)], dim=1)[None],
+                torch.cat([kv.value[j, :, :n] for j, n in enumerate(lengths)], dim=1)[None],
+            )
+            for kv in capture.layers
+        ]
 
     def _plan(self, latents, text_hidden_states, text_attention_mask, ref_image_hidden_states):
         """Validate inputs and describe each sample's sequence."""
@@ -295,9 +363,8 @@ class OmniGen2Transformer(nn.Module):
                     f"sample {i} has {len(refs)} reference images; OmniGen2 takes at most {MAX_REFERENCE_IMAGES}."
                 )
             _check_latent(latent, f"hidden_states[{i}]", config.in_channels, p)
-            for j, ref in enumerate(refs):
-                _check_latent(ref, f"ref_image_hidden_states[{i}][{j}]", config.in_channels, p)
-            grids = tuple(ReferenceGrid(ref.shape[1] // p, ref.shape[2] // p) for ref in refs)
+            refs = [_as_reference(ref, f"ref_image_hidden_states[{i}][{j}]", config.in_channels, p) for j, ref in enumerate(refs)]
+            grids = tuple(grid for _, grid in refs)
             layouts.append(SampleLayout(int(text_lens[i]), grids, (latent.shape[1] // p, latent.shape[2] // p)))
             references.append(refs)
         return layouts, references
@@ -320,22 +387,30 @@ class OmniGen2Transformer(nn.Module):
             x = layer(x, rotation, mask, temb)
         return x
 
+    def _embed_references(self, references, layouts):
+        """Every reference image of every sample as one padded batch of embedded tokens, its mask and rotations."""
+        tokens, positions = [], []
+        for refs, layout in zip(references, layouts):
+            for j, ((latent, grid), ids) in enumerate(zip(refs, layout.reference_positions(self.image_index_embedding.device))):
+                patches = patchify(latent, self.config.patch_size)
+                if grid.keep_index is not None:
+                    patches = patches[list(grid.keep_index)]
+                tokens.append(self.ref_image_patch_embedder(patches) + self.image_index_embedding[j])
+                positions.append(ids)
+        x, mask = pad_sequences(tokens)
+        return x, mask, self.rope(pad_sequences(positions)[0])
+
     def _refine_references(self, references, layouts, temb) -> list[list[torch.Tensor]]:
         """Each reference image refined on its own (images do not see each other), all images in one batch."""
-        tokens, positions, owners = [], [], []
-        for i, (refs, layout) in enumerate(zip(references, layouts)):
-            for j, (ref, ids) in enumerate(zip(refs, layout.reference_positions(temb.device))):
-                tokens.append(self.ref_image_patch_embedder(patchify(ref, self.config.patch_size)) + self.image_index_embedding[j])
-                positions.append(ids)
-                owners.append(i)
-        if not tokens:
+        owners = [i for i, refs in enumerate(references) for _ in refs]
+        if not owners:
             return [[] for _ in layouts]
-        x, mask = pad_sequences(tokens)
-        rotation = self.rope(pad_sequences(positions)[0])
+        x, mask, rotation = self._embed_references(references, layouts)
         ref_temb = temb[owners]
         for layer in self.ref_image_refiner:
             x = layer(x, rotation, mask, ref_temb)
         refined: list[list[torch.Tensor]] = [[] for _ in layouts]
-        for row, (owner, ids) in enumerate(zip(owners, positions)):
-            refined[owner].append(x[row, : len(ids)])
+        lengths = [n for layout in layouts for n in layout.reference_lens]
+        for row, (owner, n) in enumerate(zip(owners, lengths)):
+            refined[owner].append(x[row, :n])
         return refined

@@ -45,7 +45,7 @@ def test_denoising_loop_and_decode_match_official(tiny_model, reference_cases):
     refs = [tensors["loop.ref_latents.0"], tensors["loop.ref_latents.1"]]
     transformer = tiny_model.transformer
 
-    def run(latents, t, embeds, mask, with_refs):
+    def run(latents, t, embeds, mask, with_refs, *_):
         return transformer(latents, t.expand(len(latents)), embeds, mask, [refs] * len(latents) if with_refs else None)
 
     velocity = GuidedVelocity(
@@ -70,7 +70,7 @@ def test_equal_length_passes_run_as_one_batch(tiny_model):
     """cond and uncond with equal text lengths share a forward; the result equals separate passes."""
     transformer, calls = tiny_model.transformer, []
 
-    def run(latents, t, embeds, mask, with_refs):
+    def run(latents, t, embeds, mask, with_refs, *_):
         calls.append(len(latents))
         return transformer(latents, t.expand(len(latents)), embeds, mask, None)
 
@@ -79,6 +79,6 @@ def test_equal_length_passes_run_as_one_batch(tiny_model):
     x, t = torch.randn(2, 16, 8, 8), torch.tensor(0.3)
     batched = GuidedVelocity(run, positive, negative, False, 10, 4.0, 1.0, (0.0, 1.0))(x, t, 0)
     assert calls == [4]
-    cond = run(x, t, positive.embeds.expand(2, -1, -1), positive.mask.expand(2, -1), False)
-    uncond = run(x, t, negative.embeds.expand(2, -1, -1), negative.mask.expand(2, -1), False)
+    cond = run(x, t, positive.embeds.expand(2, -1, -1), positive.mask.expand(2, -1), False, (), 0)
+    uncond = run(x, t, negative.embeds.expand(2, -1, -1), negative.mask.expand(2, -1), False, (), 0)
     assert max_abs_diff(batched, uncond + 4.0 * (cond - uncond)) < 1e-5
