@@ -1,0 +1,143 @@
+"""Reference-feature reuse, the independent (asymmetric) condition, and the cache's lifetime and keys."""
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import max_abs_diff
+from omni_core import InvalidInputError
+from omni_core.reference_cache import LayerKV, ReferenceFeatureCache
+
+RNG = np.random.default_rng(0)
+IMAGES = [RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8), RNG.integers(0, 256, (64, 32, 3), dtype=np.uint8)]
+SAMPLE = dict(width=48, height=48, steps=6, text_guidance_scale=4.0, image_guidance_scale=2.0, seed=3, num_images=2)
+
+
+@pytest.fixture(scope="module")
+def condition(tiny_model):
+    return tiny_model.encode_condition("the cat of image 1 under the tree of image 2", "blurry", IMAGES)
+
+
+def test_refreshing_every_step_is_bit_identical_to_no_cache(tiny_model, condition):
+    plain = tiny_model.sample(condition, **SAMPLE)
+    cached = tiny_model.sample(condition, cache_per_n_steps=1, **SAMPLE)
+    assert torch.equal(plain.images, cached.images)
+    assert cached.stats["reference_tokens_reused"] == 0 and cached.stats["reference_tokens_computed"] > 0
+
+
+def test_reuse_skips_reference_tokens_and_stays_close(tiny_model, condition):
+    plain = tiny_model.sample(condition, **SAMPLE)
+    reused = tiny_model.sample(condition, cache_per_n_steps=3, **SAMPLE)
+    stats = reused.stats
+    per_forward = condition.references[0].num_tokens + condition.references[1].num_tokens
+    # steps 0 and 3 compute (cond and ref passes, 2 images each), the other 4 steps reuse
+    assert stats["reference_tokens_computed"] == 2 * 2 * 2 * per_forward
+    assert stats["reference_tokens_reused"] == 4 * 2 * 2 * per_forward
+    assert not torch.equal(plain.images, reused.images)  # an approximation for a model trained without the mask
+    assert max_abs_diff(plain.images, reused.images) < 0.5
+
+
+def test_independent_condition_is_exact_to_compute_once(tiny_model, condition):
+    every_step = tiny_model.sample(condition, independent_condition=True, **SAMPLE)
+    once = tiny_model.sample(condition, independent_condition=True, cache_per_n_steps=1000, **SAMPLE)
+    assert torch.equal(every_step.images, once.images)
+    # the cond and ref passes share one entry per text length; computed once, reused on every later forward
+    assert once.stats["reference_tokens_computed"] == 2 * sum(r.num_tokens for r in condition.references)
+    standard = tiny_model.sample(condition, **SAMPLE)
+    assert not torch.equal(standard.images, once.images)  # the mask changes what references see
+
+
+@torch.no_grad()
+def test_independent_branch_equals_one_masked_joint_forward(tiny_model, condition):
+    """The condition branch + text/noise pass equals a single forward over [text | refs | noise] in which
+    reference rows attend only to their own image and reference tokens are modulated at the clean timestep.
+    The masked reference is built here from the model's own blocks, one joint sequence, explicit masks."""
+    from omni_core.layout import ReferenceGrid, SampleLayout
+    from omni_core.packing import patchify, unpatchify
+    from omni_core.reference_cache import KVReuse
+
+    model = tiny_model.transformer
+    refs = [r.latent for r in condition.references]
+    text = condition.positive
+    x = torch.randn(1, 16, 6, 6)
+    t = torch.tensor([0.4])
+    ours = model(x, t, text.embeds, text.mask, [refs], reference_kv=KVReuse(model.reference_features(refs, text.embeds.shape[1])))
+
+    # naive: one sequence, per-token modulation, asymmetric mask
+    L = text.embeds.shape[1]
+    grids = tuple(ReferenceGrid(r.shape[1] // 2, r.shape[2] // 2) for r in refs)
+    layout = SampleLayout(L, grids, (3, 3))
+    temb = model.time_caption_embed.embed_time(t, x.dtype)
+    temb_clean = model.time_caption_embed.embed_time(torch.ones(1), x.dtype)
+    txt = model._refine_text(text.embeds, text.mask, [layout])[0]
+    noise = model._refine_noise([x[0]], [layout], temb)[0]
+    ref_tokens = model._refine_references([[(r, g) for r, g in zip(refs, grids)]], [layout], temb_clean)[0]
+    seq = torch.cat([txt, *ref_tokens, noise])[None]
+    positions = torch.cat([layout.text_positions(), *layout.reference_positions(), layout.noise_positions()])[None]
+    rotation = model.rope(positions)
+    S, owner = seq.shape[1], torch.full((seq.shape[1],), -1)
+    start = L
+    for j, g in enumerate(grids):
+        owner[start : start + g.num_tokens] = j
+        start += g.num_tokens
+    is_ref = owner >= 0
+    mask = torch.ones(1, S, S, dtype=torch.bool)
+    mask[0, is_ref] = owner[is_ref][:, None] == owner[None, :]
+    for block in model.layers:
+        mod_t, mod_c = block.norm1(temb), block.norm1(temb_clean)
+        pick = lambda a, b: torch.where(is_ref[None, :, None], b[:, None], a[:, None])
+        scale_msa, gate_msa = pick(mod_t.scale_msa, mod_c.scale_msa), pick(mod_t.gate_msa, mod_c.gate_msa)
+        scale_mlp, gate_mlp = pick(mod_t.scale_mlp, mod_c.scale_mlp), pick(mod_t.gate_mlp, mod_c.gate_mlp)
+        attn = block.attn(block.norm1.norm(seq) * (1 + scale_msa), rotation, mask)
+        seq = seq + gate_msa.tanh() * block.norm2(attn)
+        seq = seq + gate_mlp.tanh() * block.ffn_norm2(block.feed_forward(block.ffn_norm1(seq) * (1 + scale_mlp)))
+    out = model.norm_out(seq, temb)[0, -9:]
+    assert max_abs_diff(ours[0], unpatchify(out, (3, 3), 2)) < 1e-4
+
+
+def _live_layer_kvs() -> int:
+    gc.collect()
+    return sum(isinstance(o, LayerKV) for o in gc.get_objects())
+
+
+def test_a_cancelled_run_leaves_no_cache_behind(tiny_model, condition):
+    before = _live_layer_kvs()
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_step_3(step, total, latents):
+        if step == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        tiny_model.sample(condition, cache_per_n_steps=2, progress=cancel_at_step_3, **SAMPLE)
+    assert _live_layer_kvs() == before
+
+
+def test_two_conditions_in_one_session_never_share_features(tiny_model, condition):
+    other = tiny_model.encode_condition("the cat of image 1 under the tree of image 2", "blurry", IMAGES[::-1])
+    assert other.fingerprint != condition.fingerprint
+    first = tiny_model.sample(condition, cache_per_n_steps=3, **SAMPLE)
+    second = tiny_model.sample(other, cache_per_n_steps=3, **SAMPLE)
+    again = tiny_model.sample(condition, cache_per_n_steps=3, **SAMPLE)
+    alone = tiny_model.sample(other, cache_per_n_steps=3, **SAMPLE)
+    assert torch.equal(first.images, again.images) and torch.equal(second.images, alone.images)
+    assert not torch.equal(first.images, second.images)
+
+
+def test_cache_metadata_change_drops_entries():
+    cache = ReferenceFeatureCache(every_n_steps=4)
+    cache.check_metadata("condition-a", torch.float32, "cpu")
+    cache.entries[("pass", "cond")] = [LayerKV(torch.zeros(1), torch.zeros(1))]
+    cache.check_metadata("condition-a", torch.float32, "cpu")
+    assert cache.entries and not cache.refresh_due(1, [("pass", "cond")]) and cache.refresh_due(4, [("pass", "cond")])
+    cache.check_metadata("condition-b", torch.float32, "cpu")
+    assert not cache.entries and cache.refresh_due(1, [("pass", "cond")])
+
+
+def test_bad_cache_argument(tiny_model, condition):
+    with pytest.raises(InvalidInputError, match="cache_per_n_steps"):
+        tiny_model.sample(condition, cache_per_n_steps=0, **SAMPLE)
