@@ -10,9 +10,10 @@ from .rope import grid_positions, text_positions
 
 
 @dataclass(frozen=True)
-class ReferenceGrid:
-    """A reference image's token grid, the scale that maps it back onto its full-size grid (compact tokens), and
-    the row-major indices of the tokens kept after pruning (None: all)."""
+class TokenGrid:
+    """An image's token grid, the scale that maps it back onto its full-size grid (compact references), and the
+    row-major indices of the tokens that take part (None: all; a pruned reference, or the masked region of a
+    repainted image)."""
 
     height: int
     width: int
@@ -43,8 +44,8 @@ class SampleLayout:
     """
 
     text_len: int
-    references: tuple[ReferenceGrid, ...]
-    noise_grid: tuple[int, int]
+    references: tuple[TokenGrid, ...]
+    noise: TokenGrid
 
     @property
     def reference_lens(self) -> list[int]:
@@ -56,7 +57,7 @@ class SampleLayout:
 
     @property
     def noise_len(self) -> int:
-        return self.noise_grid[0] * self.noise_grid[1]
+        return self.noise.num_tokens
 
     @property
     def seq_len(self) -> int:
@@ -72,7 +73,7 @@ class SampleLayout:
 
     def noise_positions(self, device: torch.device | str = "cpu") -> torch.Tensor:
         shift = self.text_len + sum(ref.sequence_extent for ref in self.references)
-        return grid_positions(*self.noise_grid, shift, device=device)
+        return self.noise.positions(shift, device)
 
     def text_positions(self, device: torch.device | str = "cpu") -> torch.Tensor:
         return text_positions(self.text_len, device)

@@ -10,14 +10,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .compact import compact_condition
 from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import GuidedVelocity
-from .image_processing import ImageLike, check_output_size, postprocess, preprocess_reference
+from .image_processing import ImageLike, check_output_size, postprocess, preprocess_reference, to_pil
 from .reference_cache import ReferenceFeatureCache
+from .repaint import stitch_latents, stitch_pixels, to_mask, token_mask
 from .reference_passes import TransformerPasses
 from .sampler import sample_euler
 from .schedule import flow_timesteps
@@ -157,6 +159,103 @@ class OmniGen2:
         `condition_timestep` (OminiControl2's asymmetric mask; exact to reuse); default: what the model was trained
         with (`transformer.config.independent_condition`).
         """
+        (sample_h, sample_w), delivered = self.output_size(condition, width, height, max_pixels, align_res)
+        latents, stats = self._denoise(
+            condition,
+            (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR),
+            steps,
+            text_guidance_scale,
+            image_guidance_scale,
+            cfg_range,
+            seed,
+            num_images,
+            progress,
+            cache_per_n_steps,
+            independent_condition,
+            condition_timestep,
+        )
+        images = postprocess(decode_latents(self.vae, latents), delivered)
+        return GenerationResult(images=images, latents=latents, stats={**stats, "sampled_size": [sample_h, sample_w]})
+
+    @torch.no_grad()
+    def repaint(
+        self,
+        prompt: str,
+        image: ImageLike,
+        mask,
+        negative_prompt: str | None = None,
+        images: Sequence[ImageLike] | None = None,
+        steps: int = 50,
+        text_guidance_scale: float = 5.0,
+        image_guidance_scale: float = 2.0,
+        cfg_range: Sequence[float] = (0.0, 1.0),
+        seed: int = 0,
+        num_images: int = 1,
+        max_pixels: int = 1024 * 1024,
+        max_input_image_side_length: int = 1024,
+        progress: Progress | None = None,
+        cache_per_n_steps: int | None = None,
+        independent_condition: bool | None = None,
+    ) -> GenerationResult:
+        """Regenerate the masked region (mask 1) of `image`, guided by the prompt and up to 4 further references.
+
+        Token integration: the canvas outside the mask is reference image 1 (its known tokens only) and only the
+        masked tokens are noise; pixels outside the mask come back exactly as given (see repaint.py).
+        """
+        original = to_pil(image, "image")
+        soft_mask = to_mask(mask, (original.height, original.width))
+        if len(images or []) > MAX_REFERENCE_IMAGES - 1:
+            raise InvalidInputError(f"repaint takes at most {MAX_REFERENCE_IMAGES - 1} further reference images (the canvas is one).")
+        pixels = preprocess_reference(original, max_pixels, max_input_image_side_length, name="image")
+        canvas = encode_to_latents(self.vae, pixels.to(self.device))[0]
+        repainted = token_mask(soft_mask, tuple(pixels.shape[-2:]))
+        noise_index = repainted.flatten().nonzero()[:, 0]
+        known_index = (~repainted).flatten().nonzero()[:, 0]
+        if len(noise_index) == 0:
+            raise InvalidInputError("mask selects no region to repaint (it is empty or too thin); paint the area to change.")
+        condition = self.encode_condition(prompt, negative_prompt, images, max_pixels, max_input_image_side_length)
+        canvas_reference = ReferenceImage(canvas, tuple(pixels.shape[-2:]), keep_index=known_index, pixels=pixels)
+        known = (canvas_reference,) if len(known_index) else ()
+        condition = Condition(condition.positive, condition.negative, known + condition.references)
+        latents, stats = self._denoise(
+            condition,
+            tuple(canvas.shape[-2:]),
+            steps,
+            text_guidance_scale,
+            image_guidance_scale,
+            cfg_range,
+            seed,
+            num_images,
+            progress,
+            cache_per_n_steps,
+            independent_condition,
+            1.0,
+            noise_token_index=noise_index,
+        )
+        latents = stitch_latents(canvas, latents, repainted)
+        decoded = postprocess(decode_latents(self.vae, latents), (original.height, original.width))
+        original_pixels = torch.from_numpy(np.asarray(original, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        images_out = stitch_pixels(original_pixels, decoded, soft_mask)
+        stats = {**stats, "canvas_tokens": repainted.numel(), "sampled_size": list(pixels.shape[-2:])}
+        return GenerationResult(images=images_out, latents=latents, stats=stats)
+
+    def _denoise(
+        self,
+        condition: Condition,
+        latent_size: tuple[int, int],
+        steps: int,
+        text_guidance_scale: float,
+        image_guidance_scale: float,
+        cfg_range: Sequence[float],
+        seed: int,
+        num_images: int,
+        progress: Progress | None,
+        cache_per_n_steps: int | None,
+        independent_condition: bool | None,
+        condition_timestep: float,
+        noise_token_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The sampling loop shared by `sample` and `repaint`: seeded noise to final latents, and the run's figures."""
         cfg_range = _check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
         if cache_per_n_steps is not None and (not isinstance(cache_per_n_steps, int) or cache_per_n_steps < 1):
             raise InvalidInputError(f"cache_per_n_steps must be a whole number >= 1 or None, got {cache_per_n_steps!r}.")
@@ -164,16 +263,14 @@ class OmniGen2:
             independent_condition = self.transformer.config.independent_condition
         if not isinstance(num_images, int) or num_images < 1:
             raise InvalidInputError(f"num_images must be a whole number >= 1, got {num_images!r}.")
-        (sample_h, sample_w), delivered = self.output_size(condition, width, height, max_pixels, align_res)
-        latent_size = (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR)
         timesteps = flow_timesteps(
             steps, latent_size[0] * latent_size[1], self.scheduler_config.get("dynamic_time_shift", True)
         ).to(self.device)
-        channels = self.transformer.config.in_channels
-        noise = initial_noise(seed, num_images, channels, latent_size).to(self.device)
-
+        noise = initial_noise(seed, num_images, self.transformer.config.in_channels, latent_size).to(self.device)
         cache = ReferenceFeatureCache(cache_per_n_steps) if cache_per_n_steps is not None else None
-        passes = TransformerPasses(self.transformer, condition, cache, independent_condition, condition_timestep)
+        passes = TransformerPasses(
+            self.transformer, condition, cache, independent_condition, condition_timestep, noise_token_index
+        )
         velocity = GuidedVelocity(
             passes,
             condition.positive,
@@ -204,11 +301,11 @@ class OmniGen2:
                 "sampling produced NaN or infinite values; float16 weights can overflow, load the model in "
                 "bfloat16 or float32 instead."
             )
-        images = postprocess(decode_latents(self.vae, latents), delivered)
+        grid_tokens = (latent_size[0] // 2) * (latent_size[1] // 2)
         stats = {
             "steps": steps,
             "seconds_per_step": sum(step_seconds) / max(len(step_seconds), 1),
-            "sampled_size": [sample_h, sample_w],
+            "noise_tokens": grid_tokens if noise_token_index is None else len(noise_token_index),
             "reference_images": len(condition.references),
             "reference_tokens": sum(ref.num_tokens for ref in condition.references),
             "tokens_saved_by_compaction": sum(ref.full_size_tokens - ref.num_tokens for ref in condition.references),
@@ -216,7 +313,7 @@ class OmniGen2:
             "independent_condition": independent_condition,
             **passes.stats(),
         }
-        return GenerationResult(images=images, latents=latents, stats=stats)
+        return latents, stats
 
     def generate(
         self,

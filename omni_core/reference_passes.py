@@ -30,6 +30,7 @@ class TransformerPasses:
         cache: ReferenceFeatureCache | None,
         independent_condition: bool,
         condition_timestep: float = 1.0,
+        noise_token_index: torch.Tensor | None = None,
     ) -> None:
         self.transformer = transformer
         parameter = next(transformer.parameters())
@@ -39,6 +40,7 @@ class TransformerPasses:
         self.cache = cache
         self.independent = independent_condition
         self.condition_timestep = condition_timestep
+        self.noise_token_index = noise_token_index
         self.tokens_computed = 0
         self.tokens_reused = 0
         if cache is not None:
@@ -47,19 +49,20 @@ class TransformerPasses:
     def __call__(self, latents, t, embeds, mask, with_references, names, step):
         N = latents.shape[0]
         args = (latents.to(self.dtype), t.expand(N).to(self.dtype), embeds.to(self.device, self.dtype), mask.to(self.device))
+        run = lambda refs, kv=None: self.transformer(*args, refs, reference_kv=kv, noise_token_index=self.noise_token_index)
         if not (with_references and self.references):
-            return self.transformer(*args, None)
+            return run(None)
         refs = [self.references] * N
         if self.independent:
-            return self.transformer(*args, refs, reference_kv=KVReuse(self._condition_branch(embeds.shape[1], step, N)))
+            return run(refs, KVReuse(self._condition_branch(embeds.shape[1], step, N)))
         if self.cache is None:
             self.tokens_computed += self.reference_len * N
-            return self.transformer(*args, refs)
+            return run(refs)
         keys = [("pass", name) for name in names]
         if self.cache.refresh_due(step, keys):
             text_len = embeds.shape[1]
             store = KVStore(text_len, text_len + self.reference_len)
-            out = self.transformer(*args, refs, reference_kv=store)
+            out = run(refs, store)
             per_pass = N // len(names)
             for i, key in enumerate(keys):
                 rows = slice(i * per_pass, (i + 1) * per_pass)
@@ -71,7 +74,7 @@ class TransformerPasses:
             for l in range(len(self.transformer.layers))
         ]
         self.tokens_reused += self.reference_len * N
-        return self.transformer(*args, refs, reference_kv=KVReuse(layers))
+        return run(refs, KVReuse(layers))
 
     def _condition_branch(self, text_len: int, step: int, batch: int) -> list[LayerKV]:
         key = ("independent", text_len)

@@ -20,11 +20,11 @@ from .attention import attention
 from .condition import ReferenceImage
 from .config import TransformerConfig
 from .errors import InvalidInputError
-from .layout import ReferenceGrid, SampleLayout
+from .layout import SampleLayout, TokenGrid
 from .ops import default_operations
 from .packing import pad_sequences, patchify, unpatchify
 from .reference_cache import KVCapture, KVReuse, KVStore, LayerKV
-from .rope import OmniRoPE, Rotation, apply_rotation
+from .rope import OmniRoPE, Rotation, apply_rotation, text_positions
 
 MAX_REFERENCE_IMAGES = 5
 TIMESTEP_FREQUENCY_DIM = 256
@@ -192,15 +192,26 @@ class OutputNorm(nn.Module):
         return self.linear_2(self.norm(x) * (1 + scale)[:, None, :])
 
 
-def _as_reference(ref, name: str, channels: int, patch_size: int) -> tuple[torch.Tensor, ReferenceGrid]:
+def _as_reference(ref, name: str, channels: int, patch_size: int) -> tuple[torch.Tensor, TokenGrid]:
     """A reference latent and its token grid, from a plain latent or a `ReferenceImage` (compact, pruned)."""
     latent = ref.latent if isinstance(ref, ReferenceImage) else ref
     _check_latent(latent, name, channels, patch_size)
-    grid = ReferenceGrid(latent.shape[1] // patch_size, latent.shape[2] // patch_size)
+    grid = TokenGrid(latent.shape[1] // patch_size, latent.shape[2] // patch_size)
     if isinstance(ref, ReferenceImage):
-        keep = None if ref.keep_index is None else tuple(int(k) for k in ref.keep_index)
-        grid = ReferenceGrid(grid.height, grid.width, ref.position_scale, keep)
+        keep = _token_index(ref.keep_index, latent, patch_size)
+        grid = TokenGrid(grid.height, grid.width, ref.position_scale, keep)
     return latent, grid
+
+
+def _token_index(index: torch.Tensor | None, latent: torch.Tensor, patch_size: int) -> tuple[int, ...] | None:
+    """Validated row-major token indices (sorted, unique, in range) as a tuple, or None for all tokens."""
+    if index is None:
+        return None
+    count = (latent.shape[1] // patch_size) * (latent.shape[2] // patch_size)
+    values = sorted({int(k) for k in index})
+    if not values or values[0] < 0 or values[-1] >= count:
+        raise InvalidInputError(f"token indices must be a non-empty subset of 0..{count - 1}; got {len(values)} in range {values[:1]}..{values[-1:]}.")
+    return tuple(values)
 
 
 def _check_uniform_reference_span(layouts: list[SampleLayout], store: KVStore) -> None:
@@ -258,6 +269,7 @@ class OmniGen2Transformer(nn.Module):
         text_attention_mask: torch.Tensor,
         ref_image_hidden_states: Sequence[Sequence[torch.Tensor | ReferenceImage] | None] | None = None,
         reference_kv: KVStore | KVReuse | None = None,
+        noise_token_index: torch.Tensor | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Predict the velocity (data - noise) for each latent.
 
@@ -267,10 +279,14 @@ class OmniGen2Transformer(nn.Module):
         (compact or pruned tokens), or None.
         reference_kv: a `KVStore` records each joint layer's reference keys/values; a `KVReuse` supplies stored
         ones instead, and the reference tokens are then not run at all (only their layout is read).
+        noise_token_index: row-major indices of the only noise tokens to run, the same for every sample (token
+        integration: a repainted region); the velocity elsewhere is returned as 0.
         Returns the same container type as hidden_states.
         """
         latents = list(hidden_states)
-        layouts, references = self._plan(latents, text_hidden_states, text_attention_mask, ref_image_hidden_states)
+        layouts, references = self._plan(
+            latents, text_hidden_states, text_attention_mask, ref_image_hidden_states, noise_token_index
+        )
         dtype, device = latents[0].dtype, latents[0].device
         temb = self.time_caption_embed.embed_time(timestep.to(device).expand(len(latents)), dtype)  # (B, time_dim)
         run_references = not isinstance(reference_kv, KVReuse)
@@ -296,11 +312,14 @@ class OmniGen2Transformer(nn.Module):
         # 4. Output norm and projection, 5. Unpatchify the noise tokens
         x = self.norm_out(x, temb)
         p = self.config.patch_size
-        ends = [len(tokens) for tokens in joint_tokens]
-        outputs = [
-            unpatchify(x[i, end - layout.noise_len : end], layout.noise_grid, p)
-            for i, (layout, end) in enumerate(zip(layouts, ends))
-        ]
+        outputs = []
+        for i, (layout, tokens) in enumerate(zip(layouts, joint_tokens)):
+            predicted, grid = x[i, len(tokens) - layout.noise_len : len(tokens)], layout.noise
+            if grid.keep_index is not None:
+                full = predicted.new_zeros(grid.height * grid.width, predicted.shape[-1])
+                full[list(grid.keep_index)] = predicted
+                predicted = full
+            outputs.append(unpatchify(predicted, (grid.height, grid.width), p))
         return torch.stack(outputs) if isinstance(hidden_states, torch.Tensor) else outputs
 
     @torch.no_grad()
@@ -315,7 +334,7 @@ class OmniGen2Transformer(nn.Module):
         """
         config, p = self.config, self.config.patch_size
         latents, grids = zip(*(_as_reference(ref, f"references[{j}]", config.in_channels, p) for j, ref in enumerate(references)))
-        layout = SampleLayout(text_len, tuple(grids), (0, 0))
+        layout = SampleLayout(text_len, tuple(grids), TokenGrid(0, 0))
         device = latents[0].device
         temb = self.time_caption_embed.embed_time(torch.full((1,), condition_timestep, device=device), latents[0].dtype)
         x, mask, rotation = self._embed_references([list(zip(latents, grids))], [layout])
@@ -334,7 +353,7 @@ class OmniGen2Transformer(nn.Module):
             for kv in capture.layers
         ]
 
-    def _plan(self, latents, text_hidden_states, text_attention_mask, ref_image_hidden_states):
+    def _plan(self, latents, text_hidden_states, text_attention_mask, ref_image_hidden_states, noise_token_index):
         """Validate inputs and describe each sample's sequence."""
         config, p = self.config, self.config.patch_size
         B = len(latents)
@@ -365,7 +384,8 @@ class OmniGen2Transformer(nn.Module):
             _check_latent(latent, f"hidden_states[{i}]", config.in_channels, p)
             refs = [_as_reference(ref, f"ref_image_hidden_states[{i}][{j}]", config.in_channels, p) for j, ref in enumerate(refs)]
             grids = tuple(grid for _, grid in refs)
-            layouts.append(SampleLayout(int(text_lens[i]), grids, (latent.shape[1] // p, latent.shape[2] // p)))
+            noise = TokenGrid(latent.shape[1] // p, latent.shape[2] // p, keep_index=_token_index(noise_token_index, latent, p))
+            layouts.append(SampleLayout(int(text_lens[i]), grids, noise))
             references.append(refs)
         return layouts, references
 
@@ -373,14 +393,16 @@ class OmniGen2Transformer(nn.Module):
         text = self.time_caption_embed.embed_caption(text_hidden_states)
         B, L, _ = text.shape
         mask = None if all(layout.text_len == L for layout in layouts) else text_attention_mask.bool()
-        rotation = self.rope(SampleLayout(L, (), (0, 0)).text_positions(text.device)[None].expand(B, L, 3))
+        rotation = self.rope(text_positions(L, text.device)[None].expand(B, L, 3))
         for layer in self.context_refiner:
             text = layer(text, rotation, mask)
         return text
 
     def _refine_noise(self, latents, layouts, temb) -> torch.Tensor:
         p, device = self.config.patch_size, latents[0].device
-        x, mask = pad_sequences([patchify(latent, p) for latent in latents])
+        tokens = [patchify(latent, p) for latent in latents]
+        tokens = [t if layout.noise.keep_index is None else t[list(layout.noise.keep_index)] for t, layout in zip(tokens, layouts)]
+        x, mask = pad_sequences(tokens)
         x = self.x_embedder(x)
         rotation = self.rope(pad_sequences([layout.noise_positions(device) for layout in layouts])[0])
         for layer in self.noise_refiner:

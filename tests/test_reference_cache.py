@@ -54,7 +54,7 @@ def test_independent_branch_equals_one_masked_joint_forward(tiny_model, conditio
     """The condition branch + text/noise pass equals a single forward over [text | refs | noise] in which
     reference rows attend only to their own image and reference tokens are modulated at the clean timestep.
     The masked reference is built here from the model's own blocks, one joint sequence, explicit masks."""
-    from omni_core.layout import ReferenceGrid, SampleLayout
+    from omni_core.layout import SampleLayout, TokenGrid
     from omni_core.packing import patchify, unpatchify
     from omni_core.reference_cache import KVReuse
 
@@ -67,8 +67,8 @@ def test_independent_branch_equals_one_masked_joint_forward(tiny_model, conditio
 
     # naive: one sequence, per-token modulation, asymmetric mask
     L = text.embeds.shape[1]
-    grids = tuple(ReferenceGrid(r.shape[1] // 2, r.shape[2] // 2) for r in refs)
-    layout = SampleLayout(L, grids, (3, 3))
+    grids = tuple(TokenGrid(r.shape[1] // 2, r.shape[2] // 2) for r in refs)
+    layout = SampleLayout(L, grids, TokenGrid(3, 3))
     temb = model.time_caption_embed.embed_time(t, x.dtype)
     temb_clean = model.time_caption_embed.embed_time(torch.ones(1), x.dtype)
     txt = model._refine_text(text.embeds, text.mask, [layout])[0]

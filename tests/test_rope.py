@@ -2,7 +2,7 @@
 
 import torch
 
-from omni_core.layout import ReferenceGrid, SampleLayout
+from omni_core.layout import SampleLayout, TokenGrid
 from omni_core.rope import OmniRoPE, apply_rotation, grid_positions, text_positions
 
 
@@ -53,7 +53,7 @@ def test_compact_ids_sit_at_block_centres():
 
 
 def test_sequence_ids_follow_the_official_shift_rule():
-    layout = SampleLayout(text_len=5, references=(ReferenceGrid(3, 4), ReferenceGrid(6, 2)), noise_grid=(2, 2))
+    layout = SampleLayout(text_len=5, references=(TokenGrid(3, 4), TokenGrid(6, 2)), noise=TokenGrid(2, 2))
     refs = layout.reference_positions()
     assert refs[0][:, 0].unique().tolist() == [5]
     assert refs[1][:, 0].unique().tolist() == [5 + 4]  # shift by the longer side of image 1

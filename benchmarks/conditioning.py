@@ -1,0 +1,180 @@
+"""OminiControl2-style conditioning on OmniGen2, measured: reference reuse, the independent condition, compaction.
+
+A randomly initialised transformer of the released architecture scaled down (see `_common.py`) samples 1024-token
+images with three guidance passes (cond, ref, uncond) for `--steps` Euler steps, with 0, 1 or 3 reference images of
+1024 tokens each. Every mode is timed in the same process, interleaved (A B C A B C ...), medians of `--repeats`;
+peak memory comes from a fresh process per mode. Prints a table; `--json PATH` writes the figures.
+
+conditional_overhead_reduction = 1 - (T_cached - T_text_only) / (T_full - T_text_only), with compute-once reuse and
+3 references. T_text_only is the same three-pass sampling with the reference tokens removed, so the figure is the
+share of the reference tokens' cost that reuse removes; `..._vs_two_pass_t2i` uses a plain text-to-image run (two
+passes: the ref pass itself is then counted as overhead) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from _common import REPO_ROOT, bench_config, build_ours, environment, max_rss_mb, median, print_table, run_worker, time_interleaved
+
+from omni_core.condition import Condition, ReferenceImage, TextCondition  # noqa: E402
+from omni_core.guidance import GuidedVelocity  # noqa: E402
+from omni_core.reference_cache import ReferenceFeatureCache  # noqa: E402
+from omni_core.reference_passes import TransformerPasses  # noqa: E402
+from omni_core.sampler import sample_euler  # noqa: E402
+from omni_core.schedule import flow_timesteps  # noqa: E402
+
+TEXT_FEAT_DIM = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """One way to sample: how many references, at what scale, with which reuse."""
+
+    name: str
+    refs: int
+    cache_per_n_steps: int | None = None  # 0 means once (n > steps)
+    condition_scale: float = 1.0
+    independent: bool = False
+    three_passes: bool = True
+
+
+MODES = [
+    Mode("text_only_3pass", refs=0),
+    Mode("text_only_2pass", refs=0, three_passes=False),
+    Mode("full_1ref", refs=1),
+    Mode("cached_1ref", refs=1, cache_per_n_steps=0),
+    Mode("full_3refs", refs=3),
+    Mode("cached_3refs", refs=3, cache_per_n_steps=0),
+    Mode("independent_cached_3refs", refs=3, cache_per_n_steps=0, independent=True),
+    Mode("compact_0_5_3refs", refs=3, condition_scale=0.5),
+    Mode("compact_0_5_cached_3refs", refs=3, condition_scale=0.5, cache_per_n_steps=0),
+]
+
+
+def build_condition(mode: Mode, noise_side: int, seed: int = 1) -> Condition:
+    g = torch.Generator().manual_seed(seed)
+    text = lambda n: TextCondition(torch.randn(1, n, TEXT_FEAT_DIM, generator=g), torch.ones(1, n, dtype=torch.long))
+    positive, negative = text(40), text(24)
+    side = int(noise_side * mode.condition_scale)
+    scale = 1.0 / mode.condition_scale
+    refs = tuple(
+        ReferenceImage(torch.randn(16, side, side, generator=g), (noise_side * 8, noise_side * 8), position_scale=scale)
+        for _ in range(mode.refs)
+    )
+    return Condition(positive=positive, negative=negative, references=refs)
+
+
+def make_run(model, mode: Mode, steps: int, noise_side: int):
+    """A closure that samples once in this mode and returns (latents, stats)."""
+    condition = build_condition(mode, noise_side)
+    timesteps = flow_timesteps(steps, noise_side * noise_side)
+    noise = torch.randn(1, 16, noise_side, noise_side, generator=torch.Generator().manual_seed(7))
+    n = mode.cache_per_n_steps
+    # text-only references away, but the guidance passes of a reference run kept (image scale > 1 needs refs)
+    has_refs = bool(condition.references) or mode.three_passes
+
+    def run():
+        cache = None if n is None else ReferenceFeatureCache(steps + 1 if n == 0 else n)
+        passes = TransformerPasses(model, condition, cache, mode.independent)
+        velocity = GuidedVelocity(passes, condition.positive, condition.negative, has_refs, steps, 5.0, 2.0 if mode.three_passes else 1.0, (0.0, 1.0))
+        try:
+            return sample_euler(velocity, noise, timesteps), passes.stats()
+        finally:
+            if cache is not None:
+                cache.clear()
+
+    return run, condition
+
+
+def memory_worker(mode_name: str, steps: int, noise_side: int, layers: int) -> None:
+    torch.manual_seed(0)
+    model = build_ours(bench_config(num_layers=layers, text_feat_dim=TEXT_FEAT_DIM))
+    baseline = max_rss_mb()
+    run, _ = make_run(model, next(m for m in MODES if m.name == mode_name), steps, noise_side)
+    with torch.no_grad():
+        run()
+    print(json.dumps({"peak_rss_mb": max_rss_mb(), "model_rss_mb": baseline}))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--noise-tokens", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="256-token images, 2 layers, 6 steps, 1 repeat")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-mode peak-memory processes")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats, args.noise_tokens, args.layers = 6, 1, 256, 2
+    noise_side = int(round(args.noise_tokens**0.5)) * 2
+    if args.memory_worker:
+        memory_worker(args.memory_worker, args.steps, noise_side, args.layers)
+        return 0
+
+    torch.manual_seed(0)
+    model = build_ours(bench_config(num_layers=args.layers, text_feat_dim=TEXT_FEAT_DIM))
+    runs, conditions = {}, {}
+    for mode in MODES:
+        runs[mode.name], conditions[mode.name] = make_run(model, mode, args.steps, noise_side)
+    with torch.no_grad():
+        seconds = time_interleaved(runs, args.repeats, warmup=0 if args.quick else 1)
+        stats = {name: run()[1] for name, run in runs.items() if "cached" in name}
+        # n = 1 must reproduce the uncached run exactly
+        full, _ = runs["full_3refs"]()
+        n1_mode = dataclasses.replace(next(m for m in MODES if m.name == "full_3refs"), cache_per_n_steps=1)
+        n1, _ = make_run(model, n1_mode, args.steps, noise_side)[0]()
+    t = {name: median(values) for name, values in seconds.items()}
+    overhead = lambda cached, baseline: 1.0 - (t[cached] - t[baseline]) / (t["full_3refs"] - t[baseline])
+    memory = {}
+    if not args.no_memory:
+        for mode in MODES:
+            extra = ["--steps", str(args.steps), "--noise-tokens", str(args.noise_tokens), "--layers", str(args.layers)]
+            memory[mode.name] = run_worker(Path(__file__), ["--memory-worker", mode.name, *extra])["peak_rss_mb"]
+    result = {
+        "conditional_overhead_reduction": overhead("cached_3refs", "text_only_3pass"),
+        "conditional_overhead_reduction_vs_two_pass_t2i": overhead("cached_3refs", "text_only_2pass"),
+        "conditional_overhead_reduction_independent": overhead("independent_cached_3refs", "text_only_3pass"),
+        "speedup_1_ref": t["full_1ref"] / t["cached_1ref"],
+        "speedup_3_refs": t["full_3refs"] / t["cached_3refs"],
+        "speedup_3_refs_independent": t["full_3refs"] / t["independent_cached_3refs"],
+        "speedup_compact_0_5": t["full_3refs"] / t["compact_0_5_3refs"],
+        "speedup_compact_0_5_cached": t["full_3refs"] / t["compact_0_5_cached_3refs"],
+        "token_counts": {
+            name: {"noise": args.noise_tokens, "reference": sum(r.num_tokens for r in c.references)}
+            for name, c in conditions.items()
+        },
+        "reuse_counts": stats,
+        "seconds": t,
+        "peak_memory_mb": memory,
+        "max_abs_diff_n1": (full - n1).abs().max().item(),
+        "settings": {"steps": args.steps, "repeats": args.repeats, "layers": args.layers, "hidden": 720, **environment()},
+    }
+    rows = [
+        {"mode": name, "seconds": t[name], "ref_tokens": result["token_counts"][name]["reference"],
+         "vs_full": t["full_3refs"] / t[name], "peak_mb": memory.get(name)}
+        for name in runs
+    ]
+    print_table(rows, [("mode", "mode", "s"), ("ref_tokens", "ref tokens", "d"), ("seconds", "seconds", ".2f"),
+                       ("vs_full", "full_3refs / this", ".2f"), ("peak_mb", "peak MB", ".0f")])
+    print()
+    for key in ("conditional_overhead_reduction", "conditional_overhead_reduction_vs_two_pass_t2i",
+                "conditional_overhead_reduction_independent", "speedup_1_ref", "speedup_3_refs",
+                "speedup_3_refs_independent", "speedup_compact_0_5", "speedup_compact_0_5_cached", "max_abs_diff_n1"):
+        print(f"{key:50s} {result[key]:.4g}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
