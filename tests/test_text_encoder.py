@@ -244,7 +244,7 @@ def test_config_that_disagrees_with_shapes_is_named(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config["text_config"]["intermediate_size"] = 48
     (folder / "config.json").write_text(json.dumps(config))
-    named = r"wrong shapes.*gate_proj\.weight: file \(64, 32\), config \(48, 32\)"
+    named = r"wrong shape.*gate_proj\.weight: file \(64, 32\), model \(48, 32\)"
     with pytest.raises(CheckpointMismatchError, match=named):
         load_text_encoder(folder, tokenizer_path=FIXTURES / "processor")
 

@@ -19,36 +19,39 @@ def check_dtype(dtype: torch.dtype, what: str) -> torch.dtype:
     return dtype
 
 
-def assign_state_dict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> torch.nn.Module:
-    """Load every tensor by name, checking names and shapes first so errors list all problems at once.
+def check_state_dict(
+    expected: Mapping[str, tuple], state_dict: Mapping[str, torch.Tensor], what: str, hint: str
+) -> None:
+    """Raise one error naming every missing, unexpected and wrongly shaped tensor (up to ten of each).
 
-    The module's parameters take the checkpoint's tensors (assign=True), so a meta-device module never holds a
-    second copy. Missing, unexpected and mis-shaped keys are all reported with the file they came from.
+    `what` says what the weights were checked against (e.g. "'ae.safetensors' does not fit an AutoencoderKL");
+    `hint` says what to do about it.
     """
-    expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
-    mis_shaped = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+    shapes = [
+        f"{key}: file {tuple(state_dict[key].shape)}, model {tuple(expected[key])}"
         for key in sorted(set(expected) & set(state_dict))
-        if tuple(state_dict[key].shape) != tuple(expected[key].shape)
+        if tuple(state_dict[key].shape) != tuple(expected[key])
     ]
-    if missing or unexpected or mis_shaped:
-        problems = []
-        if missing:
-            problems.append(f"missing keys {_abbreviate(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys {_abbreviate(unexpected)}")
-        if mis_shaped:
-            problems.append(f"shape mismatches {_abbreviate(mis_shaped)}")
-        raise CheckpointMismatchError(
-            f"'{source}' does not fit the {type(module).__name__} it is loaded into: " + "; ".join(problems)
-            + ". Check that the file is the right model and that its config matches its weights."
-        )
+    problems = [
+        f"{label} ({len(items)}): [{', '.join(items[:10])}{', ...' if len(items) > 10 else ''}]"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+        if items
+    ]
+    if problems:
+        raise CheckpointMismatchError(f"{what}: {'; '.join(problems)}. {hint}")
+
+
+def assign_state_dict(
+    module: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    hint: str = "Check that the file is the right model and that its config matches its weights.",
+) -> torch.nn.Module:
+    """Check names and shapes, then let the module's parameters take the checkpoint's tensors (assign=True), so a
+    meta-device module never holds a second copy. Returns the module in eval mode without gradients."""
+    expected = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+    check_state_dict(expected, state_dict, f"'{source}' does not fit the {type(module).__name__} it is loaded into", hint)
     module.load_state_dict(state_dict, strict=True, assign=True)
     return module.eval().requires_grad_(False)
-
-
-def _abbreviate(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"

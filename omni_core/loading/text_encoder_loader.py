@@ -22,6 +22,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Q
 from ..errors import CheckpointMismatchError, InvalidInputError, ModelFileError
 from ..text_encoder import TextEncoder
 from .safetensors_io import load_state_dict
+from .strict import check_dtype, check_state_dict
 
 try:  # transformers 5: the PIL image processor is its own class; the default one needs torchvision
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
@@ -33,7 +34,6 @@ except ImportError:  # transformers 4.x: the default (slow) one is PIL/numpy
 log = logging.getLogger(__name__)
 
 BUNDLED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "qwen2_5_vl_3b.json"
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ATTENTION = ("sdpa", "eager")
 RELEASED_HEAD_DIM = 128  # every Qwen2.5 text model; shapes alone cannot tell heads from head size
 RELEASED_VISION_HEAD_DIM = 80  # 1280 / 16
@@ -70,8 +70,7 @@ def load_text_encoder(
     `tokenizer_path` is a folder with tokenizer.json or vocab.json + merges.txt (ComfyUI's
     `comfy/text_encoders/qwen25_tokenizer`); it defaults to the release's `processor/` folder.
     """
-    if dtype not in DTYPES:
-        raise InvalidInputError(f"dtype {dtype} is not supported for the text encoder; use one of {DTYPES}.")
+    check_dtype(dtype, "text encoder")
     if attn_implementation not in ATTENTION:
         raise InvalidInputError(f"attn_implementation '{attn_implementation}' is unknown; use one of {ATTENTION}.")
     weights, config_file, processor_dir = _locate(Path(path))
@@ -158,7 +157,13 @@ def _build_mllm(
     head, embed = "lm_head.weight", _installed_name("model.embed_tokens.weight", nested)
     if config.tie_word_embeddings and head in expected and head not in state_dict and embed in state_dict:
         state_dict[head] = state_dict[embed]
-    _check_keys(state_dict, expected, source, config_file)
+    built_from = f"'{config_file}'" if config_file else "the config inferred from its shapes"
+    check_state_dict(
+        expected,
+        state_dict,
+        f"'{source}' does not fit a Qwen2.5-VL built from {built_from}",
+        "Check that the file is a Qwen2.5-VL text encoder and that its config.json belongs to it.",
+    )
     mllm.load_state_dict(state_dict, strict=True, assign=True)
     if config.tie_word_embeddings:
         mllm.tie_weights()  # one embedding tensor, not two copies on the device
@@ -181,30 +186,6 @@ def _installed_name(key: str, nested: bool) -> str:
     if key.startswith("visual."):
         return "model." + key
     return "model.language_model." + key[len("model."):]
-
-
-def _check_keys(
-    state_dict: dict[str, torch.Tensor], expected: dict[str, tuple], source: Path, config_file: Path | None
-) -> None:
-    """Raise naming every missing, unexpected or wrongly shaped tensor (at most ten of each)."""
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    shapes = [
-        f"{k}: file {tuple(state_dict[k].shape)}, config {expected[k]}"
-        for k in sorted(set(expected) & set(state_dict))
-        if tuple(state_dict[k].shape) != expected[k]
-    ]
-    problems = [
-        f"{len(items)} {what}: {items[:10]}"
-        for what, items in (("missing", missing), ("unexpected", unexpected), ("with wrong shapes", shapes))
-        if items
-    ]
-    if problems:
-        config = f"'{config_file}'" if config_file else "the config inferred from its shapes"
-        raise CheckpointMismatchError(
-            f"'{source}' does not fit a Qwen2.5-VL built from {config}: " + "; ".join(problems)
-            + ". Check that the file is a Qwen2.5-VL text encoder and that its config.json belongs to it."
-        )
 
 
 def infer_config(shapes: dict[str, tuple]) -> dict:

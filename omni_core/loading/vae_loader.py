@@ -10,11 +10,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from ..errors import CheckpointMismatchError, InvalidInputError, ModelFileError
+from ..errors import CheckpointMismatchError, ModelFileError
 from .safetensors_io import load_state_dict
+from .strict import assign_state_dict, check_dtype
 from .vae_bfl import BFL, convert_bfl_vae, detect_vae_layout
-
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # Released FLUX.1 VAE config: the source of every field tensor shapes cannot tell (scaling, shift, norm groups).
 FLUX_VAE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "flux_vae.json"
@@ -92,47 +91,21 @@ def _resolve_config(path: Path, state_dict: dict[str, torch.Tensor]) -> dict:
     return {**inferred, **config}
 
 
-def _check_keys(vae: AutoencoderKL, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Raise naming every missing, unexpected or wrongly shaped tensor, before anything is assigned."""
-    expected = vae.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = [
-        f"{key} {tuple(state_dict[key].shape)} != {tuple(tensor.shape)}"
-        for key, tensor in expected.items()
-        if key in state_dict and state_dict[key].shape != tensor.shape
-    ]
-    problems = [
-        f"{label} ({len(names)}): {names[:20]}"
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
-        if names
-    ]
-    if problems:
-        raise CheckpointMismatchError(
-            f"The VAE weights in {source} do not fit an AutoencoderKL built from their config: {'; '.join(problems)}. "
-            "The file is incomplete, damaged or not the FLUX VAE."
-        )
-
-
 def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> AutoencoderKL:
     """The VAE at `path` (a diffusers `vae/` folder, a diffusers-key file or a BFL `ae.safetensors`), in eval mode.
 
     The module is built on the meta device and takes the loaded tensors themselves (`assign=True`), so the weights
     are held once. Parameters do not require grad.
     """
-    if dtype not in SUPPORTED_DTYPES:
-        raise InvalidInputError(
-            f"VAE dtype {dtype} is not supported; pass one of {[str(d) for d in SUPPORTED_DTYPES]}."
-        )
+    check_dtype(dtype, "VAE")
     path = Path(path)
     state_dict = load_state_dict(path, dtype=dtype, device=device)
-    source = f"'{path}'"
+    source = str(path)
     if detect_vae_layout(state_dict) == BFL:
         state_dict = convert_bfl_vae(state_dict)
         source += " (BFL layout, shown under the diffusers names it converts to)"
     config = _resolve_config(path, state_dict)
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(config)
-    _check_keys(vae, state_dict, source)
-    vae.load_state_dict(state_dict, strict=True, assign=True)
-    return vae.eval().requires_grad_(False)
+    hint = "The file is incomplete, damaged or not the FLUX VAE."
+    return assign_state_dict(vae, state_dict, source, hint)
