@@ -10,6 +10,7 @@ from .errors import CheckpointMismatchError, InvalidInputError, ModelFileError, 
 from .loading.model_loader import DEFAULT_MODEL_DIR, load_model
 from .pipeline import GenerationResult, OmniGen2
 from .transformer import OmniGen2Transformer
+from .vae import latents_to_raw
 
 __all__ = [
     "CheckpointMismatchError",
@@ -24,5 +25,6 @@ __all__ = [
     "ReferenceImage",
     "TextCondition",
     "TransformerConfig",
+    "latents_to_raw",
     "load_model",
 ]

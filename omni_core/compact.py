@@ -61,4 +61,4 @@ def compact_condition(
     if not 0.0 <= prune_ratio < 1.0:
         raise InvalidInputError(f"prune_ratio must be in [0, 1), got {prune_ratio!r} (0.25 drops a quarter of the tokens).")
     references = tuple(compact_reference(ref, encode, condition_scale, prune_ratio) for ref in condition.references)
-    return Condition(positive=condition.positive, negative=condition.negative, references=references)
+    return dataclasses.replace(condition, references=references, fingerprint="")

@@ -49,11 +49,15 @@ class ReferenceImage:
 
 @dataclass(frozen=True)
 class Condition:
-    """A positive prompt, an optional negative prompt and 0..5 reference images, ready for sampling."""
+    """A positive prompt, an optional negative prompt and 0..5 reference images, ready for sampling.
+
+    `max_pixels` is the pixel budget the images were encoded with; sampling uses it for the output size too.
+    """
 
     positive: TextCondition
     negative: TextCondition | None = None
     references: tuple[ReferenceImage, ...] = ()
+    max_pixels: int = 1024 * 1024
     fingerprint: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ sizes, steps) without re-encoding. `generate` is both in one call with the offic
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -29,7 +30,7 @@ from .vae import decode_latents, encode_to_latents
 
 DEFAULT_SIZE = 1024  # the official default_sample_size 128 x VAE factor 8
 LATENT_FACTOR = 8
-Progress = Callable[[int, int, torch.Tensor], None]
+Progress = Callable[[int, int, torch.Tensor], None]  # (step, steps, denoised estimate [B, C, h, w]) after each step
 
 
 @dataclass
@@ -107,6 +108,7 @@ class OmniGen2:
             positive=self.text_encoder.encode_prompt(prompt),
             negative=self.text_encoder.encode_negative(negative_prompt),
             references=tuple(references),
+            max_pixels=max_pixels,
         )
 
     @torch.no_grad()
@@ -145,7 +147,7 @@ class OmniGen2:
         cfg_range: Sequence[float] = (0.0, 1.0),
         seed: int = 0,
         num_images: int = 1,
-        max_pixels: int = 1024 * 1024,
+        max_pixels: int | None = None,
         align_res: bool | None = None,
         progress: Progress | None = None,
         cache_per_n_steps: int | None = None,
@@ -154,11 +156,13 @@ class OmniGen2:
     ) -> GenerationResult:
         """Denoise `num_images` latents from seeded noise under `condition` and decode them.
 
+        max_pixels bounds the sampled size (default: the condition's, as given to `encode_condition`).
         cache_per_n_steps: compute reference features on steps 0, n, 2n, ... and reuse them in between (None: no
         reuse; n > steps: once). independent_condition: references attend only to themselves at
         `condition_timestep` (OminiControl2's asymmetric mask; exact to reuse); default: what the model was trained
         with (`transformer.config.independent_condition`).
         """
+        max_pixels = condition.max_pixels if max_pixels is None else max_pixels
         (sample_h, sample_w), delivered = self.output_size(condition, width, height, max_pixels, align_res)
         latents, stats = self._denoise(
             condition,
@@ -216,7 +220,7 @@ class OmniGen2:
         condition = self.encode_condition(prompt, negative_prompt, images, max_pixels, max_input_image_side_length)
         canvas_reference = ReferenceImage(canvas, tuple(pixels.shape[-2:]), keep_index=known_index, pixels=pixels)
         known = (canvas_reference,) if len(known_index) else ()
-        condition = Condition(condition.positive, condition.negative, known + condition.references)
+        condition = dataclasses.replace(condition, references=known + condition.references, fingerprint="")
         latents, stats = self._denoise(
             condition,
             tuple(canvas.shape[-2:]),
@@ -289,7 +293,7 @@ class OmniGen2:
             step_seconds.append(now - clock[0])
             clock[0] = now
             if progress is not None:
-                progress(info["i"] + 1, steps, info["x"])
+                progress(info["i"] + 1, steps, info["denoised"])
 
         try:
             latents = sample_euler(velocity, noise, timesteps, callback=on_step)

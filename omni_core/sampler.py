@@ -2,7 +2,8 @@
 
 `model(x, t, step)` returns the velocity v = data - noise at time t (0 = noise, 1 = data); guidance and batching
 live in that callable (see `guidance.py`), so the loop stays one line of math. `callback` receives a dict
-(`x`, `i`, `t`, `v`) after every step; an exception raised there stops sampling at once.
+(`x`, `i`, `t`, `v`, `denoised` = the data the velocity points at, for previews) after every step; an exception
+raised there stops sampling at once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def sample_euler(
     for i in range(len(timesteps) - 1):
         t, t_next = timesteps[i], timesteps[i + 1]
         v = model(x, t, i)
+        if callback is not None:
+            denoised = x.float() + (1 - t) * v
         x = (x.float() + (t_next - t) * v).to(v.dtype)
         if callback is not None:
-            callback({"x": x, "i": i, "t": t, "v": v})
+            callback({"x": x, "i": i, "t": t, "v": v, "denoised": denoised})
     return x

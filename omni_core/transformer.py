@@ -120,18 +120,26 @@ class Attention(nn.Module):
         self.norm_k = operations.RMSNorm(self.head_dim, eps=1e-5, dtype=dtype, device=device)
         self.to_out = nn.ModuleList([operations.Linear(dim, dim, bias=False, dtype=dtype, device=device)])
 
-    def project(self, x: torch.Tensor, rotation: Rotation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, S, dim] -> rotated q [B, H, S, D] and k, v [B, H_kv, S, D]."""
+    def project(
+        self, x: torch.Tensor, rotation: Rotation, query_rows: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, S, dim] -> rotated q [B, H, S_q, D] for the `query_rows` tokens and k, v [B, H_kv, S, D] for all."""
         B, S, _ = x.shape
-        query = self.norm_q(self.to_q(x).view(B, S, self.heads, self.head_dim))
+        queries = x[:, query_rows]
+        query = self.norm_q(self.to_q(queries).view(B, queries.shape[1], self.heads, self.head_dim))
         key = self.norm_k(self.to_k(x).view(B, S, self.kv_heads, self.head_dim))
         value = self.to_v(x).view(B, S, self.kv_heads, self.head_dim)
-        query, key = apply_rotation(query, rotation), apply_rotation(key, rotation)
+        query, key = apply_rotation(query, rotation.select(query_rows)), apply_rotation(key, rotation)
         return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, kv_hook=None) -> torch.Tensor:
-        """kv_hook(key, value, mask) -> (key, value, mask) may record or extend the keys (reference caching)."""
-        query, key, value = self.project(x, rotation)
+    def forward(
+        self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, kv_hook=None, query_rows: slice = slice(None)
+    ) -> torch.Tensor:
+        """Attention output for the `query_rows` tokens (all by default), attending to every token.
+
+        kv_hook(key, value, mask) -> (key, value, mask) may record or extend the keys (reference caching).
+        """
+        query, key, value = self.project(x, rotation, query_rows)
         if kv_hook is not None:
             key, value, mask = kv_hook(key, value, mask)
         out = attention(query, key, value, mask)  # (B, H, S, D)
@@ -165,13 +173,15 @@ class TransformerBlock(nn.Module):
         mask: torch.Tensor | None,
         temb: torch.Tensor | None = None,
         kv_hook=None,
+        query_rows: slice = slice(None),
     ) -> torch.Tensor:
+        """The block's output for the `query_rows` tokens (all by default; the last joint block needs only noise)."""
         if not self.modulation:
-            x = x + self.norm2(self.attn(self.norm1(x), rotation, mask))
+            x = x[:, query_rows] + self.norm2(self.attn(self.norm1(x), rotation, mask, query_rows=query_rows))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
         mod = self.norm1(temb)
-        attn_out = self.attn(self.norm1.norm(x) * (1 + mod.scale_msa[:, None]), rotation, mask, kv_hook)
-        x = x + mod.gate_msa[:, None].tanh() * self.norm2(attn_out)
+        attn_out = self.attn(self.norm1.norm(x) * (1 + mod.scale_msa[:, None]), rotation, mask, kv_hook, query_rows)
+        x = x[:, query_rows] + mod.gate_msa[:, None].tanh() * self.norm2(attn_out)
         ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + mod.scale_mlp[:, None]))
         return x + mod.gate_mlp[:, None].tanh() * self.ffn_norm2(ffn_out)
 
@@ -306,15 +316,22 @@ class OmniGen2Transformer(nn.Module):
             _check_uniform_reference_span(layouts, reference_kv)
         x, mask = pad_sequences(joint_tokens)
         rotation = self.rope(pad_sequences(joint_positions)[0])
-        for layer in self.layers:
-            x = layer(x, rotation, mask, temb, reference_kv)
+        noise_rows = [slice(len(tokens) - layout.noise_len, len(tokens)) for tokens, layout in zip(joint_tokens, layouts)]
+        # Only noise tokens are read after the last block: when they sit at the same rows in every sample, the last
+        # block computes those rows alone (exact; its queries, feed-forward and output norm shrink to the noise).
+        last_rows = noise_rows[0] if all(rows == noise_rows[0] for rows in noise_rows) else slice(None)
+        for index, layer in enumerate(self.layers):
+            rows = last_rows if index == len(self.layers) - 1 else slice(None)
+            x = layer(x, rotation, mask, temb, reference_kv, rows)
+        if last_rows != slice(None):
+            noise_rows = [slice(0, layout.noise_len) for layout in layouts]
 
         # 4. Output norm and projection, 5. Unpatchify the noise tokens
         x = self.norm_out(x, temb)
         p = self.config.patch_size
         outputs = []
-        for i, (layout, tokens) in enumerate(zip(layouts, joint_tokens)):
-            predicted, grid = x[i, len(tokens) - layout.noise_len : len(tokens)], layout.noise
+        for i, (layout, rows) in enumerate(zip(layouts, noise_rows)):
+            predicted, grid = x[i, rows], layout.noise
             if grid.keep_index is not None:
                 full = predicted.new_zeros(grid.height * grid.width, predicted.shape[-1])
                 full[list(grid.keep_index)] = predicted

@@ -82,12 +82,17 @@ def encode_to_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     return ((mean - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor).to(images.device)
 
 
+def latents_to_raw(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Transformer latents to the VAE's raw space (ComfyUI's LATENT convention): latents / scale + shift, float32."""
+    return latents.float() / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+
+
 @torch.no_grad()
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     """Images [B, 3, 8h, 8w], nominally in [-1, 1] but unclamped, from transformer latents [B, C, h, w]
     (latents / scaling_factor + shift_factor, then decode). Float32, on the latents' device.
     """
     _check(latents, "latents", vae.config.latent_channels)
-    raw = latents.float() / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    raw = latents_to_raw(vae, latents)
     # Unclamped, as the official pipeline resizes before it clamps: clamping first would change resized pixels.
     return _run(vae, _raw_decode, raw).to(latents.device)

@@ -1,0 +1,182 @@
+"""Our transformer against the official OmniGen2 one: same random weights, same inputs, outputs and speed compared.
+
+    python benchmarks/vs_official.py [--quick] [--repeats N] [--official-repo PATH] [--json PATH]
+
+The official code is imported from a checkout of github.com/VectorSpaceLab/OmniGen2 (default /tmp/official-omnigen2;
+it needs `einops` and `diffusers`, both in our venv; without triton or flash_attn it falls back to torch RMSNorm and
+SDPA, which is its CPU path). Both models get identical float32 weights (the state-dict keys are equal), outputs
+are compared (max abs diff), then one forward of each is timed in interleaved rounds (ours, official, ours, ...);
+the table shows medians of wall and process CPU time and the ratios ours / official (target <= 0.8). On a
+shared machine use --threads 1 and read the CPU-time ratio, which other processes disturb least.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    bench_config,
+    build_ours,
+    environment,
+    make_inputs,
+    median,
+    print_table,
+    time_interleaved,
+)
+
+DEFAULT_OFFICIAL_REPO = "/tmp/official-omnigen2"
+TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int
+    noise_tokens: int
+    num_refs: int
+    text_len: int = 128
+    ref_tokens: int | None = None  # None: as many as the noise image
+
+
+def cases(quick: bool) -> list[Case]:
+    tokens = 256 if quick else 1024
+    return [
+        Case("text-only", 1, tokens, 0),
+        Case("1 reference", 1, tokens, 1),
+        Case("3 references", 1, tokens, 3),
+        Case("batch 2, 1 ref (guidance-like)", 2, tokens, 1),
+    ]
+
+
+def import_official(repo: str):
+    """The official transformer class and RoPE table builder, or exit with a message saying what is missing."""
+    if not (Path(repo) / "omnigen2" / "models" / "transformers" / "transformer_omnigen2.py").is_file():
+        sys.exit(
+            f"Official OmniGen2 code not found at {repo}. Extract it with e.g.\n"
+            f"  mkdir -p {repo} && git --git-dir=<OmniGen2 git dir> archive HEAD omnigen2 | tar -x -C {repo}\n"
+            "or pass --official-repo PATH."
+        )
+    sys.path.insert(0, repo)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "install triton / flash_attn for better performance"
+            from omnigen2.models.transformers.repo import OmniGen2RotaryPosEmbed
+            from omnigen2.models.transformers.transformer_omnigen2 import OmniGen2Transformer2DModel
+    except ImportError as error:
+        sys.exit(f"The official OmniGen2 code at {repo} is not importable: {error}. It needs einops and diffusers.")
+    return OmniGen2Transformer2DModel, OmniGen2RotaryPosEmbed
+
+
+def build_pair(repo: str, config):
+    official_cls, rope_cls = import_official(repo)
+    ours = build_ours(config)
+    accepted = inspect.signature(official_cls.__init__).parameters  # our config may carry extra (engine-only) fields
+    official = official_cls(**{k: v for k, v in dataclasses.asdict(config).items() if k in accepted}).eval()
+    official.load_state_dict(ours.state_dict(), strict=True)
+    freqs_cis = rope_cls.get_freqs_cis(config.axes_dim_rope, config.axes_lens, theta=10000)
+    return ours, official, freqs_cis
+
+
+def forwards(ours, official, freqs_cis, inputs: dict):
+    def run_ours():
+        with torch.no_grad():
+            return ours(**inputs)
+
+    def run_official():
+        with torch.no_grad():
+            return official(
+                inputs["hidden_states"],
+                inputs["timestep"],
+                inputs["text_hidden_states"],
+                freqs_cis,
+                inputs["text_attention_mask"],
+                ref_image_hidden_states=inputs["ref_image_hidden_states"],
+            )
+
+    return run_ours, run_official
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official-repo", default=DEFAULT_OFFICIAL_REPO)
+    parser.add_argument("--quick", action="store_true", help="256 noise tokens, 3 rounds: well under a minute")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default 5, quick 3)")
+    parser.add_argument("--layers", type=int, default=None, help="joint layers (default 8, quick 4)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 5)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = bench_config(num_layers=args.layers or (4 if args.quick else 8))
+
+    ours, official, freqs_cis = build_pair(args.official_repo, config)
+    print(
+        f"model: hidden {config.hidden_size}, heads {config.num_attention_heads}/{config.num_kv_heads}, head_dim "
+        f"{config.head_dim}, {config.num_layers} layers + {config.num_refiner_layers} refiner layers, float32; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {repeats} interleaved rounds"
+    )
+    rows = []
+    for case in cases(args.quick):
+        inputs = make_inputs(case.batch, case.noise_tokens, case.num_refs, case.ref_tokens, case.text_len, config.text_feat_dim)
+        run_ours, run_official = forwards(ours, official, freqs_cis, inputs)
+        diff = (run_ours() - run_official()).abs().max().item()
+        wall, cpu = time_interleaved({"ours": run_ours, "official": run_official}, repeats, warmup=0)
+        ref_tokens = case.num_refs * (case.ref_tokens or case.noise_tokens)
+        row = {
+            "case": case.name,
+            "batch": case.batch,
+            "tokens": case.text_len + ref_tokens + case.noise_tokens,
+            "max_abs_diff": diff,
+            "ours_s": median(wall["ours"]),
+            "official_s": median(wall["official"]),
+            "ratio": median(wall["ours"]) / median(wall["official"]),
+            "ours_cpu_s": median(cpu["ours"]),
+            "official_cpu_s": median(cpu["official"]),
+            "cpu_ratio": median(cpu["ours"]) / median(cpu["official"]),
+            "ours_all_s": wall["ours"],
+            "official_all_s": wall["official"],
+        }
+        rows.append(row)
+        print(
+            f"  {case.name}: ours {row['ours_s']:.3f}s official {row['official_s']:.3f}s ratio {row['ratio']:.2f} "
+            f"(CPU time ratio {row['cpu_ratio']:.2f})",
+            flush=True,
+        )
+    print()
+    print_table(
+        rows,
+        [
+            ("case", "case", "s"),
+            ("batch", "B", "d"),
+            ("tokens", "tokens/sample", "d"),
+            ("max_abs_diff", "max |diff|", ".2e"),
+            ("ours_s", "ours s", ".3f"),
+            ("official_s", "official s", ".3f"),
+            ("ratio", "ours/official", ".2f"),
+            ("ours_cpu_s", "ours CPU s", ".3f"),
+            ("official_cpu_s", "official CPU s", ".3f"),
+            ("cpu_ratio", "CPU ratio", ".2f"),
+        ],
+    )
+    worst = max(row["max_abs_diff"] for row in rows)
+    agree = worst < TOLERANCE
+    print(f"\noutputs {'agree' if agree else 'DISAGREE'}: max abs diff {worst:.2e} (tolerance {TOLERANCE:.0e})")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"environment": environment(), "config": dataclasses.asdict(config), "rows": rows}, indent=2)
+        )
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
