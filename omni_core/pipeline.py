@@ -42,6 +42,21 @@ class GenerationResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample, as `sample` and `repaint` take it (see `OmniGen2.sample` for each field)."""
+
+    steps: int
+    text_guidance_scale: float
+    image_guidance_scale: float
+    cfg_range: tuple[float, float]
+    seed: int
+    num_images: int
+    cache_per_n_steps: int | None
+    independent_condition: bool | None
+    condition_timestep: float = 1.0
+
+
 def initial_noise(seed: int, count: int, channels: int, latent_size: tuple[int, int]) -> torch.Tensor:
     """randn([1, C, h, w]) from a CPU generator seeded seed + i for image i: the same images on every device."""
     return torch.cat(
@@ -164,20 +179,11 @@ class OmniGen2:
         """
         max_pixels = condition.max_pixels if max_pixels is None else max_pixels
         (sample_h, sample_w), delivered = self.output_size(condition, width, height, max_pixels, align_res)
-        latents, stats = self._denoise(
-            condition,
-            (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR),
-            steps,
-            text_guidance_scale,
-            image_guidance_scale,
-            cfg_range,
-            seed,
-            num_images,
-            progress,
-            cache_per_n_steps,
-            independent_condition,
-            condition_timestep,
+        options = SamplingOptions(
+            steps, text_guidance_scale, image_guidance_scale, tuple(cfg_range), seed, num_images,
+            cache_per_n_steps, independent_condition, condition_timestep,
         )
+        latents, stats = self._denoise(condition, (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR), options, progress)
         images = postprocess(decode_latents(self.vae, latents), delivered)
         return GenerationResult(images=images, latents=latents, stats={**stats, "sampled_size": [sample_h, sample_w]})
 
@@ -221,21 +227,11 @@ class OmniGen2:
         canvas_reference = ReferenceImage(canvas, tuple(pixels.shape[-2:]), keep_index=known_index, pixels=pixels)
         known = (canvas_reference,) if len(known_index) else ()
         condition = dataclasses.replace(condition, references=known + condition.references, fingerprint="")
-        latents, stats = self._denoise(
-            condition,
-            tuple(canvas.shape[-2:]),
-            steps,
-            text_guidance_scale,
-            image_guidance_scale,
-            cfg_range,
-            seed,
-            num_images,
-            progress,
-            cache_per_n_steps,
-            independent_condition,
-            1.0,
-            noise_token_index=noise_index,
+        options = SamplingOptions(
+            steps, text_guidance_scale, image_guidance_scale, tuple(cfg_range), seed, num_images,
+            cache_per_n_steps, independent_condition,
         )
+        latents, stats = self._denoise(condition, tuple(canvas.shape[-2:]), options, progress, noise_index)
         latents = stitch_latents(canvas, latents, repainted)
         decoded = postprocess(decode_latents(self.vae, latents), (original.height, original.width))
         original_pixels = torch.from_numpy(np.asarray(original, dtype=np.float32) / 255.0).permute(2, 0, 1)
@@ -247,22 +243,16 @@ class OmniGen2:
         self,
         condition: Condition,
         latent_size: tuple[int, int],
-        steps: int,
-        text_guidance_scale: float,
-        image_guidance_scale: float,
-        cfg_range: Sequence[float],
-        seed: int,
-        num_images: int,
+        options: SamplingOptions,
         progress: Progress | None,
-        cache_per_n_steps: int | None,
-        independent_condition: bool | None,
-        condition_timestep: float,
         noise_token_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The sampling loop shared by `sample` and `repaint`: seeded noise to final latents, and the run's figures."""
-        cfg_range = _check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
+        cfg_range = _check_guidance(options.text_guidance_scale, options.image_guidance_scale, options.cfg_range)
+        steps, cache_per_n_steps, num_images = options.steps, options.cache_per_n_steps, options.num_images
         if cache_per_n_steps is not None and (not isinstance(cache_per_n_steps, int) or cache_per_n_steps < 1):
             raise InvalidInputError(f"cache_per_n_steps must be a whole number >= 1 or None, got {cache_per_n_steps!r}.")
+        independent_condition = options.independent_condition
         if independent_condition is None:
             independent_condition = self.transformer.config.independent_condition
         if not isinstance(num_images, int) or num_images < 1:
@@ -270,10 +260,10 @@ class OmniGen2:
         timesteps = flow_timesteps(
             steps, latent_size[0] * latent_size[1], self.scheduler_config.get("dynamic_time_shift", True)
         ).to(self.device)
-        noise = initial_noise(seed, num_images, self.transformer.config.in_channels, latent_size).to(self.device)
+        noise = initial_noise(options.seed, num_images, self.transformer.config.in_channels, latent_size).to(self.device)
         cache = ReferenceFeatureCache(cache_per_n_steps) if cache_per_n_steps is not None else None
         passes = TransformerPasses(
-            self.transformer, condition, cache, independent_condition, condition_timestep, noise_token_index
+            self.transformer, condition, cache, independent_condition, options.condition_timestep, noise_token_index
         )
         velocity = GuidedVelocity(
             passes,
@@ -281,8 +271,8 @@ class OmniGen2:
             condition.negative,
             has_references=bool(condition.references),
             steps=steps,
-            text_scale=text_guidance_scale,
-            image_scale=image_guidance_scale,
+            text_scale=options.text_guidance_scale,
+            image_scale=options.image_guidance_scale,
             cfg_range=cfg_range,
         )
         step_seconds: list[float] = []
