@@ -13,7 +13,6 @@ ranges); progress, previews and cancel; output conversion (IMAGE, raw-VAE LATENT
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 import os
 import threading
@@ -37,7 +36,6 @@ except ImportError:
 else:
     IN_COMFYUI = True
 
-log = logging.getLogger("omnigen2")
 
 # Socket types the pack adds to ComfyUI's graph; the core ones (IMAGE, LATENT, INT, ...) are ComfyUI's.
 MODEL_TYPE = "OMNIGEN2_MODEL"
@@ -214,29 +212,6 @@ def weight_dtypes(choice: str) -> WeightDtypes:
     return WeightDtypes(torch.float32)
 
 
-class _Float8StorageLinear(torch.nn.Linear):
-    """A Linear whose weight is stored in float8 and cast to the input's dtype (bf16) for every matmul."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return torch.nn.functional.linear(x, weight, bias)
-
-
-def store_linear_weights(module: torch.nn.Module, storage: torch.dtype) -> int:
-    """Keep every Linear weight of `module` in `storage` dtype (computed in the activations' dtype); returns the count.
-
-    Only the large projection matrices shrink; norms, embeddings and biases keep the compute dtype.
-    """
-    count = 0
-    for sub in module.modules():
-        if type(sub) is torch.nn.Linear:
-            sub.weight.data = sub.weight.data.to(storage)
-            sub.__class__ = _Float8StorageLinear
-            count += 1
-    return count
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The model handle passed between nodes
 # ---------------------------------------------------------------------------------------------------------------------
@@ -310,11 +285,10 @@ def _part_devices(part: str) -> tuple[torch.device, torch.device]:
 def load_model(source: str | dict[str, str], dtype_choice: str) -> OmniGen2Model:
     """Load an OmniGen2 model from a folder or single files, in the chosen dtypes, ready for ComfyUI memory management."""
     dtypes = weight_dtypes(dtype_choice)
-    engine = omni_core.load_model(source, device=offload_device(), dtype=dtypes.compute, **_part_dtypes(dtypes))
-    if dtypes.storage is not None:
-        count = store_linear_weights(engine.transformer, dtypes.storage)
-        log.info("OmniGen2: %d transformer projections stored as %s, computed in %s", count, dtypes.storage,
-                 dtypes.compute)
+    engine = omni_core.load_model(
+        source, device=offload_device(), dtype=dtypes.compute, transformer_storage_dtype=dtypes.storage,
+        **_part_dtypes(dtypes),
+    )
     patchers = {}
     if IN_COMFYUI:
         patchers = {

@@ -38,13 +38,15 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     text_encoder_dtype: torch.dtype | None = None,
     vae_dtype: torch.dtype | None = None,
+    transformer_storage_dtype: torch.dtype | None = None,
 ) -> OmniGen2:
     """Load OmniGen2 from local files only (safetensors, never pickles).
 
     `path_or_files` is a release folder (transformer/ vae/ mllm/ processor/ scheduler/), or a mapping with
     'transformer', 'vae' and 'text_encoder' files or folders and an optional 'tokenizer' folder (required for a
     single-file text encoder). None loads the small default model bundled with the package.
-    The MLLM and VAE use `dtype` unless given their own.
+    The MLLM and VAE use `dtype` unless given their own; `transformer_storage_dtype` (torch.float8_e4m3fn) stores
+    the transformer's projection matrices narrower, computed in `dtype`.
     """
     check_dtype(dtype, "model")
     if path_or_files is None:
@@ -68,7 +70,7 @@ def load_model(
         scheduler_file = root / "scheduler" / "scheduler_config.json"
         if scheduler_file.is_file():
             scheduler_config = json.loads(scheduler_file.read_text())
-    transformer = load_transformer(files["transformer"], dtype=dtype, device=device)
+    transformer = load_transformer(files["transformer"], dtype=dtype, device=device, storage_dtype=transformer_storage_dtype)
     vae = load_vae(files["vae"], dtype=vae_dtype or dtype, device=device)
     text_encoder = load_text_encoder(
         files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device

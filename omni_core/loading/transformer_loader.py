@@ -14,6 +14,7 @@ import torch
 
 from ..config import TransformerConfig
 from ..errors import CheckpointMismatchError
+from ..ops import StorageCastLinear, storage_cast_operations
 from ..transformer import OmniGen2Transformer
 from .safetensors_io import load_state_dict
 from .strict import assign_state_dict, check_dtype
@@ -36,9 +37,15 @@ def load_transformer(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     operations=None,
+    storage_dtype: torch.dtype | None = None,
 ) -> OmniGen2Transformer:
-    """An OmniGen2Transformer with the checkpoint's weights, in `dtype` on `device`, in eval mode."""
+    """An OmniGen2Transformer with the checkpoint's weights, in `dtype` on `device`, in eval mode.
+
+    storage_dtype (e.g. torch.float8_e4m3fn) keeps the projection matrices in that dtype, computed in `dtype`.
+    """
     check_dtype(dtype, "transformer")
+    if storage_dtype is not None:
+        operations = storage_cast_operations
     path = Path(path)
     state_dict = _strip_prefix(load_state_dict(path, dtype=dtype, device=device))
     absent = [key for key in DETECT_KEYS if key not in state_dict]
@@ -51,6 +58,10 @@ def load_transformer(
     config = TransformerConfig.from_json(config_file) if path.is_dir() and config_file.is_file() else TransformerConfig.from_state_dict(state_dict)
     with torch.device("meta"):
         model = OmniGen2Transformer(config, operations=operations, dtype=dtype)
+    if storage_dtype is not None:
+        for name, module in model.named_modules():
+            if isinstance(module, StorageCastLinear) and f"{name}.weight" in state_dict:
+                state_dict[f"{name}.weight"] = state_dict[f"{name}.weight"].to(storage_dtype)
     assign_state_dict(model, state_dict, str(path))
     logger.info("loaded OmniGen2 transformer from %s: %d layers, hidden %d, %s", path, config.num_layers, config.hidden_size, dtype)
     return model
