@@ -103,13 +103,18 @@ def make_inputs(
     }
 
 
-def time_interleaved(
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run each function `warmup` times, then `repeats` rounds of A B A B ..., returning the wall seconds of each call."""
+    return time_interleaved_with_cpu(fns, repeats, warmup)[0]
+
+
+def time_interleaved_with_cpu(
     fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Run each function `warmup` times, then `repeats` rounds of A B A B ...
+    """As `time_interleaved`, returning (wall seconds, process CPU seconds) of each call.
 
-    Returns (wall seconds, process CPU seconds) of each call. On a shared machine CPU time is the steadier measure,
-    most of all with one thread (no OpenMP spin-waiting while descheduled).
+    On a shared machine CPU time is the steadier measure, most of all with one thread (no OpenMP spin-waiting while
+    descheduled).
     """
     for _ in range(warmup):
         for fn in fns.values():

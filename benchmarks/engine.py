@@ -1,6 +1,6 @@
 """Speed and memory of our engine on the CPU, over a list of named configurations.
 
-    python benchmarks/engine.py [--quick] [--only NAME ...] [--repeats N] [--json PATH] [--list]
+    python benchmarks/engine.py [--quick] [--only NAME ...] [--repeats N] [--threads N] [--json PATH] [--list]
 
 The model is the released OmniGen2 transformer scaled down (see `_common.bench_config`) with random weights, float32.
 Two kinds of configuration:
@@ -13,9 +13,11 @@ Prompts are random embeddings (positive 128 tokens, negative 96), so no text enc
 
 Every configuration runs in its own Python process so that its peak RSS (getrusage ru_maxrss) is its own: the table
 shows the peak and its growth over the process right after building the model ("+MiB"). Seconds are the median of
-`--repeats` timed runs after one warm-up run. "tokens" is what the transformer processed per step: the sum over the
-step's passes and samples of text + reference + noise tokens; s/1k tok divides the seconds by it (for `sample`: by
-steps times it).
+`--repeats` timed runs after one warm-up run, in wall time and in process CPU time ("CPU s"; with several threads
+it sums them). On a shared machine wall times swing with other load: compare CPU times, or run with --threads 1,
+where CPU time is the steadiest measure. "tokens" is what the transformer processed per step: the sum over the
+step's passes and samples of text + reference + noise tokens; s/1k tok divides the seconds by it (for `sample`:
+by steps times it).
 
 To add a benchmark, append a `Bench` to `CONFIGS` (or `QUICK_CONFIGS`); names must stay unique and stable, since
 JSON results are compared across issues by name.
@@ -180,11 +182,12 @@ def worker(name: str, repeats: int) -> dict:
     bench = next(b for b in CONFIGS + QUICK_CONFIGS if b.name == name)
     run, built_rss = _runner(bench)
     run()  # warm-up
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(bench.repeats or repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run()
         seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - start_cpu)
     peak = max_rss_mb()
     tokens = bench.tokens_per_step()
     s = median(seconds)
@@ -193,6 +196,8 @@ def worker(name: str, repeats: int) -> dict:
         "tokens": tokens,
         "seconds": s,
         "seconds_all": seconds,
+        "cpu_seconds": median(cpu_seconds),
+        "cpu_seconds_all": cpu_seconds,
         "s_per_1k_tokens": s / (tokens * (bench.steps if bench.kind == "sample" else 1)) * 1000,
         "peak_rss_mib": peak,
         "peak_over_model_mib": peak - built_rss,
@@ -204,11 +209,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny configurations, under a minute")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in every worker")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     repeats = args.repeats or 3
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(worker(args.worker, repeats)))
         return 0
@@ -226,7 +234,8 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, random weights; {repeats} repeats")
     rows = []
     for bench in benches:
-        row = run_worker(Path(__file__), ["--worker", bench.name, "--repeats", str(repeats)])
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        row = run_worker(Path(__file__), ["--worker", bench.name, "--repeats", str(repeats), *threads])
         rows.append(row)
         print(f"  {bench.name}: {row['seconds']:.3f}s", flush=True)
     print()
@@ -242,6 +251,7 @@ def main(argv=None) -> int:
             ("tokens", "tokens/step", "d"),
             ("seconds", "seconds", ".3f"),
             ("s_per_1k_tokens", "s/1k tok", ".3f"),
+            ("cpu_seconds", "CPU s", ".3f"),
             ("peak_rss_mib", "peak MiB", ".0f"),
             ("peak_over_model_mib", "+MiB", ".0f"),
         ],

@@ -30,7 +30,7 @@ from _common import (  # noqa: E402
     make_inputs,
     median,
     print_table,
-    time_interleaved,
+    time_interleaved_with_cpu,
 )
 
 DEFAULT_OFFICIAL_REPO = "/tmp/official-omnigen2"
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         inputs = make_inputs(case.batch, case.noise_tokens, case.num_refs, case.ref_tokens, case.text_len, config.text_feat_dim)
         run_ours, run_official = forwards(ours, official, freqs_cis, inputs)
         diff = (run_ours() - run_official()).abs().max().item()
-        wall, cpu = time_interleaved({"ours": run_ours, "official": run_official}, repeats, warmup=0)
+        wall, cpu = time_interleaved_with_cpu({"ours": run_ours, "official": run_official}, repeats, warmup=0)
         ref_tokens = case.num_refs * (case.ref_tokens or case.noise_tokens)
         row = {
             "case": case.name,

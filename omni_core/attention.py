@@ -10,6 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .cpu_gemm import onednn_gemm_applies, onednn_linear
+
+ONEDNN_ROWS = 256  # query rows (all heads of a group) per score block: 256 x S_k floats stay near the L2 cache
+
 
 def _check_shapes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
     if query.ndim != 4 or key.shape != value.shape or key.ndim != 4:
@@ -50,8 +54,39 @@ def attention(
     """
     _check_shapes(query, key, value)
     B, H, S_q, _ = query.shape
+    mask = normalize_mask(mask, B, S_q, key.shape[2])
+    if (mask is None or mask.shape[2] == 1) and onednn_gemm_applies(query, key, value):
+        return _attention_onednn(query, key, value, mask)
     groups = H // key.shape[1]
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=normalize_mask(mask, B, S_q, key.shape[2]))
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+
+
+def _attention_onednn(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """The same attention with both products as oneDNN GEMMs, in blocks of query rows (float32 CPU inference).
+
+    Query heads that share a key/value head are stacked into one GEMM, so keys are never repeated; each block's
+    scores [rows, S_k] are softmaxed in place and multiplied by the values at once. mask: None or [B, 1, 1, S_k].
+    """
+    B, H, S_q, D = query.shape
+    H_kv, S_k = key.shape[1], key.shape[2]
+    groups = H // H_kv
+    scaled = (query * D**-0.5).view(B, H_kv, groups, S_q, D)
+    out = query.new_empty(B, H_kv, groups, S_q, D)
+    block = max(1, ONEDNN_ROWS // groups)
+    for b in range(B):
+        hidden = None if mask is None else ~mask[b, 0, 0]  # keys to drop
+        for h in range(H_kv):
+            k, v_t = key[b, h].contiguous(), value[b, h].t().contiguous()
+            for start in range(0, S_q, block):
+                q = scaled[b, h, :, start : start + block]
+                n = q.shape[1]
+                scores = onednn_linear(q.reshape(groups * n, D), k)
+                if hidden is not None:
+                    scores.masked_fill_(hidden, float("-inf"))
+                out[b, h, :, start : start + n] = onednn_linear(torch.softmax(scores, dim=-1), v_t).view(groups, n, D)
+    return out.view(B, H, S_q, D)

@@ -1,7 +1,7 @@
 """The layer constructors models are built from, injectable so a host can swap them.
 
 Every weight-owning module takes `operations`: a namespace with `Linear`, `RMSNorm` and `LayerNorm`. The default is
-plain torch; ComfyUI passes its `comfy.ops` classes (no random init, weight casting, quantised storage) through the
+torch's layers (with float32 CPU inference of Linear routed to oneDNN, see cpu_gemm.py); ComfyUI passes its `comfy.ops` classes (no random init, weight casting, quantised storage) through the
 same seam, as it does for its own models.
 """
 
@@ -9,7 +9,17 @@ from types import SimpleNamespace
 
 import torch
 
-default_operations = SimpleNamespace(Linear=torch.nn.Linear, RMSNorm=torch.nn.RMSNorm, LayerNorm=torch.nn.LayerNorm)
+from .cpu_gemm import linear
+
+
+class Linear(torch.nn.Linear):
+    """torch.nn.Linear (same parameters and state dict) whose float32 CPU inference runs on oneDNN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+default_operations = SimpleNamespace(Linear=Linear, RMSNorm=torch.nn.RMSNorm, LayerNorm=torch.nn.LayerNorm)
 
 
 class StorageCastLinear(torch.nn.Linear):
@@ -18,7 +28,7 @@ class StorageCastLinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
+        return linear(x, self.weight.to(x.dtype), bias)
 
 
 storage_cast_operations = SimpleNamespace(

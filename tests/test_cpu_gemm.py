@@ -1,0 +1,41 @@
+"""The oneDNN float32 CPU path equals torch's own kernels to round-off, and steps aside where it does not apply."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from omni_core import cpu_gemm
+from omni_core.attention import attention
+from omni_core.ops import Linear
+
+
+@torch.no_grad()
+def test_linear_matches_f_linear():
+    x, weight, bias = torch.randn(3, 37, 64), torch.randn(48, 64), torch.randn(48)
+    assert (cpu_gemm.linear(x, weight, bias) - F.linear(x, weight, bias)).abs().max() < 1e-4
+    transposed = torch.randn(64, 48).t()  # a non-contiguous weight
+    assert (cpu_gemm.linear(x, transposed) - F.linear(x, transposed)).abs().max() < 1e-4
+
+
+def test_falls_back_under_autograd_and_other_dtypes():
+    layer = Linear(8, 4)
+    x = torch.randn(2, 8, requires_grad=True)
+    layer(x).sum().backward()  # autograd works: the oneDNN op is only used without grad
+    assert x.grad is not None
+    assert not cpu_gemm.onednn_gemm_applies(torch.randn(2, dtype=torch.bfloat16))
+    with torch.no_grad():
+        out = layer.to(torch.bfloat16)(torch.randn(2, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not cpu_gemm.ONEDNN_GEMM, reason="no oneDNN GEMM in this PyTorch build")
+@torch.no_grad()
+def test_blocked_attention_matches_sdpa_with_padding():
+    q, k, v = torch.randn(2, 6, 300, 24), torch.randn(2, 2, 310, 24), torch.randn(2, 2, 310, 24)
+    mask = torch.ones(2, 310, dtype=torch.bool)
+    mask[1, 200:] = False
+    reference = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(3, dim=1), v.repeat_interleave(3, dim=1), attn_mask=mask[:, None, None, :]
+    )
+    assert cpu_gemm.onednn_gemm_applies(q, k, v)
+    assert (attention(q, k, v, mask) - reference).abs().max() < 1e-5
