@@ -129,6 +129,7 @@ def _tiny_vae():
 def _runner(bench: Bench):
     """Build everything for `bench`; return (a function doing the timed work once, RSS MiB after building)."""
     from omni_core.guidance import GuidedVelocity
+    from omni_core.reference_passes import TransformerPasses
     from omni_core.sampler import sample_euler
     from omni_core.schedule import flow_timesteps
     from omni_core.vae import decode_latents
@@ -137,16 +138,9 @@ def _runner(bench: Bench):
     transformer = build_ours(config)
     condition = _condition(bench, config.text_feat_dim)
     text_scale, image_scale = PASS_SCALES[bench.passes]
-    references = [ref.latent for ref in condition.references]
-
-    def run_passes(latents, t, embeds, mask, with_references, *_):
-        """The transformer call as OmniGen2.sample makes it (extra pass/step arguments ignored)."""
-        N = latents.shape[0]
-        return transformer(latents, t.expand(N), embeds, mask, [references] * N if with_references and references else None)
-
     steps = bench.steps if bench.kind == "sample" else 50
     velocity = GuidedVelocity(
-        run_passes,
+        TransformerPasses(transformer, condition, cache=None, independent_condition=False),
         condition.positive,
         condition.negative,
         has_references=bool(condition.references),
