@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 import omni_core
+from omni_core.condition import MAX_REFERENCE_IMAGES
 from omni_core.errors import InvalidInputError, ModelFileError
 
 try:  # ComfyUI puts these on sys.path before it loads custom nodes; anywhere else they are absent.
@@ -310,7 +311,6 @@ def check_model(model: Any, input_name: str = "model") -> OmniGen2Model:
 # Inputs
 # ---------------------------------------------------------------------------------------------------------------------
 
-MAX_IMAGES = 5
 
 
 def collect_images(**inputs: Any) -> list[torch.Tensor] | None:
@@ -336,10 +336,10 @@ def collect_images(**inputs: Any) -> list[torch.Tensor] | None:
         if height < 1 or width < 1:
             raise InvalidInputError(f"'{name}' is empty: {width}x{height} pixels. Give an image of at least 16x16.")
         images.extend(value.unbind(0))
-    if len(images) > MAX_IMAGES:
+    if len(images) > MAX_REFERENCE_IMAGES:
         raise InvalidInputError(
             f"{len(images)} reference images given (batches count image by image); OmniGen2 takes at most "
-            f"{MAX_IMAGES}. Remove some or combine them into one picture."
+            f"{MAX_REFERENCE_IMAGES}. Remove some or combine them into one picture."
         )
     return images or None
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import InvalidInputError
+
 MAX_REFERENCE_IMAGES = 5  # the checkpoint's image_index_embedding has one row per reference slot
 PIXELS_PER_TOKEN = 16  # VAE factor 8 x patch size 2
 
@@ -61,15 +63,18 @@ class Condition:
     fingerprint: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if len(self.references) > MAX_REFERENCE_IMAGES:
-            from .errors import InvalidInputError
-
-            raise InvalidInputError(
-                f"{len(self.references)} reference images given; OmniGen2 takes at most {MAX_REFERENCE_IMAGES}. "
-                "Remove some images or combine them into one."
-            )
+        check_reference_count(len(self.references))
         if not self.fingerprint:
             object.__setattr__(self, "fingerprint", condition_fingerprint(self))
+
+
+def check_reference_count(count: int) -> None:
+    """Raise unless `count` reference images fit the checkpoint's image slots."""
+    if count > MAX_REFERENCE_IMAGES:
+        raise InvalidInputError(
+            f"{count} reference images given; OmniGen2 takes at most {MAX_REFERENCE_IMAGES}. "
+            "Remove some images or combine them into one."
+        )
 
 
 def tensor_fingerprint(tensor: torch.Tensor) -> str:

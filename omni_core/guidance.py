@@ -89,9 +89,6 @@ class GuidedVelocity:
         self.image_scale = image_scale if has_references else 1.0  # no references: nothing for image guidance to do
         self.cfg_range = cfg_range
 
-    def needs_negative(self) -> bool:
-        return self.text_scale > 1.0
-
     def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
         text_scale, image_scale = active_scales(step, self.steps, self.text_scale, self.image_scale, self.cfg_range)
         passes = [self.passes[name] for name in planned_passes(text_scale, image_scale)]

@@ -20,16 +20,20 @@ ImageLike = Union[PIL.Image.Image, torch.Tensor, np.ndarray]
 SIZE_MULTIPLE = 16  # VAE factor 8 x patch size 2
 
 
+def _scaled_to_multiple(height: int, width: int, ratio: float) -> tuple[int, int]:
+    """Each side times `ratio`, truncated, then floored to a multiple of 16 (the official order of operations)."""
+    return int(height * ratio) // SIZE_MULTIPLE * SIZE_MULTIPLE, int(width * ratio) // SIZE_MULTIPLE * SIZE_MULTIPLE
+
+
 def fit_reference_size(height: int, width: int, max_pixels: int, max_side_length: int) -> tuple[int, int]:
     """Downscale (never up) to fit max_pixels and max_side_length, then floor each side to a multiple of 16."""
     ratio = min(math.sqrt(max_pixels / (height * width)), max_side_length / max(height, width), 1.0)
-    return int(height * ratio) // SIZE_MULTIPLE * SIZE_MULTIPLE, int(width * ratio) // SIZE_MULTIPLE * SIZE_MULTIPLE
+    return _scaled_to_multiple(height, width, ratio)
 
 
 def fit_output_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
     """Requested output size scaled down to max_pixels and floored to multiples of 16 (the size that is sampled)."""
-    ratio = min(math.sqrt(max_pixels / (height * width)), 1.0)
-    return int(height * ratio) // SIZE_MULTIPLE * SIZE_MULTIPLE, int(width * ratio) // SIZE_MULTIPLE * SIZE_MULTIPLE
+    return _scaled_to_multiple(height, width, min(math.sqrt(max_pixels / (height * width)), 1.0))
 
 
 def check_output_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .compact import compact_condition
-from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage
+from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage, check_reference_count
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import GuidedVelocity
 from .image_processing import ImageLike, check_output_size, postprocess, preprocess_reference, to_pil
@@ -109,11 +109,7 @@ class OmniGen2:
         if not isinstance(prompt, str):
             raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}.")
         images = list(images or [])
-        if len(images) > MAX_REFERENCE_IMAGES:
-            raise InvalidInputError(
-                f"{len(images)} reference images given; OmniGen2 takes at most {MAX_REFERENCE_IMAGES}. "
-                "Remove some images or combine them into one."
-            )
+        check_reference_count(len(images))  # before any encoding work
         references = []
         for j, image in enumerate(images):
             pixels = preprocess_reference(image, max_pixels, max_input_image_side_length, name=f"image {j + 1}")

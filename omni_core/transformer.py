@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
-from .condition import ReferenceImage
+from .condition import MAX_REFERENCE_IMAGES, ReferenceImage
 from .config import TransformerConfig
 from .errors import InvalidInputError
 from .layout import SampleLayout, TokenGrid
@@ -26,7 +26,6 @@ from .packing import pad_sequences, patchify, unpatchify
 from .reference_cache import KVCapture, KVReuse, KVStore, LayerKV
 from .rope import OmniRoPE, Rotation, apply_rotation, text_positions
 
-MAX_REFERENCE_IMAGES = 5
 TIMESTEP_FREQUENCY_DIM = 256
 
 
