@@ -61,6 +61,23 @@ MODES = [
 ]
 
 
+# figure -> (cached mode, baseline mode): 1 - (T_cached - T_baseline) / (T_full_3refs - T_baseline)
+REDUCTIONS = {
+    "conditional_overhead_reduction": ("cached_3refs", "text_only_3pass"),
+    "conditional_overhead_reduction_vs_two_pass_t2i": ("cached_3refs", "text_only_2pass"),
+    "conditional_overhead_reduction_independent": ("independent_cached_3refs", "text_only_3pass"),
+    "conditional_overhead_reduction_compact_0_5_cached": ("compact_0_5_cached_3refs", "text_only_3pass"),
+}
+# figure -> (slower mode, faster mode): T_slower / T_faster
+SPEEDUPS = {
+    "speedup_1_ref": ("full_1ref", "cached_1ref"),
+    "speedup_3_refs": ("full_3refs", "cached_3refs"),
+    "speedup_3_refs_independent": ("full_3refs", "independent_cached_3refs"),
+    "speedup_compact_0_5": ("full_3refs", "compact_0_5_3refs"),
+    "speedup_compact_0_5_cached": ("full_3refs", "compact_0_5_cached_3refs"),
+}
+
+
 def build_condition(mode: Mode, noise_side: int, seed: int = 1) -> Condition:
     g = torch.Generator().manual_seed(seed)
     text = lambda n: TextCondition(torch.randn(1, n, TEXT_FEAT_DIM, generator=g), torch.ones(1, n, dtype=torch.long))
@@ -130,6 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="256-token images, 2 layers, 6 steps, 1 repeat")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-mode peak-memory processes")
+    parser.add_argument("--modes", nargs="+", metavar="MODE", help="time only these modes (figures needing others are skipped)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -140,35 +158,35 @@ def main(argv=None) -> int:
         memory_worker(args.memory_worker, args.steps, noise_side, args.layers)
         return 0
 
+    modes = [m for m in MODES if not args.modes or m.name in args.modes]
     torch.manual_seed(0)
     model = build_ours(bench_config(num_layers=args.layers, text_feat_dim=TEXT_FEAT_DIM))
     runs, conditions = {}, {}
-    for mode in MODES:
+    for mode in modes:
         runs[mode.name], conditions[mode.name] = make_run(model, mode, args.steps, noise_side)
     with torch.no_grad():
         seconds = time_interleaved(runs, args.repeats, warmup=0 if args.quick else 1)
         stats = {name: run()[1] for name, run in runs.items() if "cached" in name}
         # n = 1 must reproduce the uncached run exactly
-        full, _ = runs["full_3refs"]()
-        n1_mode = dataclasses.replace(next(m for m in MODES if m.name == "full_3refs"), cache_per_n_steps=1)
-        n1, _ = make_run(model, n1_mode, args.steps, noise_side)[0]()
+        full_mode = next(m for m in MODES if m.name == "full_3refs")
+        full, _ = make_run(model, full_mode, args.steps, noise_side)[0]()
+        n1, _ = make_run(model, dataclasses.replace(full_mode, cache_per_n_steps=1), args.steps, noise_side)[0]()
     t = {name: median(values) for name, values in seconds.items()}
-    overhead = lambda cached, baseline: 1.0 - (t[cached] - t[baseline]) / (t["full_3refs"] - t[baseline])
     memory = {}
     if not args.no_memory:
-        for mode in MODES:
+        for mode in modes:
             extra = ["--steps", str(args.steps), "--noise-tokens", str(args.noise_tokens), "--layers", str(args.layers)]
             memory[mode.name] = run_worker(Path(__file__), ["--memory-worker", mode.name, *extra])["peak_rss_mb"]
+    figures = {}
+    for key, (cached, baseline) in REDUCTIONS.items():
+        if {cached, baseline, "full_3refs"} <= t.keys():
+            figures[key] = 1.0 - (t[cached] - t[baseline]) / (t["full_3refs"] - t[baseline])
+    for key, (slow, fast) in SPEEDUPS.items():
+        if {slow, fast} <= t.keys():
+            figures[key] = t[slow] / t[fast]
+    figures["max_abs_diff_n1"] = (full - n1).abs().max().item()
     result = {
-        "conditional_overhead_reduction": overhead("cached_3refs", "text_only_3pass"),
-        "conditional_overhead_reduction_vs_two_pass_t2i": overhead("cached_3refs", "text_only_2pass"),
-        "conditional_overhead_reduction_independent": overhead("independent_cached_3refs", "text_only_3pass"),
-        "conditional_overhead_reduction_compact_0_5_cached": overhead("compact_0_5_cached_3refs", "text_only_3pass"),
-        "speedup_1_ref": t["full_1ref"] / t["cached_1ref"],
-        "speedup_3_refs": t["full_3refs"] / t["cached_3refs"],
-        "speedup_3_refs_independent": t["full_3refs"] / t["independent_cached_3refs"],
-        "speedup_compact_0_5": t["full_3refs"] / t["compact_0_5_3refs"],
-        "speedup_compact_0_5_cached": t["full_3refs"] / t["compact_0_5_cached_3refs"],
+        **figures,
         "token_counts": {
             name: {"noise": args.noise_tokens, "reference": sum(r.num_tokens for r in c.references)}
             for name, c in conditions.items()
@@ -176,21 +194,18 @@ def main(argv=None) -> int:
         "reuse_counts": stats,
         "seconds": t,
         "peak_memory_mb": memory,
-        "max_abs_diff_n1": (full - n1).abs().max().item(),
         "settings": {"steps": args.steps, "repeats": args.repeats, "layers": args.layers, "hidden": 720, **environment()},
     }
     rows = [
         {"mode": name, "seconds": t[name], "ref_tokens": result["token_counts"][name]["reference"],
-         "vs_full": t["full_3refs"] / t[name], "peak_mb": memory.get(name)}
+         "vs_full": t["full_3refs"] / t[name] if "full_3refs" in t else None, "peak_mb": memory.get(name)}
         for name in runs
     ]
     print_table(rows, [("mode", "mode", "s"), ("ref_tokens", "ref tokens", "d"), ("seconds", "seconds", ".2f"),
                        ("vs_full", "full_3refs / this", ".2f"), ("peak_mb", "peak MB", ".0f")])
     print()
-    for key in ("conditional_overhead_reduction", "conditional_overhead_reduction_vs_two_pass_t2i",
-                "conditional_overhead_reduction_independent", "conditional_overhead_reduction_compact_0_5_cached", "speedup_1_ref", "speedup_3_refs",
-                "speedup_3_refs_independent", "speedup_compact_0_5", "speedup_compact_0_5_cached", "max_abs_diff_n1"):
-        print(f"{key:50s} {result[key]:.4g}")
+    for key, value in figures.items():
+        print(f"{key:50s} {value:.4g}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

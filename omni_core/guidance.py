@@ -55,17 +55,13 @@ class GuidancePass:
     with_references: bool
 
 
-# run(latents [N, C, H, W], t, text embeds [N, L, D], text mask [N, L], with references, pass names, step)
-#   -> velocity [N, C, H, W]; the names and step let the runner keep per-pass reference caches.
-PassRunner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool, tuple[str, ...], int], torch.Tensor]
+# run(x [N, C, H, W], t (this step's time, a scalar), the passes, step) -> per pass name its velocity [N, C, H, W].
+# The runner sees every pass of a step at once, so it can batch them and compute once what they share.
+PassRunner = Callable[[torch.Tensor, torch.Tensor, Sequence[GuidancePass], int], dict[str, torch.Tensor]]
 
 
 class GuidedVelocity:
-    """The velocity the sampler integrates: every pass a step needs, batched where shapes agree, then combined.
-
-    Passes with the same text length and the same reference set run as one forward (one batch of
-    N * passes samples): no padding is introduced, so it equals separate calls up to float round-off.
-    """
+    """The velocity the sampler integrates: the passes a step needs, run by `run_passes`, then combined."""
 
     def __init__(
         self,
@@ -92,20 +88,12 @@ class GuidedVelocity:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
         text_scale, image_scale = active_scales(step, self.steps, self.text_scale, self.image_scale, self.cfg_range)
         passes = [self.passes[name] for name in planned_passes(text_scale, image_scale)]
-        velocity: dict[str, torch.Tensor] = {}
-        for group in _batchable_groups(passes):
-            N = x.shape[0]
-            embeds = torch.cat([p.text.embeds.expand(N, -1, -1) for p in group])
-            mask = torch.cat([p.text.mask.expand(N, -1) for p in group])
-            names = tuple(p.name for p in group)
-            out = self.run_passes(x.repeat(len(group), 1, 1, 1), t, embeds, mask, group[0].with_references, names, step)
-            for p, v in zip(group, out.float().split(N)):
-                velocity[p.name] = v
+        velocity = {name: v.float() for name, v in self.run_passes(x, t, passes, step).items()}
         return combine_guidance(velocity, text_scale, image_scale)
 
 
-def _batchable_groups(passes: Sequence[GuidancePass]) -> list[list[GuidancePass]]:
-    """Group passes that can share one forward: same text length and same reference set."""
+def batchable_groups(passes: Sequence[GuidancePass]) -> list[list[GuidancePass]]:
+    """Passes that can share one forward (one batch, no padding added): same text length and same reference set."""
     groups: dict[tuple[int, bool], list[GuidancePass]] = {}
     for p in passes:
         groups.setdefault((p.text.embeds.shape[1], p.with_references), []).append(p)

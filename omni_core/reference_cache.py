@@ -25,6 +25,17 @@ class LayerKV:
     value: torch.Tensor
 
 
+@dataclass(frozen=True)
+class ConditionFeatures:
+    """The condition branch's output (independent condition): per joint layer the reference keys/values of every
+    image, each computed at sequence id 0; `grids` are the images' token grids, in order. `placed` keeps the keys
+    turned to each text length's sequence ids (see `OmniGen2Transformer.place_condition`), so it goes with them."""
+
+    grids: tuple
+    layers: list[LayerKV]
+    placed: dict[int, list[LayerKV]] = field(default_factory=dict)
+
+
 class KVStore:
     """Attention hook that records the reference span [start, end) of every layer's keys and values."""
 
@@ -75,7 +86,7 @@ class ReferenceFeatureCache:
 
     every_n_steps: int | None
     metadata: tuple = ()
-    entries: dict[tuple, list[LayerKV]] = field(default_factory=dict)
+    entries: dict[tuple, list[LayerKV] | ConditionFeatures] = field(default_factory=dict)
 
     def check_metadata(self, *metadata) -> None:
         """Drop every entry when what determines them (condition, dtype, device, model) changed."""

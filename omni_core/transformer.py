@@ -23,7 +23,7 @@ from .errors import InvalidInputError
 from .layout import SampleLayout, TokenGrid
 from .ops import default_operations
 from .packing import pad_sequences, patchify, unpatchify
-from .reference_cache import KVCapture, KVReuse, KVStore, LayerKV
+from .reference_cache import ConditionFeatures, KVCapture, KVReuse, KVStore, LayerKV
 from .rope import OmniRoPE, Rotation, apply_rotation, text_positions
 
 TIMESTEP_FREQUENCY_DIM = 256
@@ -296,23 +296,83 @@ class OmniGen2Transformer(nn.Module):
         Returns the same container type as hidden_states.
         """
         latents = list(hidden_states)
-        layouts, references = self._plan(
+        layouts, references = self.plan(
             latents, text_hidden_states, text_attention_mask, ref_image_hidden_states, noise_token_index
         )
-        dtype, device = latents[0].dtype, latents[0].device
-        temb = self.time_caption_embed.embed_time(timestep.to(device).expand(len(latents)), dtype)  # (B, time_dim)
-        run_references = not isinstance(reference_kv, KVReuse)
+        temb = self.embed_time(timestep.to(latents[0].device).expand(len(latents)), latents[0].dtype)
+        text = self.refine_text(text_hidden_states, text_attention_mask)
+        noise = self.refine_noise(latents, [layout.noise for layout in layouts], temb)
+        # with KVReuse their keys/values are supplied: the reference tokens do not run
+        refs = None if isinstance(reference_kv, KVReuse) else self.refine_references(references, temb)
+        outputs = self.joint(text, refs, noise, layouts, temb, reference_kv)
+        return torch.stack(outputs) if isinstance(hidden_states, torch.Tensor) else outputs
 
-        # 2. Refiners: each modality on its own
-        text = self._refine_text(text_hidden_states, text_attention_mask, layouts)
-        noise = self._refine_noise(latents, layouts, temb)
-        refs = self._refine_references(references, layouts, temb) if run_references else [[] for _ in layouts]
+    # The stages of `forward`, in order. A guidance runner calls them itself to compute once what its passes share:
+    # the refined text depends on the text only, the refined noise and references on the step only (the refiners'
+    # attention stays inside one image, where Omni-RoPE's sequence angle is common to every token and cancels, so
+    # they rotate by row and column alone and do not depend on where the image sits in the joint sequence).
 
-        # 3. Joint blocks over [text | references | noise]
+    def embed_time(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """timestep [B] in [0, 1] -> [B, time_embed_dim]."""
+        return self.time_caption_embed.embed_time(timestep, dtype)
+
+    def refine_text(self, text_hidden_states: torch.Tensor, text_attention_mask: torch.Tensor) -> torch.Tensor:
+        """MLLM hidden states [B, L, text_feat_dim] (right-padded) -> refined text tokens [B, L, hidden]."""
+        text = self.time_caption_embed.embed_caption(text_hidden_states)
+        B, L, _ = text.shape
+        padded = text_attention_mask.bool()
+        mask = None if bool(padded.all()) else padded
+        rotation = self.rope(text_positions(L, text.device)[None].expand(B, L, 3))
+        for layer in self.context_refiner:
+            text = layer(text, rotation, mask)
+        return text
+
+    def refine_noise(self, latents: Sequence[torch.Tensor], grids: Sequence[TokenGrid], temb: torch.Tensor) -> torch.Tensor:
+        """Noisy latents [C, H_i, W_i] with their token grids -> refined noise tokens [B, max tokens, hidden]."""
+        p, device = self.config.patch_size, latents[0].device
+        tokens = [patchify(latent, p) for latent in latents]
+        tokens = [t if grid.keep_index is None else t[list(grid.keep_index)] for t, grid in zip(tokens, grids)]
+        x, mask = pad_sequences(tokens)
+        x = self.x_embedder(x)
+        rotation = self.rope(pad_sequences([grid.positions(0.0, device) for grid in grids])[0])
+        for layer in self.noise_refiner:
+            x = layer(x, rotation, mask, temb)
+        return x
+
+    def refine_references(
+        self, references: Sequence[Sequence[tuple[torch.Tensor, TokenGrid]]], temb: torch.Tensor
+    ) -> list[list[torch.Tensor]]:
+        """Per sample its reference images (latent, grid) and temb [B, time_dim] -> per sample, per image its refined
+        tokens [n_j, hidden]. Each image is refined on its own (images do not see each other), all in one batch."""
+        owners = [i for i, refs in enumerate(references) for _ in refs]
+        if not owners:
+            return [[] for _ in references]
+        x, mask, rotation = self._embed_references([[(j, *ref) for j, ref in enumerate(refs)] for refs in references])
+        for layer in self.ref_image_refiner:
+            x = layer(x, rotation, mask, temb[owners])
+        refined: list[list[torch.Tensor]] = [[] for _ in references]
+        grids = [grid for refs in references for _, grid in refs]
+        for row, (owner, grid) in enumerate(zip(owners, grids)):
+            refined[owner].append(x[row, : grid.num_tokens])
+        return refined
+
+    def joint(
+        self,
+        text: torch.Tensor,
+        references: Sequence[Sequence[torch.Tensor]] | None,
+        noise: torch.Tensor,
+        layouts: Sequence[SampleLayout],
+        temb: torch.Tensor,
+        reference_kv: KVStore | KVReuse | None = None,
+    ) -> list[torch.Tensor]:
+        """The joint blocks over [text | references | noise] and the output layers -> per sample its velocity
+        [C, H, W]. references: per sample its refined reference tokens, or None when `reference_kv` supplies them."""
+        device = noise.device
         joint_tokens, joint_positions = [], []
         for i, layout in enumerate(layouts):
-            ref_positions = layout.reference_positions(device) if run_references else []
-            joint_tokens.append(torch.cat([text[i, : layout.text_len], *refs[i], noise[i, : layout.noise_len]]))
+            refs = [] if references is None else list(references[i])
+            ref_positions = [] if references is None else layout.reference_positions(device)
+            joint_tokens.append(torch.cat([text[i, : layout.text_len], *refs, noise[i, : layout.noise_len]]))
             joint_positions.append(torch.cat([layout.text_positions(device), *ref_positions, layout.noise_positions(device)]))
         if isinstance(reference_kv, KVStore):
             _check_uniform_reference_span(layouts, reference_kv)
@@ -328,7 +388,6 @@ class OmniGen2Transformer(nn.Module):
         if last_rows != slice(None):
             noise_rows = [slice(0, layout.noise_len) for layout in layouts]
 
-        # 4. Output norm and projection, 5. Unpatchify the noise tokens
         x = self.norm_out(x, temb)
         p = self.config.patch_size
         outputs = []
@@ -339,41 +398,55 @@ class OmniGen2Transformer(nn.Module):
                 full[list(grid.keep_index)] = predicted
                 predicted = full
             outputs.append(unpatchify(predicted, (grid.height, grid.width), p))
-        return torch.stack(outputs) if isinstance(hidden_states, torch.Tensor) else outputs
+        return outputs
 
     @torch.no_grad()
-    def reference_features(
-        self, references: Sequence[torch.Tensor | ReferenceImage], text_len: int, condition_timestep: float = 1.0
-    ) -> list[LayerKV]:
+    def condition_branch(
+        self, references: Sequence[torch.Tensor | ReferenceImage], condition_timestep: float = 1.0
+    ) -> ConditionFeatures:
         """The condition branch of the asymmetric mask: each joint layer's keys/values of the reference tokens when
         every image attends only to itself at the fixed `condition_timestep` (1 = clean).
 
-        They depend on the images and on where the images sit (after `text_len` text tokens) and on nothing else,
-        so one computation serves every step. Returns per joint layer [1, H_kv, R, D], images concatenated.
+        They depend on the images alone, so one computation serves every step and every pass: each image runs at
+        sequence id 0 here (its tokens share that id, so it cancels in their attention) and `place_condition` turns
+        the keys to where the images sit after a given text.
         """
         config, p = self.config, self.config.patch_size
-        latents, grids = zip(*(_as_reference(ref, f"references[{j}]", config.in_channels, p) for j, ref in enumerate(references)))
-        layout = SampleLayout(text_len, tuple(grids), TokenGrid(0, 0))
-        device = latents[0].device
-        temb = self.time_caption_embed.embed_time(torch.full((1,), condition_timestep, device=device), latents[0].dtype)
-        x, mask, rotation = self._embed_references([list(zip(latents, grids))], [layout])
+        refs = [_as_reference(ref, f"references[{j}]", config.in_channels, p) for j, ref in enumerate(references)]
+        device, dtype = refs[0][0].device, refs[0][0].dtype
+        temb = self.embed_time(torch.full((1,), condition_timestep, device=device), dtype)
+        x, mask, rotation = self._embed_references([[(j, *ref) for j, ref in enumerate(refs)]])
         temb = temb.expand(x.shape[0], -1)
         for layer in self.ref_image_refiner:
             x = layer(x, rotation, mask, temb)
         capture = KVCapture()
         for layer in self.layers:
             x = layer(x, rotation, mask, temb, capture)
-        lengths = layout.reference_lens
+        grids = tuple(grid for _, grid in refs)
+        join = lambda t: torch.cat([t[j, :, : grid.num_tokens] for j, grid in enumerate(grids)], dim=1)[None]
+        return ConditionFeatures(grids, [LayerKV(join(kv.key), join(kv.value)) for kv in capture.layers])
+
+    def place_condition(self, features: ConditionFeatures, text_len: int) -> list[LayerKV]:
+        """The condition branch's keys rotated to the images' sequence ids after `text_len` text tokens (values do not
+        depend on position). Returns per joint layer [1, H_kv, R, D]."""
+        device = features.layers[0].key.device
+        layout = SampleLayout(text_len, features.grids, TokenGrid(0, 0))
+        ids = torch.cat(layout.reference_positions(device))
+        ids[:, 1:] = 0  # the sequence angle only: row and column angles are already in the keys
+        turn = self.rope(ids[None])
         return [
-            LayerKV(
-                torch.cat([kv.key[j, :, :n] for j, n in enumerate(lengths)], dim=1)[None],
-                torch.cat([kv.value[j, :, :n] for j, n in enumerate(lengths)], dim=1)[None],
-            )
-            for kv in capture.layers
+            LayerKV(apply_rotation(kv.key.transpose(1, 2), turn).transpose(1, 2), kv.value) for kv in features.layers
         ]
 
-    def _plan(self, latents, text_hidden_states, text_attention_mask, ref_image_hidden_states, noise_token_index):
-        """Validate inputs and describe each sample's sequence."""
+    def plan(
+        self,
+        latents: Sequence[torch.Tensor],
+        text_hidden_states: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        ref_image_hidden_states: Sequence[Sequence[torch.Tensor | ReferenceImage] | None] | None,
+        noise_token_index: torch.Tensor | None,
+    ) -> tuple[list[SampleLayout], list[list[tuple[torch.Tensor, TokenGrid]]]]:
+        """Validate `forward`'s inputs; per sample its sequence layout and its references as (latent, grid)."""
         config, p = self.config, self.config.patch_size
         B = len(latents)
         if text_hidden_states.ndim != 3 or text_hidden_states.shape[0] != B or text_hidden_states.shape[2] != config.text_feat_dim:
@@ -408,50 +481,15 @@ class OmniGen2Transformer(nn.Module):
             references.append(refs)
         return layouts, references
 
-    def _refine_text(self, text_hidden_states, text_attention_mask, layouts) -> torch.Tensor:
-        text = self.time_caption_embed.embed_caption(text_hidden_states)
-        B, L, _ = text.shape
-        mask = None if all(layout.text_len == L for layout in layouts) else text_attention_mask.bool()
-        rotation = self.rope(text_positions(L, text.device)[None].expand(B, L, 3))
-        for layer in self.context_refiner:
-            text = layer(text, rotation, mask)
-        return text
-
-    def _refine_noise(self, latents, layouts, temb) -> torch.Tensor:
-        p, device = self.config.patch_size, latents[0].device
-        tokens = [patchify(latent, p) for latent in latents]
-        tokens = [t if layout.noise.keep_index is None else t[list(layout.noise.keep_index)] for t, layout in zip(tokens, layouts)]
-        x, mask = pad_sequences(tokens)
-        x = self.x_embedder(x)
-        rotation = self.rope(pad_sequences([layout.noise_positions(device) for layout in layouts])[0])
-        for layer in self.noise_refiner:
-            x = layer(x, rotation, mask, temb)
-        return x
-
-    def _embed_references(self, references, layouts):
-        """Every reference image of every sample as one padded batch of embedded tokens, its mask and rotations."""
+    def _embed_references(self, images: Sequence[Sequence[tuple[int, torch.Tensor, TokenGrid]]]):
+        """Reference images (slot j, latent, grid), grouped per sample, as one padded batch of embedded tokens (one row
+        per image), its key mask and row/column rotations (sequence id 0, see `refine_references`)."""
         tokens, positions = [], []
-        for refs, layout in zip(references, layouts):
-            for j, ((latent, grid), ids) in enumerate(zip(refs, layout.reference_positions(self.image_index_embedding.device))):
-                patches = patchify(latent, self.config.patch_size)
-                if grid.keep_index is not None:
-                    patches = patches[list(grid.keep_index)]
-                tokens.append(self.ref_image_patch_embedder(patches) + self.image_index_embedding[j])
-                positions.append(ids)
+        for j, latent, grid in (image for sample in images for image in sample):
+            patches = patchify(latent, self.config.patch_size)
+            if grid.keep_index is not None:
+                patches = patches[list(grid.keep_index)]
+            tokens.append(self.ref_image_patch_embedder(patches) + self.image_index_embedding[j])
+            positions.append(grid.positions(0.0, latent.device))
         x, mask = pad_sequences(tokens)
         return x, mask, self.rope(pad_sequences(positions)[0])
-
-    def _refine_references(self, references, layouts, temb) -> list[list[torch.Tensor]]:
-        """Each reference image refined on its own (images do not see each other), all images in one batch."""
-        owners = [i for i, refs in enumerate(references) for _ in refs]
-        if not owners:
-            return [[] for _ in layouts]
-        x, mask, rotation = self._embed_references(references, layouts)
-        ref_temb = temb[owners]
-        for layer in self.ref_image_refiner:
-            x = layer(x, rotation, mask, ref_temb)
-        refined: list[list[torch.Tensor]] = [[] for _ in layouts]
-        lengths = [n for layout in layouts for n in layout.reference_lens]
-        for row, (owner, n) in enumerate(zip(owners, lengths)):
-            refined[owner].append(x[row, :n])
-        return refined

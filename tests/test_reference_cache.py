@@ -43,8 +43,9 @@ def test_independent_condition_is_exact_to_compute_once(tiny_model, condition):
     every_step = tiny_model.sample(condition, independent_condition=True, **SAMPLE)
     once = tiny_model.sample(condition, independent_condition=True, cache_per_n_steps=1000, **SAMPLE)
     assert torch.equal(every_step.images, once.images)
-    # the cond and ref passes share one entry per text length; computed once, reused on every later forward
-    assert once.stats["reference_tokens_computed"] == 2 * sum(r.num_tokens for r in condition.references)
+    # one condition branch for the whole run, shared by the cond and ref passes although their prompts differ in length
+    assert condition.positive.embeds.shape[1] != condition.negative.embeds.shape[1]
+    assert once.stats["reference_tokens_computed"] == sum(r.num_tokens for r in condition.references)
     standard = tiny_model.sample(condition, **SAMPLE)
     assert not torch.equal(standard.images, once.images)  # the mask changes what references see
 
@@ -63,17 +64,18 @@ def test_independent_branch_equals_one_masked_joint_forward(tiny_model, conditio
     text = condition.positive
     x = torch.randn(1, 16, 6, 6)
     t = torch.tensor([0.4])
-    ours = model(x, t, text.embeds, text.mask, [refs], reference_kv=KVReuse(model.reference_features(refs, text.embeds.shape[1])))
+    features = model.place_condition(model.condition_branch(refs), text.embeds.shape[1])
+    ours = model(x, t, text.embeds, text.mask, [refs], reference_kv=KVReuse(features))
 
     # naive: one sequence, per-token modulation, asymmetric mask
     L = text.embeds.shape[1]
     grids = tuple(TokenGrid(r.shape[1] // 2, r.shape[2] // 2) for r in refs)
     layout = SampleLayout(L, grids, TokenGrid(3, 3))
-    temb = model.time_caption_embed.embed_time(t, x.dtype)
-    temb_clean = model.time_caption_embed.embed_time(torch.ones(1), x.dtype)
-    txt = model._refine_text(text.embeds, text.mask, [layout])[0]
-    noise = model._refine_noise([x[0]], [layout], temb)[0]
-    ref_tokens = model._refine_references([[(r, g) for r, g in zip(refs, grids)]], [layout], temb_clean)[0]
+    temb = model.embed_time(t, x.dtype)
+    temb_clean = model.embed_time(torch.ones(1), x.dtype)
+    txt = model.refine_text(text.embeds, text.mask)[0]
+    noise = model.refine_noise([x[0]], [layout.noise], temb)[0]
+    ref_tokens = model.refine_references([list(zip(refs, grids))], temb_clean)[0]
     seq = torch.cat([txt, *ref_tokens, noise])[None]
     positions = torch.cat([layout.text_positions(), *layout.reference_positions(), layout.noise_positions()])[None]
     rotation = model.rope(positions)

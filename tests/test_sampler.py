@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from conftest import max_abs_diff
-from omni_core.condition import TextCondition
+from omni_core.condition import Condition, ReferenceImage, TextCondition
 from omni_core.guidance import COND, REF, UNCOND, GuidedVelocity, active_scales, combine_guidance, planned_passes
+from omni_core.reference_passes import TransformerPasses
 from omni_core.sampler import sample_euler
 from omni_core.schedule import flow_timesteps
 from omni_core.vae import decode_latents
@@ -40,18 +41,17 @@ def test_combination_is_the_official_formula():
 
 @torch.no_grad()
 def test_denoising_loop_and_decode_match_official(tiny_model, reference_cases):
+    """Our pass runner (refiners shared between passes and steps) through the official loop, decoded."""
     tensors, meta = reference_cases
     loop = meta["loop"]
-    refs = [tensors["loop.ref_latents.0"], tensors["loop.ref_latents.1"]]
-    transformer = tiny_model.transformer
-
-    def run(latents, t, embeds, mask, with_refs, *_):
-        return transformer(latents, t.expand(len(latents)), embeds, mask, [refs] * len(latents) if with_refs else None)
-
+    refs = tuple(ReferenceImage(tensors[f"loop.ref_latents.{j}"], (0, 0)) for j in range(2))
+    positive = TextCondition(tensors["loop.prompt_embeds"], tensors["loop.prompt_attention_mask"])
+    negative = TextCondition(tensors["loop.negative_prompt_embeds"], tensors["loop.negative_prompt_attention_mask"])
+    condition = Condition(positive, negative, refs)
     velocity = GuidedVelocity(
-        run,
-        TextCondition(tensors["loop.prompt_embeds"], tensors["loop.prompt_attention_mask"]),
-        TextCondition(tensors["loop.negative_prompt_embeds"], tensors["loop.negative_prompt_attention_mask"]),
+        TransformerPasses(tiny_model.transformer, condition, cache=None, independent_condition=False),
+        positive,
+        negative,
         has_references=True,
         steps=loop["steps"],
         text_scale=loop["text_guidance_scale"],
@@ -66,19 +66,28 @@ def test_denoising_loop_and_decode_match_official(tiny_model, reference_cases):
 
 
 @torch.no_grad()
-def test_equal_length_passes_run_as_one_batch(tiny_model):
-    """cond and uncond with equal text lengths share a forward; the result equals separate passes."""
-    transformer, calls = tiny_model.transformer, []
-
-    def run(latents, t, embeds, mask, with_refs, *_):
-        calls.append(len(latents))
-        return transformer(latents, t.expand(len(latents)), embeds, mask, None)
-
+def test_passes_share_refiners_and_batch_equal_lengths(tiny_model):
+    """cond and uncond with equal text lengths run the joint layers as one batch, the noise refiner runs once for
+    both, the context refiner once per prompt per run; the result equals separate plain forwards."""
+    transformer = tiny_model.transformer
+    batches = {"joint": [], "noise": [], "context": []}
+    hooks = [
+        transformer.layers[0].register_forward_hook(lambda m, a, o: batches["joint"].append(a[0].shape[0])),
+        transformer.noise_refiner[0].register_forward_hook(lambda m, a, o: batches["noise"].append(a[0].shape[0])),
+        transformer.context_refiner[0].register_forward_hook(lambda m, a, o: batches["context"].append(a[0].shape[0])),
+    ]
     positive = TextCondition(torch.randn(1, 5, 32), torch.ones(1, 5, dtype=torch.long))
     negative = TextCondition(torch.randn(1, 5, 32), torch.ones(1, 5, dtype=torch.long))
+    runner = TransformerPasses(transformer, Condition(positive, negative), cache=None, independent_condition=False)
+    velocity = GuidedVelocity(runner, positive, negative, False, 10, 4.0, 1.0, (0.0, 1.0))
     x, t = torch.randn(2, 16, 8, 8), torch.tensor(0.3)
-    batched = GuidedVelocity(run, positive, negative, False, 10, 4.0, 1.0, (0.0, 1.0))(x, t, 0)
-    assert calls == [4]
-    cond = run(x, t, positive.embeds.expand(2, -1, -1), positive.mask.expand(2, -1), False, (), 0)
-    uncond = run(x, t, negative.embeds.expand(2, -1, -1), negative.mask.expand(2, -1), False, (), 0)
-    assert max_abs_diff(batched, uncond + 4.0 * (cond - uncond)) < 1e-5
+    try:
+        first, second = velocity(x, t, 0), velocity(x, t, 1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert batches == {"joint": [4, 4], "noise": [2, 2], "context": [1, 1]}
+    assert torch.equal(first, second)
+    cond = transformer(x, t.expand(2), positive.embeds.expand(2, -1, -1), positive.mask.expand(2, -1))
+    uncond = transformer(x, t.expand(2), negative.embeds.expand(2, -1, -1), negative.mask.expand(2, -1))
+    assert max_abs_diff(first, uncond + 4.0 * (cond - uncond)) < 1e-5
