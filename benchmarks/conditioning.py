@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from _common import bench_config, build_ours, environment, median, print_table, run_worker, time_interleaved
+from _common import WIDTHS, bench_config, build_ours, environment, median, print_table, run_worker, time_interleaved
 
 from omni_core.condition import Condition, ReferenceImage, TextCondition  # noqa: E402
 from omni_core.guidance import GuidedVelocity  # noqa: E402
@@ -118,11 +118,15 @@ def _rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def memory_worker(mode_name: str, steps: int, noise_side: int, layers: int) -> None:
-    """Peak RSS while sampling, polled every 5 ms (ru_maxrss would report the model build's peak for every mode)."""
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_ours(bench_config(num_layers=layers, text_feat_dim=TEXT_FEAT_DIM))
-    run, _ = make_run(model, next(m for m in MODES if m.name == mode_name), steps, noise_side)
+    return build_ours(bench_config(args.layers, args.refiner_layers, TEXT_FEAT_DIM, args.width))
+
+
+def memory_worker(args: argparse.Namespace, noise_side: int) -> None:
+    """Peak RSS while sampling, polled every 5 ms (ru_maxrss would report the model build's peak for every mode)."""
+    model = build_model(args)
+    run, _ = make_run(model, next(m for m in MODES if m.name == args.memory_worker), args.steps, noise_side)
     before, peak, done = _rss_mb(), [0.0], threading.Event()
 
     def poll() -> None:
@@ -145,6 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--noise-tokens", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--refiner-layers", type=int, default=2)
+    parser.add_argument("--width", choices=sorted(WIDTHS), default="bench", help="hidden 720 (bench) or 2520 (release)")
     parser.add_argument("--quick", action="store_true", help="256-token images, 2 layers, 6 steps, 1 repeat")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-mode peak-memory processes")
     parser.add_argument("--modes", nargs="+", metavar="MODE", help="time only these modes (figures needing others are skipped)")
@@ -155,12 +161,11 @@ def main(argv=None) -> int:
         args.steps, args.repeats, args.noise_tokens, args.layers = 6, 1, 256, 2
     noise_side = int(round(args.noise_tokens**0.5)) * 2
     if args.memory_worker:
-        memory_worker(args.memory_worker, args.steps, noise_side, args.layers)
+        memory_worker(args, noise_side)
         return 0
 
     modes = [m for m in MODES if not args.modes or m.name in args.modes]
-    torch.manual_seed(0)
-    model = build_ours(bench_config(num_layers=args.layers, text_feat_dim=TEXT_FEAT_DIM))
+    model = build_model(args)
     runs, conditions = {}, {}
     for mode in modes:
         runs[mode.name], conditions[mode.name] = make_run(model, mode, args.steps, noise_side)
@@ -175,7 +180,8 @@ def main(argv=None) -> int:
     memory = {}
     if not args.no_memory:
         for mode in modes:
-            extra = ["--steps", str(args.steps), "--noise-tokens", str(args.noise_tokens), "--layers", str(args.layers)]
+            extra = ["--steps", str(args.steps), "--noise-tokens", str(args.noise_tokens), "--layers", str(args.layers),
+                     "--refiner-layers", str(args.refiner_layers), "--width", args.width]
             memory[mode.name] = run_worker(Path(__file__), ["--memory-worker", mode.name, *extra])["peak_rss_mb"]
     figures = {}
     for key, (cached, baseline) in REDUCTIONS.items():
@@ -194,7 +200,8 @@ def main(argv=None) -> int:
         "reuse_counts": stats,
         "seconds": t,
         "peak_memory_mb": memory,
-        "settings": {"steps": args.steps, "repeats": args.repeats, "layers": args.layers, "hidden": 720, **environment()},
+        "settings": {"steps": args.steps, "repeats": args.repeats, "layers": args.layers, "refiner_layers": args.refiner_layers,
+                     "hidden": model.config.hidden_size, **environment()},
     }
     rows = [
         {"mode": name, "seconds": t[name], "ref_tokens": result["token_counts"][name]["reference"],

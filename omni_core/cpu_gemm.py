@@ -43,3 +43,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if onednn_gemm_applies(x, weight):
         return onednn_linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
+
+
+def linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(F.linear(x, weight, bias)); through oneDNN the activation is applied inside the GEMM (no extra pass over
+    the [S, ffn] output, ~10% of a feed-forward's first product on CPU)."""
+    if onednn_gemm_applies(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "swish", [], "")
+    return torch.nn.functional.silu(torch.nn.functional.linear(x, weight, bias))

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .cpu_gemm import linear
+from .cpu_gemm import linear, linear_silu
 
 
 class Linear(torch.nn.Linear):
@@ -17,6 +17,10 @@ class Linear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+    def forward_silu(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(self(x)), fused where oneDNN runs it."""
+        return linear_silu(x, self.weight, self.bias)
 
 
 default_operations = SimpleNamespace(Linear=Linear, RMSNorm=torch.nn.RMSNorm, LayerNorm=torch.nn.LayerNorm)

@@ -21,7 +21,7 @@ from .condition import MAX_REFERENCE_IMAGES, ReferenceImage
 from .config import TransformerConfig
 from .errors import InvalidInputError
 from .layout import SampleLayout, TokenGrid
-from .ops import default_operations
+from .ops import Linear, default_operations
 from .packing import pad_sequences, patchify, unpatchify
 from .reference_cache import ConditionFeatures, KVCapture, KVReuse, KVStore, LayerKV
 from .rope import OmniRoPE, Rotation, apply_rotation, text_positions
@@ -79,7 +79,8 @@ class FeedForward(nn.Module):
         self.linear_3 = operations.Linear(dim, inner, bias=False, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = F.silu(self.linear_1(x))
+        # our Linear fuses the activation into the GEMM; a host's layer classes (ComfyUI's ops) run it apart
+        gate = self.linear_1.forward_silu(x) if isinstance(self.linear_1, Linear) else F.silu(self.linear_1(x))
         # in place when nothing records for backward: one [S, inner] buffer fewer per call
         gate = gate * self.linear_3(x) if torch.is_grad_enabled() else gate.mul_(self.linear_3(x))
         return self.linear_2(gate)

@@ -17,6 +17,16 @@ def test_linear_matches_f_linear():
     assert (cpu_gemm.linear(x, transposed) - F.linear(x, transposed)).abs().max() < 1e-4
 
 
+@torch.no_grad()
+def test_fused_silu_matches_silu_of_linear():
+    x, weight, bias = torch.randn(2, 37, 64), torch.randn(48, 64), torch.randn(48)
+    assert (cpu_gemm.linear_silu(x, weight, bias) - F.silu(F.linear(x, weight, bias))).abs().max() < 1e-5
+    layer = Linear(64, 48, bias=False)
+    assert (layer.forward_silu(x) - F.silu(F.linear(x, layer.weight))).abs().max() < 1e-5
+    half = x.to(torch.bfloat16)  # not oneDNN's float32 path: plain silu of linear
+    assert torch.equal(cpu_gemm.linear_silu(half, weight.bfloat16()), F.silu(F.linear(half, weight.bfloat16())))
+
+
 def test_falls_back_under_autograd_and_other_dtypes():
     layer = Linear(8, 4)
     x = torch.randn(2, 8, requires_grad=True)
