@@ -375,6 +375,16 @@ def cache_steps(n: int) -> int | None:
     return n or None
 
 
+REFERENCE_ATTENTION = {"auto": None, "joint": False, "independent": True}  # widget choice -> independent_condition
+
+
+def independent_condition(choice: str) -> bool | None:
+    """The sampler's reference_attention choice as the engine's `independent_condition` (None: the model's own)."""
+    if choice not in REFERENCE_ATTENTION:
+        raise InvalidInputError(f"reference_attention={choice!r}: choose one of {', '.join(REFERENCE_ATTENTION)}.")
+    return REFERENCE_ATTENTION[choice]
+
+
 def engine_call(function: Callable[..., Any], *args: Any, **options: Any) -> Any:
     """Call an engine method with the options that are set; None means "the engine's default".
 

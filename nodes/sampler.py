@@ -45,6 +45,12 @@ class OmniGen2CachedSampler:
                                "reuse them in between (n >= steps: compute once). 0 = off, exact official results."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Images per run (seeds seed, "
                                                                                        "seed+1, ...)."}),
+                "reference_attention": (list(bridge.REFERENCE_ATTENTION), {
+                    "default": "auto",
+                    "tooltip": "joint: every token sees every token (official OmniGen2). independent: each reference "
+                               "image sees only itself, at a clean timestep (OminiControl2's asymmetric mask): with "
+                               "caching its features are computed once per run, exactly - use it with models or "
+                               "LoRAs trained that way. auto: what the loaded model was trained with."}),
             }
         }
 
@@ -58,7 +64,7 @@ class OmniGen2CachedSampler:
     )
 
     def sample(self, model, condition, seed, steps, width, height, text_guidance, image_guidance,
-               cfg_range_start, cfg_range_end, cache_per_n_steps, batch_size):
+               cfg_range_start, cfg_range_end, cache_per_n_steps, batch_size, reference_attention="auto"):
         model = bridge.check_model(model)
         size = bridge.output_size(width, height)
         with model.on_device("transformer", "vae") as device:
@@ -66,6 +72,7 @@ class OmniGen2CachedSampler:
                 model.engine.sample, condition, **size,
                 steps=steps, text_guidance_scale=text_guidance, image_guidance_scale=image_guidance, cfg_range=bridge.cfg_range(cfg_range_start, cfg_range_end),
                 seed=seed, num_images=batch_size, cache_per_n_steps=bridge.cache_steps(cache_per_n_steps),
+                independent_condition=bridge.independent_condition(reference_attention),
                 progress=bridge.progress_callback(steps, device))
             outputs = (bridge.to_comfy_image(result.images), bridge.to_comfy_latent(model.engine, result.latents))
         return {"ui": bridge.sampler_ui(result.stats), "result": outputs}

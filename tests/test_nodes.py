@@ -329,6 +329,19 @@ def test_cancel_stops_at_the_next_step_and_leaves_no_cache(node, model, cases, b
     assert (image - cases[0]["in_context.output"].movedim(1, -1)).abs().max().item() < TOLERANCE
 
 
+def test_reference_attention_choice_reaches_the_engine(node, model, cases):
+    """auto follows the model (the tiny release model is joint); independent with compute-once equals independent
+    recomputed every step, bit for bit, and differs from joint."""
+    _, auto, _ = run_case(node, model, cases, "in_context", steps=3)
+    _, joint, _ = run_case(node, model, cases, "in_context", steps=3, reference_attention="joint")
+    _, every_step, _ = run_case(node, model, cases, "in_context", steps=3, reference_attention="independent")
+    _, once, _ = run_case(node, model, cases, "in_context", steps=3, reference_attention="independent", cache_per_n_steps=100)
+    assert not model.engine.transformer.config.independent_condition
+    assert torch.equal(auto, joint) and torch.equal(every_step, once) and not torch.equal(joint, once)
+    with pytest.raises(InvalidInputError, match="reference_attention='masked'"):
+        run_case(node, model, cases, "in_context", steps=1, reference_attention="masked")
+
+
 def test_two_conditions_never_share_cached_features(node, model, cases, created_caches):
     cache = 100
     _, first_edit, _ = run_case(node, model, cases, "edit", cache_per_n_steps=cache)
