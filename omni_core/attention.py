@@ -73,7 +73,7 @@ def _attention_onednn(
     scores [rows, S_k] are softmaxed in place and multiplied by the values at once. mask: None or [B, 1, 1, S_k].
     """
     B, H, S_q, D = query.shape
-    H_kv, S_k = key.shape[1], key.shape[2]
+    H_kv = key.shape[1]
     groups = H // H_kv
     scaled = (query * D**-0.5).view(B, H_kv, groups, S_q, D)
     out = query.new_empty(B, H_kv, groups, S_q, D)

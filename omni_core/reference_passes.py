@@ -24,7 +24,7 @@ import torch
 
 from .condition import Condition, ReferenceImage, TextCondition
 from .guidance import GuidancePass, batchable_groups
-from .reference_cache import ConditionFeatures, KVReuse, KVStore, LayerKV, ReferenceFeatureCache
+from .reference_cache import KVReuse, KVStore, LayerKV, ReferenceFeatureCache
 from .transformer import OmniGen2Transformer
 
 CONDITION_KEY = ("condition",)

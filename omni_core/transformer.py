@@ -367,7 +367,8 @@ class OmniGen2Transformer(nn.Module):
         reference_kv: KVStore | KVReuse | None = None,
     ) -> list[torch.Tensor]:
         """The joint blocks over [text | references | noise] and the output layers -> per sample its velocity
-        [C, H, W]. references: per sample its refined reference tokens, or None when `reference_kv` supplies them."""
+        [C, H, W]. references: per sample its refined reference tokens, or None when there are none or `reference_kv`
+        supplies them."""
         device = noise.device
         joint_tokens, joint_positions = [], []
         for i, layout in enumerate(layouts):

@@ -56,7 +56,7 @@ def test_independent_branch_equals_one_masked_joint_forward(tiny_model, conditio
     reference rows attend only to their own image and reference tokens are modulated at the clean timestep.
     The masked reference is built here from the model's own blocks, one joint sequence, explicit masks."""
     from omni_core.layout import SampleLayout, TokenGrid
-    from omni_core.packing import patchify, unpatchify
+    from omni_core.packing import unpatchify
     from omni_core.reference_cache import KVReuse
 
     model = tiny_model.transformer

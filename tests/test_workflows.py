@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_workflow import CORE_NODES, node_signatures, signature_of, to_api_prompt
+from comfy_workflow import CORE_NODES, signature_of, to_api_prompt
 from test_nodes import FIXTURES, load_pack
 
 ROOT = Path(__file__).resolve().parents[1]
