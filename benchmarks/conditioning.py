@@ -156,6 +156,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
     parser.add_argument("--noise-tokens", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--refiner-layers", type=int, default=2)
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.repeats, args.noise_tokens, args.layers = 6, 1, 256, 2
+        args.steps, args.repeats, args.noise_tokens, args.layers, args.warmup = 6, 1, 256, 2, 0
     noise_side = int(round(args.noise_tokens**0.5)) * 2
     if args.memory_worker:
         memory_worker(args, noise_side)
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
         run, conditions[mode.name] = make_run(model, mode, args.steps, noise_side)
         runs[mode.name] = lambda run=run, name=mode.name: stats.__setitem__(name, run()[1])
     with torch.no_grad():
-        seconds = time_interleaved(runs, args.repeats, warmup=0 if args.quick else 1)
+        seconds = time_interleaved(runs, args.repeats, warmup=args.warmup)
         # n = 1 must reproduce the uncached run exactly
         full_mode, n1_steps = next(m for m in MODES if m.name == "full_3refs"), min(args.steps, N1_CHECK_STEPS)
         full, _ = make_run(model, full_mode, n1_steps, noise_side)[0]()
