@@ -2,8 +2,9 @@
 
 A randomly initialised transformer of the released architecture scaled down (see `_common.py`) samples 1024-token
 images with three guidance passes (cond, ref, uncond) for `--steps` Euler steps, with 0, 1 or 3 reference images of
-1024 tokens each. Every mode is timed in the same process, interleaved (A B C A B C ...), medians of `--repeats`;
-peak memory comes from a fresh process per mode. Prints a table; `--json PATH` writes the figures.
+1024 tokens each. Every mode is timed in the same process, interleaved (A B C A B C ...) over `--repeats` rounds; a
+mode's seconds are the median first step plus (steps - 1) x the median later step over all rounds (`run_seconds`;
+whole-run wall times are in the JSON too). Peak memory comes from a fresh process per mode. Prints a table; `--json PATH` writes the figures.
 
 Modes: `full_*` run every reference token through every layer each step (the official pipeline); `cached_*` is
 OminiControl2's compute-once: the asymmetric mask (independent condition) makes reference features step- and
@@ -101,7 +102,7 @@ def build_condition(mode: Mode, noise_side: int, seed: int = 1) -> Condition:
 
 
 def make_run(model, mode: Mode, steps: int, noise_side: int):
-    """A closure that samples once in this mode and returns (latents, stats)."""
+    """A closure that samples once in this mode and returns (latents, stats, wall seconds of each step)."""
     condition = build_condition(mode, noise_side)
     timesteps = flow_timesteps(steps, noise_side * noise_side)
     noise = torch.randn(1, 16, noise_side, noise_side, generator=torch.Generator().manual_seed(7))
@@ -113,13 +114,28 @@ def make_run(model, mode: Mode, steps: int, noise_side: int):
         cache = None if n is None else ReferenceFeatureCache(steps + 1 if n == 0 else n)
         passes = TransformerPasses(model, condition, cache, mode.independent)
         velocity = GuidedVelocity(passes, condition.positive, condition.negative, has_refs, steps, 5.0, 2.0 if mode.three_passes else 1.0, (0.0, 1.0))
+        clock = [time.perf_counter()]
+        step_seconds = []
+
+        def on_step(_):
+            step_seconds.append(time.perf_counter() - clock[0])
+            clock[0] = time.perf_counter()
+
         try:
-            return sample_euler(velocity, noise, timesteps), passes.stats()
+            return sample_euler(velocity, noise, timesteps, callback=on_step), passes.stats(), step_seconds
         finally:
             if cache is not None:
                 cache.clear()
 
     return run, condition
+
+
+def run_seconds(runs: list[list[float]]) -> float:
+    """A sampling run's time from its steps' times over all repeats, robust to a shared machine's hiccups: the
+    median first step (it computes what reuse keeps) + (steps - 1) x the median of every later step."""
+    first = median([steps[0] for steps in runs])
+    later = median([s for steps in runs for s in steps[1:]]) if len(runs[0]) > 1 else 0.0
+    return first + (len(runs[0]) - 1) * later
 
 
 def _rss_mb() -> float:
@@ -176,17 +192,22 @@ def main(argv=None) -> int:
 
     modes = [m for m in MODES if not args.modes or m.name in args.modes]
     model = build_model(args)
-    runs, conditions, stats = {}, {}, {}
+    runs, conditions, stats, steps_seconds = {}, {}, {}, {}
     for mode in modes:
         run, conditions[mode.name] = make_run(model, mode, args.steps, noise_side)
-        runs[mode.name] = lambda run=run, name=mode.name: stats.__setitem__(name, run()[1])
+        runs[mode.name] = lambda run=run, name=mode.name: record(name, *run()[1:])
+
+    def record(name, run_stats, step_seconds):
+        stats[name] = run_stats
+        steps_seconds.setdefault(name, []).append(step_seconds)
+
     with torch.no_grad():
         seconds = time_interleaved(runs, args.repeats, warmup=args.warmup)
         # n = 1 must reproduce the uncached run exactly
         full_mode, n1_steps = next(m for m in MODES if m.name == "full_3refs"), min(args.steps, N1_CHECK_STEPS)
-        full, _ = make_run(model, full_mode, n1_steps, noise_side)[0]()
-        n1, _ = make_run(model, dataclasses.replace(full_mode, cache_per_n_steps=1), n1_steps, noise_side)[0]()
-    t = {name: median(values) for name, values in seconds.items()}
+        full = make_run(model, full_mode, n1_steps, noise_side)[0]()[0]
+        n1 = make_run(model, dataclasses.replace(full_mode, cache_per_n_steps=1), n1_steps, noise_side)[0]()[0]
+    t = {name: run_seconds(per_run[args.warmup :]) for name, per_run in steps_seconds.items()}
     memory = {}
     if not args.no_memory:
         for mode in modes:
@@ -209,6 +230,7 @@ def main(argv=None) -> int:
         },
         "reuse_counts": {name: counts for name, counts in stats.items() if "cached" in name},
         "seconds": t,
+        "seconds_whole_runs": seconds,
         "peak_memory_mb": memory,
         "settings": {"steps": args.steps, "repeats": args.repeats, "layers": args.layers, "refiner_layers": args.refiner_layers,
                      "hidden": model.config.hidden_size, **environment()},
