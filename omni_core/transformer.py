@@ -422,8 +422,10 @@ class OmniGen2Transformer(nn.Module):
         for layer in self.ref_image_refiner:
             x = layer(x, rotation, mask, temb)
         capture = KVCapture()
-        for layer in self.layers:
-            x = layer(x, rotation, mask, temb, capture)
+        for index, layer in enumerate(self.layers):
+            # the last layer's keys/values are all that is read: it runs no query rows (no attention, no feed-forward)
+            rows = slice(0, 0) if index == len(self.layers) - 1 else slice(None)
+            x = layer(x, rotation, mask, temb, capture, rows)
         grids = tuple(grid for _, grid in refs)
         join = lambda t: torch.cat([t[j, :, : grid.num_tokens] for j, grid in enumerate(grids)], dim=1)[None]
         return ConditionFeatures(grids, [LayerKV(join(kv.key), join(kv.value)) for kv in capture.layers])
