@@ -348,7 +348,7 @@ class OmniGen2Transformer(nn.Module):
         owners = [i for i, refs in enumerate(references) for _ in refs]
         if not owners:
             return [[] for _ in references]
-        x, mask, rotation = self._embed_references([[(j, *ref) for j, ref in enumerate(refs)] for refs in references])
+        x, mask, rotation = self._embed_references(references)
         for layer in self.ref_image_refiner:
             x = layer(x, rotation, mask, temb[owners])
         refined: list[list[torch.Tensor]] = [[] for _ in references]
@@ -417,7 +417,7 @@ class OmniGen2Transformer(nn.Module):
         refs = [_as_reference(ref, f"references[{j}]", config.in_channels, p) for j, ref in enumerate(references)]
         device, dtype = refs[0][0].device, refs[0][0].dtype
         temb = self.embed_time(torch.full((1,), condition_timestep, device=device), dtype)
-        x, mask, rotation = self._embed_references([[(j, *ref) for j, ref in enumerate(refs)]])
+        x, mask, rotation = self._embed_references([refs])
         temb = temb.expand(x.shape[0], -1)
         for layer in self.ref_image_refiner:
             x = layer(x, rotation, mask, temb)
@@ -485,11 +485,12 @@ class OmniGen2Transformer(nn.Module):
             references.append(refs)
         return layouts, references
 
-    def _embed_references(self, images: Sequence[Sequence[tuple[int, torch.Tensor, TokenGrid]]]):
-        """Reference images (slot j, latent, grid), grouped per sample, as one padded batch of embedded tokens (one row
-        per image), its key mask and row/column rotations (sequence id 0, see `refine_references`)."""
+    def _embed_references(self, references: Sequence[Sequence[tuple[torch.Tensor, TokenGrid]]]):
+        """Reference images (latent, grid), grouped per sample (the j-th of a sample takes slot j of the image index
+        embedding), as one padded batch of embedded tokens (one row per image), its key mask and row/column rotations
+        (sequence id 0, see `refine_references`)."""
         tokens, positions = [], []
-        for j, latent, grid in (image for sample in images for image in sample):
+        for j, (latent, grid) in ((j, image) for sample in references for j, image in enumerate(sample)):
             patches = patchify(latent, self.config.patch_size)
             if grid.keep_index is not None:
                 patches = patches[list(grid.keep_index)]
