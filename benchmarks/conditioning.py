@@ -4,7 +4,9 @@ A randomly initialised transformer of the released architecture scaled down (see
 images with three guidance passes (cond, ref, uncond) for `--steps` Euler steps, with 0, 1 or 3 reference images of
 1024 tokens each. Every mode is timed in the same process, interleaved (A B C A B C ...) over `--repeats` rounds; a
 mode's seconds are the median first step plus (steps - 1) x the median later step over all rounds (`run_seconds`;
-whole-run wall times are in the JSON too). Peak memory comes from a fresh process per mode. Prints a table; `--json PATH` writes the figures.
+whole-run wall times are in the JSON too). `--steps` defaults to OmniGen2's own default, 50. Warm-up rounds run two
+steps of every mode (each shape once). Peak memory comes from a fresh process per mode sampling three steps (the
+cache is built at step 0; later steps repeat step 1). Prints a table; `--json PATH` writes the figures.
 
 Modes: `full_*` run every reference token through every layer each step (the official pipeline); `cached_*` is
 OminiControl2's compute-once: the asymmetric mask (independent condition) makes reference features step- and
@@ -17,6 +19,10 @@ is the same three-pass sampling with the reference tokens removed, so the figure
 tokens' cost that reuse removes; `..._vs_two_pass_t2i` uses a plain text-to-image run (two passes: the ref pass
 itself is then counted as overhead) instead. `--width release` runs the released layer (hidden 2520) at fewer
 layers, where attention over reference keys weighs what it weighs in the 4B model.
+
+Every figure is printed beside its work ceiling (`_work.py`): the value it takes when every multiply-accumulate costs
+the same, i.e. what exactly this work allows any implementation. Reuse cannot remove the attention of text and noise
+queries over the reference keys, so the ceiling of the overhead reduction falls as images grow or layers narrow.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 import torch
 
 from _common import WIDTHS, bench_config, build_ours, environment, median, print_table, run_worker, time_interleaved
+from _work import RunShape, overhead_reduction, run_macs
 
 from omni_core.condition import Condition, ReferenceImage, TextCondition  # noqa: E402
 from omni_core.guidance import GuidedVelocity  # noqa: E402
@@ -42,6 +49,9 @@ from omni_core.sampler import sample_euler  # noqa: E402
 from omni_core.schedule import flow_timesteps  # noqa: E402
 
 TEXT_FEAT_DIM = 256
+PROMPT_LEN, NEGATIVE_LEN = 40, 24  # text tokens of the prompt and the negative prompt
+WARMUP_STEPS = 2  # a warm-up run meets every shape: step 0 and a later step
+MEMORY_STEPS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +101,7 @@ SPEEDUPS = {
 def build_condition(mode: Mode, noise_side: int, seed: int = 1) -> Condition:
     g = torch.Generator().manual_seed(seed)
     text = lambda n: TextCondition(torch.randn(1, n, TEXT_FEAT_DIM, generator=g), torch.ones(1, n, dtype=torch.long))
-    positive, negative = text(40), text(24)
+    positive, negative = text(PROMPT_LEN), text(NEGATIVE_LEN)
     side = int(noise_side * mode.condition_scale)
     scale = 1.0 / mode.condition_scale
     refs = tuple(
@@ -99,6 +109,14 @@ def build_condition(mode: Mode, noise_side: int, seed: int = 1) -> Condition:
         for _ in range(mode.refs)
     )
     return Condition(positive=positive, negative=negative, references=refs)
+
+
+def work_macs(config, mode: Mode, steps: int, noise_side: int) -> int:
+    """The multiply-accumulates a run of this mode must do (see `_work.py`)."""
+    ref_tokens = (int(noise_side * mode.condition_scale) // 2) ** 2
+    shape = RunShape(PROMPT_LEN, NEGATIVE_LEN, (noise_side // 2) ** 2, (ref_tokens,) * mode.refs, steps, mode.three_passes)
+    reuse = "none" if mode.cache_per_n_steps is None else "condition" if mode.independent else "once"
+    return run_macs(config, shape, reuse)
 
 
 def make_run(model, mode: Mode, steps: int, noise_side: int):
@@ -130,6 +148,18 @@ def make_run(model, mode: Mode, steps: int, noise_side: int):
     return run, condition
 
 
+def figures_of(values: dict[str, float]) -> dict[str, float]:
+    """The overhead reductions and speed-ups from per-mode values: seconds measured, or MACs for the ceilings."""
+    figures = {}
+    for key, (cached, baseline) in REDUCTIONS.items():
+        if {cached, baseline, "full_3refs"} <= values.keys():
+            figures[key] = overhead_reduction(values[cached], values[baseline], values["full_3refs"])
+    for key, (slow, fast) in SPEEDUPS.items():
+        if {slow, fast} <= values.keys():
+            figures[key] = values[slow] / values[fast]
+    return figures
+
+
 def run_seconds(runs: list[list[float]]) -> float:
     """A sampling run's time from its steps' times over all repeats, robust to a shared machine's hiccups: the
     median first step (it computes what reuse keeps) + (steps - 1) x the median of every later step."""
@@ -151,7 +181,8 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
 def memory_worker(args: argparse.Namespace, noise_side: int) -> None:
     """Peak RSS while sampling, polled every 5 ms (ru_maxrss would report the model build's peak for every mode)."""
     model = build_model(args)
-    run, _ = make_run(model, next(m for m in MODES if m.name == args.memory_worker), args.steps, noise_side)
+    steps = min(args.steps, MEMORY_STEPS)
+    run, _ = make_run(model, next(m for m in MODES if m.name == args.memory_worker), steps, noise_side)
     before, peak, done = _rss_mb(), [0.0], threading.Event()
 
     def poll() -> None:
@@ -170,9 +201,9 @@ def memory_worker(args: argparse.Namespace, noise_side: int) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
+    parser.add_argument("--warmup", type=int, default=1, help=f"untimed rounds of {WARMUP_STEPS} steps before the timed ones")
     parser.add_argument("--noise-tokens", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--refiner-layers", type=int, default=2)
@@ -202,28 +233,28 @@ def main(argv=None) -> int:
         steps_seconds.setdefault(name, []).append(step_seconds)
 
     with torch.no_grad():
-        seconds = time_interleaved(runs, args.repeats, warmup=args.warmup)
+        for _ in range(args.warmup):
+            for mode in modes:
+                make_run(model, mode, min(args.steps, WARMUP_STEPS), noise_side)[0]()
+        seconds = time_interleaved(runs, args.repeats, warmup=0)
         # n = 1 must reproduce the uncached run exactly
         full_mode, n1_steps = next(m for m in MODES if m.name == "full_3refs"), min(args.steps, N1_CHECK_STEPS)
         full = make_run(model, full_mode, n1_steps, noise_side)[0]()[0]
         n1 = make_run(model, dataclasses.replace(full_mode, cache_per_n_steps=1), n1_steps, noise_side)[0]()[0]
-    t = {name: run_seconds(per_run[args.warmup :]) for name, per_run in steps_seconds.items()}
+    t = {name: run_seconds(per_run) for name, per_run in steps_seconds.items()}
+    macs = {mode.name: work_macs(model.config, mode, args.steps, noise_side) for mode in modes}
     memory = {}
     if not args.no_memory:
         for mode in modes:
             extra = ["--steps", str(args.steps), "--noise-tokens", str(args.noise_tokens), "--layers", str(args.layers),
                      "--refiner-layers", str(args.refiner_layers), "--width", args.width]
             memory[mode.name] = run_worker(Path(__file__), ["--memory-worker", mode.name, *extra])["peak_rss_mb"]
-    figures = {}
-    for key, (cached, baseline) in REDUCTIONS.items():
-        if {cached, baseline, "full_3refs"} <= t.keys():
-            figures[key] = 1.0 - (t[cached] - t[baseline]) / (t["full_3refs"] - t[baseline])
-    for key, (slow, fast) in SPEEDUPS.items():
-        if {slow, fast} <= t.keys():
-            figures[key] = t[slow] / t[fast]
-    figures["max_abs_diff_n1"] = (full - n1).abs().max().item()
+    figures, ceilings = figures_of(t), figures_of(macs)
     result = {
         **figures,
+        "max_abs_diff_n1": (full - n1).abs().max().item(),
+        "work_ceilings": ceilings,
+        "work_gmac": {name: value / 1e9 for name, value in macs.items()},
         "token_counts": {
             name: {"noise": args.noise_tokens, "reference": sum(r.num_tokens for r in c.references)}
             for name, c in conditions.items()
@@ -237,14 +268,19 @@ def main(argv=None) -> int:
     }
     rows = [
         {"mode": name, "seconds": t[name], "ref_tokens": result["token_counts"][name]["reference"],
+         "gmac": macs[name] / 1e9, "gmac_per_s": macs[name] / 1e9 / t[name],
          "vs_full": t["full_3refs"] / t[name] if "full_3refs" in t else None, "peak_mb": memory.get(name)}
         for name in runs
     ]
     print_table(rows, [("mode", "mode", "s"), ("ref_tokens", "ref tokens", "d"), ("seconds", "seconds", ".2f"),
-                       ("vs_full", "full_3refs / this", ".2f"), ("peak_mb", "peak MB", ".0f")])
+                       ("gmac", "GMAC", ".0f"), ("gmac_per_s", "GMAC/s", ".0f"), ("vs_full", "full_3refs / this", ".2f"),
+                       ("peak_mb", "peak MB", ".0f")])
     print()
-    for key, value in figures.items():
-        print(f"{key:50s} {value:.4g}")
+    print_table(
+        [{"figure": key, "measured": value, "ceiling": ceilings[key], "share": value / ceilings[key]} for key, value in figures.items()],
+        [("figure", "figure", "s"), ("measured", "measured", ".3f"), ("ceiling", "work ceiling", ".3f"), ("share", "measured / ceiling", ".3f")],
+    )
+    print(f"max_abs_diff_n1 {result['max_abs_diff_n1']:.4g}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -24,3 +24,37 @@ def test_conditioning_benchmark_quick_run(tmp_path):
     assert tokens["full_3refs"]["reference"] == 4 * tokens["compact_0_5_3refs"]["reference"] == 3 * 256
     # compute-once: the condition branch ran once, every later forward reused its features
     assert result["reuse_counts"]["cached_3refs"]["reference_tokens_computed"] == 3 * 256
+
+
+def _counted_macs(model, mode, steps, noise_side):
+    """MACs PyTorch's FLOP counter sees while the engine samples (oneDNN GEMMs registered with their formula)."""
+    import math
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import conditioning
+
+    def onednn_linear_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs):
+        return 2 * math.prod(x_shape[:-1]) * weight_shape[0] * weight_shape[1]
+
+    run, _ = conditioning.make_run(model, mode, steps, noise_side)
+    mapping = {torch.ops.mkldnn._linear_pointwise: onednn_linear_flops}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        run()
+    return counter.get_total_flops() // 2
+
+
+def test_work_counts_match_the_flops_the_engine_runs():
+    """benchmarks/_work.py counts exactly the GEMM work the engine does in every conditioning mode: the figures'
+    ceilings rest on it, and it pins what is computed once (text per prompt, noise per step, the branch per run)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import conditioning
+    from _common import bench_config, build_ours
+
+    config = bench_config(num_layers=2, num_refiner_layers=1, text_feat_dim=conditioning.TEXT_FEAT_DIM)
+    model = build_ours(config)
+    noise_side, steps = 8, 3  # 16 noise tokens, 16 per reference
+    for mode in conditioning.MODES:
+        counted = _counted_macs(model, mode, steps, noise_side)
+        assert counted == conditioning.work_macs(config, mode, steps, noise_side), mode.name

@@ -1,0 +1,113 @@
+"""The multiply-accumulates (MACs) of a sampling run, counted from the architecture: what any implementation that
+does exactly this work must compute, whatever its kernels.
+
+Reuse can only remove reference work; the attention of text and noise queries over the reference keys stays in
+every pass that sees them. So the work counts bound the figures of `conditioning.py`: on a machine where every MAC
+costs the same, exact compute-once reaches `1 - (W_cached - W_text) / (W_full - W_text)` and no more. Reading the
+measured figure against this ceiling separates the method's limit from the implementation's efficiency.
+
+Counted: every GEMM (linear layers, the two attention products), as the engine runs them: refined text once per
+prompt, refined noise once per step, refined references once per step for every pass that sees them, the last
+joint layer's queries and feed-forward on noise rows only, the condition branch's last layer keys/values only
+(`tests/test_benchmarks.py` checks these counts against PyTorch's FLOP counter on the real engine). Not counted:
+element-wise work (norms, RoPE, softmax, gates), a few percent of the time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omni_core.config import TransformerConfig
+
+TIMESTEP_FREQUENCIES = 256  # omni_core.transformer.TIMESTEP_FREQUENCY_DIM
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a sampling run feeds the transformer: prompt lengths, token counts, guidance passes, steps."""
+
+    text_len: int
+    negative_len: int
+    noise_tokens: int
+    reference_tokens: tuple[int, ...]  # per reference image
+    steps: int
+    three_passes: bool = True
+
+
+def block_macs(
+    config: TransformerConfig, tokens: int, queries: int, pairs: int, modulation_rows: int = 0
+) -> int:
+    """One transformer block: keys/values of `tokens`, queries/out/feed-forward of `queries` rows, `pairs`
+    query-key pairs (summed over the batch), a time modulation for `modulation_rows` samples (0: unmodulated)."""
+    d, kv = config.hidden_size, config.num_kv_heads * config.head_dim
+    projections = tokens * d * 2 * kv + queries * d * d * 2
+    attention = 2 * pairs * d  # q k^T and p v, every head: pairs x head_dim x heads each
+    feed_forward = queries * 3 * d * config.ffn_inner_dim
+    return projections + attention + feed_forward + modulation_rows * config.time_embed_dim * 4 * d
+
+
+def time_embedding_macs(config: TransformerConfig, rows: int = 1) -> int:
+    return rows * (TIMESTEP_FREQUENCIES + config.time_embed_dim) * config.time_embed_dim
+
+
+def refiner_macs(config: TransformerConfig, image_tokens: tuple[int, ...]) -> int:
+    """Patch embedding and the refiner layers of images that each attend only to themselves (one batch row each)."""
+    tokens = sum(image_tokens)
+    layer = block_macs(config, tokens, tokens, sum(n * n for n in image_tokens), len(image_tokens))
+    return tokens * config.patch_channels * config.hidden_size + config.num_refiner_layers * layer
+
+
+def text_macs(config: TransformerConfig, length: int) -> int:
+    """Caption projection and the (unmodulated) context refiner of one prompt."""
+    layer = block_macs(config, length, length, length * length)
+    return length * config.text_feat_dim * config.hidden_size + config.num_refiner_layers * layer
+
+
+def joint_macs(config: TransformerConfig, text_len: int, noise: int, references: int, reused: int = 0) -> int:
+    """One pass through the joint layers and the output: `references` tokens run, `reused` are attended from cache."""
+    own = text_len + references + noise
+    keys = own + reused
+    layers = (config.num_layers - 1) * block_macs(config, own, own, own * keys, 1)
+    last = block_macs(config, own, noise, noise * keys, 1)  # only noise rows are read after it
+    output = config.time_embed_dim * config.hidden_size + noise * config.hidden_size * config.patch_size**2 * config.output_channels
+    return layers + last + output
+
+
+def condition_branch_macs(config: TransformerConfig, image_tokens: tuple[int, ...]) -> int:
+    """Every image alone through refiner and joint layers at the clean timestep; the last layer keys/values only."""
+    tokens, rows = sum(image_tokens), len(image_tokens)
+    layers = (config.num_layers - 1) * block_macs(config, tokens, tokens, sum(n * n for n in image_tokens), rows)
+    return time_embedding_macs(config) + refiner_macs(config, image_tokens) + layers + block_macs(config, tokens, 0, 0, rows)
+
+
+def run_macs(config: TransformerConfig, shape: RunShape, reuse: str = "none") -> int:
+    """A whole sampling run's MACs. reuse: "none" (every step runs the references), "once" (reference keys/values
+    stored by each pass at step 0, reused after), "condition" (the independent condition's branch, once)."""
+    refs = shape.reference_tokens
+    R = sum(refs)
+    passes_with_refs = 2 if shape.three_passes else 1
+    passes_without = 1 if shape.three_passes else 0
+    text_once = text_macs(config, shape.text_len) + text_macs(config, shape.negative_len)
+    per_step = time_embedding_macs(config) + refiner_macs(config, (shape.noise_tokens,))
+    uncond = joint_macs(config, shape.negative_len, shape.noise_tokens, 0)
+    lens_with_refs = [shape.text_len, shape.negative_len][:passes_with_refs]
+    if not refs:
+        lens = [shape.text_len, shape.negative_len, shape.negative_len][: 2 + passes_without]
+        return text_once + shape.steps * (per_step + sum(joint_macs(config, L, shape.noise_tokens, 0) for L in lens))
+    full_step = per_step + refiner_macs(config, refs) + sum(joint_macs(config, L, shape.noise_tokens, R) for L in lens_with_refs)
+    reused_step = per_step + sum(joint_macs(config, L, shape.noise_tokens, 0, R) for L in lens_with_refs)
+    if passes_without:
+        full_step += uncond
+        reused_step += uncond
+    if reuse == "none":
+        return text_once + shape.steps * full_step
+    if reuse == "once":
+        return text_once + full_step + (shape.steps - 1) * reused_step
+    if reuse == "condition":
+        return text_once + condition_branch_macs(config, refs) + shape.steps * reused_step
+    raise ValueError(f"reuse must be 'none', 'once' or 'condition', got {reuse!r}")
+
+
+def overhead_reduction(cached: float, baseline: float, full: float) -> float:
+    """1 - (cached - baseline) / (full - baseline): the share of the references' cost that reuse removes."""
+    return 1.0 - (cached - baseline) / (full - baseline)
