@@ -8,7 +8,7 @@ from __future__ import annotations
 from . import bridge
 from .condition import OmniGen2CompactCondition, OmniGen2ConditionEncode
 from .loader import LoadOmniGen2, LoadOmniGen2SingleFiles
-from .sampler import OmniGen2CachedSampler
+from .sampler import OmniGen2CachedSampler, OmniGen2Repaint
 
 NODE_CONFIG = {
     "LoadOmniGen2": {"class": LoadOmniGen2},
@@ -16,6 +16,7 @@ NODE_CONFIG = {
     "OmniGen2ConditionEncode": {"class": OmniGen2ConditionEncode},
     "OmniGen2CompactCondition": {"class": OmniGen2CompactCondition},
     "OmniGen2CachedSampler": {"class": OmniGen2CachedSampler},
+    "OmniGen2Repaint": {"class": OmniGen2Repaint},
 }
 
 

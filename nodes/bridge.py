@@ -344,6 +344,24 @@ def collect_images(**inputs: Any) -> list[torch.Tensor] | None:
     return images or None
 
 
+def single_image(image: Any, name: str) -> torch.Tensor:
+    """One picture [H, W, 3] from an IMAGE socket that must hold exactly one."""
+    images = collect_images(**{name: image}) or []
+    if len(images) != 1:
+        raise InvalidInputError(f"'{name}' holds a batch of {len(images)} images; give one (e.g. through Image From Batch).")
+    return images[0]
+
+
+def single_mask(mask: Any, name: str) -> torch.Tensor:
+    """One mask [H, W] from a MASK socket ([H, W] or [1, H, W]); values are checked by the engine."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InvalidInputError(f"'{name}' must be a MASK (float tensor [B, H, W]); got {got}.")
+    if mask.ndim == 3 and mask.shape[0] != 1:
+        raise InvalidInputError(f"'{name}' holds a batch of {mask.shape[0]} masks; give one.")
+    return mask.reshape(mask.shape[-2:])
+
+
 def output_size(width: int, height: int) -> dict[str, int | None]:
     """Width and height for the engine: 0 means automatic (the official pipeline's rule), for each side."""
     for name, value in (("width", width), ("height", height)):

@@ -1,8 +1,66 @@
-"""The sampler node: OmniGen2's Euler flow sampler with dual guidance, cfg range and reference-feature caching."""
+"""The sampling nodes: OmniGen2's Euler flow sampler with dual guidance, cfg range and reference-feature caching,
+and repainting a masked region with it."""
 
 from __future__ import annotations
 
 from . import bridge
+
+# Widgets both samplers show, in the order the Cached Sampler has always had (saved workflows list values by order).
+SEED_AND_STEPS = {
+    "seed": ("INT", {
+        "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+        "tooltip": "Noise seed. The noise is drawn on the CPU, so a seed gives the same image on any "
+                   "device."}),
+    "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Sampling steps (official: 50)."}),
+}
+GUIDANCE_AND_CACHE = {
+    "text_guidance": ("FLOAT", {
+        "default": 5.0, "min": 1.0, "max": 20.0, "step": 0.1, "round": 0.01,
+        "tooltip": "How strongly the prompt steers the image (official: 5.0). 1 = no text guidance."}),
+    "image_guidance": ("FLOAT", {
+        "default": 2.0, "min": 1.0, "max": 10.0, "step": 0.1, "round": 0.01,
+        "tooltip": "How closely the result follows the reference images (official: 2.0; edits 1.2-2.0, "
+                   "in-context 2.5-3.0). Ignored without reference images."}),
+    "cfg_range_start": ("FLOAT", {
+        "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+        "tooltip": "Guidance is applied from this fraction of the steps..."}),
+    "cfg_range_end": ("FLOAT", {
+        "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+        "tooltip": "...up to this fraction; later steps run one pass only (0.6 saves about 20%)."}),
+    "cache_per_n_steps": ("INT", {
+        "default": 0, "min": 0, "max": 1000,
+        "tooltip": "Reference-feature cache: recompute the reference images' keys/values every n steps and "
+                   "reuse them in between (n >= steps: compute once). 0 = off, exact official results."}),
+}
+BATCH_SIZE = {
+    "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Images per run (seeds seed, seed+1, ...)."}),
+}
+REFERENCE_ATTENTION = {
+    "reference_attention": (list(bridge.REFERENCE_ATTENTION), {
+        "default": "auto",
+        "tooltip": "joint: every token sees every token (official OmniGen2). independent: each reference "
+                   "image sees only itself, at a clean timestep (OminiControl2's asymmetric mask): with "
+                   "caching its features are computed once per run, exactly - use it with models or "
+                   "LoRAs trained that way. auto: what the loaded model was trained with."}),
+}
+
+
+def sampling_options(device, seed, steps, text_guidance, image_guidance, cfg_range_start, cfg_range_end,
+                     cache_per_n_steps, batch_size, reference_attention="auto") -> dict:
+    """The engine options the shared widgets set, checked, with ComfyUI's progress bar, previews and cancel."""
+    return {
+        "steps": steps, "text_guidance_scale": text_guidance, "image_guidance_scale": image_guidance,
+        "cfg_range": bridge.cfg_range(cfg_range_start, cfg_range_end), "seed": seed, "num_images": batch_size,
+        "cache_per_n_steps": bridge.cache_steps(cache_per_n_steps),
+        "independent_condition": bridge.independent_condition(reference_attention),
+        "progress": bridge.progress_callback(steps, device),
+    }
+
+
+def sampler_outputs(model, result) -> dict:
+    """IMAGE and LATENT of a result, and the stats the web extension shows on the node."""
+    outputs = (bridge.to_comfy_image(result.images), bridge.to_comfy_latent(model.engine, result.latents))
+    return {"ui": bridge.sampler_ui(result.stats), "result": outputs}
 
 
 class OmniGen2CachedSampler:
@@ -14,11 +72,7 @@ class OmniGen2CachedSampler:
             "required": {
                 "model": (bridge.MODEL_TYPE, {"tooltip": "The model from Load OmniGen2."}),
                 "condition": (bridge.CONDITION_TYPE, {"tooltip": "From OmniGen2 Condition Encode (or Compact)."}),
-                "seed": ("INT", {
-                    "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                    "tooltip": "Noise seed. The noise is drawn on the CPU, so a seed gives the same image on any "
-                               "device."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Sampling steps (official: 50)."}),
+                **SEED_AND_STEPS,
                 "width": ("INT", {
                     "default": 0, "min": 0, "max": 8192, "step": 16,
                     "tooltip": "Output width; 0 = automatic: one reference image sets the size (edits), otherwise "
@@ -26,31 +80,9 @@ class OmniGen2CachedSampler:
                 "height": ("INT", {
                     "default": 0, "min": 0, "max": 8192, "step": 16,
                     "tooltip": "Output height; 0 = automatic (see width)."}),
-                "text_guidance": ("FLOAT", {
-                    "default": 5.0, "min": 1.0, "max": 20.0, "step": 0.1, "round": 0.01,
-                    "tooltip": "How strongly the prompt steers the image (official: 5.0). 1 = no text guidance."}),
-                "image_guidance": ("FLOAT", {
-                    "default": 2.0, "min": 1.0, "max": 10.0, "step": 0.1, "round": 0.01,
-                    "tooltip": "How closely the result follows the reference images (official: 2.0; edits 1.2-2.0, "
-                               "in-context 2.5-3.0). Ignored without reference images."}),
-                "cfg_range_start": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "Guidance is applied from this fraction of the steps..."}),
-                "cfg_range_end": ("FLOAT", {
-                    "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "...up to this fraction; later steps run one pass only (0.6 saves about 20%)."}),
-                "cache_per_n_steps": ("INT", {
-                    "default": 0, "min": 0, "max": 1000,
-                    "tooltip": "Reference-feature cache: recompute the reference images' keys/values every n steps and "
-                               "reuse them in between (n >= steps: compute once). 0 = off, exact official results."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Images per run (seeds seed, "
-                                                                                       "seed+1, ...)."}),
-                "reference_attention": (list(bridge.REFERENCE_ATTENTION), {
-                    "default": "auto",
-                    "tooltip": "joint: every token sees every token (official OmniGen2). independent: each reference "
-                               "image sees only itself, at a clean timestep (OminiControl2's asymmetric mask): with "
-                               "caching its features are computed once per run, exactly - use it with models or "
-                               "LoRAs trained that way. auto: what the loaded model was trained with."}),
+                **GUIDANCE_AND_CACHE,
+                **BATCH_SIZE,
+                **REFERENCE_ATTENTION,
             }
         }
 
@@ -63,16 +95,51 @@ class OmniGen2CachedSampler:
         "reference images' features across steps. Shows steps, reused tokens and time per step on the node."
     )
 
-    def sample(self, model, condition, seed, steps, width, height, text_guidance, image_guidance,
-               cfg_range_start, cfg_range_end, cache_per_n_steps, batch_size, reference_attention="auto"):
+    def sample(self, model, condition, width, height, **widgets):
         model = bridge.check_model(model)
         size = bridge.output_size(width, height)
         with model.on_device("transformer", "vae") as device:
-            result = bridge.engine_call(
-                model.engine.sample, condition, **size,
-                steps=steps, text_guidance_scale=text_guidance, image_guidance_scale=image_guidance, cfg_range=bridge.cfg_range(cfg_range_start, cfg_range_end),
-                seed=seed, num_images=batch_size, cache_per_n_steps=bridge.cache_steps(cache_per_n_steps),
-                independent_condition=bridge.independent_condition(reference_attention),
-                progress=bridge.progress_callback(steps, device))
-            outputs = (bridge.to_comfy_image(result.images), bridge.to_comfy_latent(model.engine, result.latents))
-        return {"ui": bridge.sampler_ui(result.stats), "result": outputs}
+            result = bridge.engine_call(model.engine.sample, condition, **size, **sampling_options(device, **widgets))
+            return sampler_outputs(model, result)
+
+
+class OmniGen2Repaint:
+    TITLE = "OmniGen2 Repaint"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (bridge.MODEL_TYPE, {"tooltip": "The model from Load OmniGen2."}),
+                "condition": (bridge.CONDITION_TYPE, {
+                    "tooltip": "From OmniGen2 Condition Encode: the prompt describes the change and sees the picture "
+                               "as image 1; the condition's own reference images become images 2..5."}),
+                "image": ("IMAGE", {"tooltip": "The picture to repaint (one image)."}),
+                "mask": ("MASK", {"tooltip": "1 where to repaint, 0 where to keep (e.g. Load Image's mask, painted in "
+                                             "the mask editor); the picture's size."}),
+                **SEED_AND_STEPS,
+                **GUIDANCE_AND_CACHE,
+                **BATCH_SIZE,
+                **REFERENCE_ATTENTION,
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    OUTPUT_TOOLTIPS = (
+        "The picture with the masked region regenerated; every pixel outside the mask is the input's.",
+        "The repainted canvas as a LATENT in ComfyUI's raw FLUX-VAE space.",
+    )
+    FUNCTION = "repaint"
+    CATEGORY = bridge.CATEGORY
+    DESCRIPTION = (
+        "Regenerates the masked region of a picture with OmniGen2. Token integration: the rest of the picture enters "
+        "as reference tokens and only the masked tokens are denoised, so a small mask costs a fraction of a full "
+        "edit; the result is stitched back, leaving everything outside the mask untouched."
+    )
+
+    def repaint(self, model, condition, image, mask, **widgets):
+        model = bridge.check_model(model)
+        canvas, region = bridge.single_image(image, "image"), bridge.single_mask(mask, "mask")
+        with model.on_device("transformer", "vae") as device:
+            result = bridge.engine_call(model.engine.repaint, condition, canvas, region, **sampling_options(device, **widgets))
+            return sampler_outputs(model, result)

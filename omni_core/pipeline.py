@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from .compact import compact_condition
@@ -20,7 +19,7 @@ from .errors import InvalidInputError, OmniGen2Error
 from .guidance import GuidedVelocity
 from .image_processing import ImageLike, check_output_size, postprocess, preprocess_reference, to_pil
 from .reference_cache import ReferenceFeatureCache
-from .repaint import stitch_latents, stitch_pixels, to_mask, token_mask
+from .repaint import original_pixels, stitch_latents, stitch_pixels, to_mask, token_mask
 from .reference_passes import TransformerPasses
 from .sampler import sample_euler
 from .schedule import flow_timesteps
@@ -186,32 +185,36 @@ class OmniGen2:
     @torch.no_grad()
     def repaint(
         self,
-        prompt: str,
+        condition: Condition,
         image: ImageLike,
         mask,
-        negative_prompt: str | None = None,
-        images: Sequence[ImageLike] | None = None,
         steps: int = 50,
         text_guidance_scale: float = 5.0,
         image_guidance_scale: float = 2.0,
         cfg_range: Sequence[float] = (0.0, 1.0),
         seed: int = 0,
         num_images: int = 1,
-        max_pixels: int = 1024 * 1024,
+        max_pixels: int | None = None,
         max_input_image_side_length: int = 1024,
         progress: Progress | None = None,
         cache_per_n_steps: int | None = None,
         independent_condition: bool | None = None,
     ) -> GenerationResult:
-        """Regenerate the masked region (mask 1) of `image`, guided by the prompt and up to 4 further references.
+        """Regenerate the masked region (mask 1) of `image` under `condition` (from `encode_condition`: the prompt,
+        in which the canvas is image 1, and up to 4 further references, images 2..5).
 
         Token integration: the canvas outside the mask is reference image 1 (its known tokens only) and only the
-        masked tokens are noise; pixels outside the mask come back exactly as given (see repaint.py).
+        masked tokens are noise; pixels outside the mask come back exactly as given (see repaint.py). The canvas is
+        sized like a reference image: max_pixels (default: the condition's) and max_input_image_side_length.
         """
         original = to_pil(image, "image")
         soft_mask = to_mask(mask, (original.height, original.width))
-        if len(images or []) > MAX_REFERENCE_IMAGES - 1:
-            raise InvalidInputError(f"repaint takes at most {MAX_REFERENCE_IMAGES - 1} further reference images (the canvas is one).")
+        if len(condition.references) > MAX_REFERENCE_IMAGES - 1:
+            raise InvalidInputError(
+                f"the condition has {len(condition.references)} reference images; repaint takes at most "
+                f"{MAX_REFERENCE_IMAGES - 1} besides the canvas (image 1)."
+            )
+        max_pixels = condition.max_pixels if max_pixels is None else max_pixels
         pixels = preprocess_reference(original, max_pixels, max_input_image_side_length, name="image")
         canvas = encode_to_latents(self.vae, pixels.to(self.device))[0]
         repainted = token_mask(soft_mask, tuple(pixels.shape[-2:]))
@@ -219,7 +222,6 @@ class OmniGen2:
         known_index = (~repainted).flatten().nonzero()[:, 0]
         if len(noise_index) == 0:
             raise InvalidInputError("mask selects no region to repaint (it is empty or too thin); paint the area to change.")
-        condition = self.encode_condition(prompt, negative_prompt, images, max_pixels, max_input_image_side_length)
         canvas_reference = ReferenceImage(canvas, tuple(pixels.shape[-2:]), keep_index=known_index, pixels=pixels)
         known = (canvas_reference,) if len(known_index) else ()
         condition = dataclasses.replace(condition, references=known + condition.references, fingerprint="")
@@ -230,8 +232,7 @@ class OmniGen2:
         latents, stats = self._denoise(condition, tuple(canvas.shape[-2:]), options, progress, noise_index)
         latents = stitch_latents(canvas, latents, repainted)
         decoded = postprocess(decode_latents(self.vae, latents), (original.height, original.width))
-        original_pixels = torch.from_numpy(np.asarray(original, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        images_out = stitch_pixels(original_pixels, decoded, soft_mask)
+        images_out = stitch_pixels(original_pixels(image, original), decoded, soft_mask)
         stats = {**stats, "canvas_tokens": repainted.numel(), "sampled_size": list(pixels.shape[-2:])}
         return GenerationResult(images=images_out, latents=latents, stats=stats)
 

@@ -40,6 +40,19 @@ def token_mask(mask: torch.Tensor, canvas_size: tuple[int, int]) -> torch.Tensor
     return F.max_pool2d((resized > 0.5).float(), PIXELS_PER_TOKEN)[0, 0].bool()
 
 
+def original_pixels(image, decoded: PIL.Image.Image) -> torch.Tensor:
+    """The picture as float [3, H, W] in 0..1 for stitching: a float RGB tensor as given (a ComfyUI IMAGE row), so the
+    kept region is returned bit for bit; anything else from its 8-bit decoding `decoded`."""
+    if isinstance(image, torch.Tensor) and image.is_floating_point():
+        pixels = image.detach().to("cpu", torch.float32)
+        pixels = pixels[0] if pixels.ndim == 4 else pixels
+        if pixels.ndim == 3 and pixels.shape[-1] == 3:
+            return pixels.permute(2, 0, 1)
+        if pixels.ndim == 3 and pixels.shape[0] == 3:
+            return pixels
+    return torch.from_numpy(np.asarray(decoded, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
 def stitch_latents(known: torch.Tensor, generated: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """generated [B, C, h, w] inside the masked tokens, the canvas latent known [C, h, w] everywhere else."""
     patch = known.shape[-1] // tokens.shape[-1]

@@ -287,6 +287,44 @@ def test_automatic_size_takes_the_edit_image_size(node, model):
     assert out["result"][0].shape == (1, 64, 96, 3)  # the reference's processed size, as the official pipeline
 
 
+def _repaint_inputs():
+    canvas = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(1, 48, 64)
+    mask[:, 16:32, 16:48] = 1.0
+    return canvas, mask
+
+
+REPAINT_SETTINGS = dict(seed=2, steps=2, text_guidance=4.0, image_guidance=2.0, cfg_range_start=0.0, cfg_range_end=1.0,
+                        cache_per_n_steps=0, batch_size=1, reference_attention="auto")
+
+
+def test_repaint_node_regenerates_only_the_masked_region(node, model):
+    canvas, mask = _repaint_inputs()
+    (condition,) = node("OmniGen2ConditionEncode").encode(model, "a red square in image 1", "", 9216, 128)
+    out = node("OmniGen2Repaint").repaint(model, condition, canvas, mask, **REPAINT_SETTINGS)
+    image, latent = out["result"]
+    inside = mask[0].bool()
+    assert image.shape == canvas.shape and latent["samples"].shape == (1, 16, 6, 8)
+    assert torch.equal(image[0][~inside], canvas[0][~inside])  # untouched outside the mask, exactly
+    assert (image[0][inside] - canvas[0][inside]).abs().mean() > 1e-3
+    engine = model.engine.repaint(condition, canvas[0], mask[0], steps=2, seed=2, text_guidance_scale=4.0)
+    assert torch.equal(image, engine.images.movedim(1, -1))  # the node adds nothing to the engine's result
+    stats = out["ui"]["omnigen2_stats"][0]
+    assert stats["noise_tokens"] == 2 and stats["canvas_tokens"] == 12
+
+
+def test_repaint_node_rejects_batches_and_mismatched_masks(node, model):
+    canvas, mask = _repaint_inputs()
+    (condition,) = node("OmniGen2ConditionEncode").encode(model, "x", "", 9216, 128)
+    repaint = node("OmniGen2Repaint").repaint
+    with pytest.raises(InvalidInputError, match="'image' holds a batch of 2"):
+        repaint(model, condition, canvas.repeat(2, 1, 1, 1), mask, **REPAINT_SETTINGS)
+    with pytest.raises(InvalidInputError, match="'mask' holds a batch of 2"):
+        repaint(model, condition, canvas, mask.repeat(2, 1, 1), **REPAINT_SETTINGS)
+    with pytest.raises(InvalidInputError, match="same size"):
+        repaint(model, condition, canvas, mask[:, :40], **REPAINT_SETTINGS)
+
+
 # --- cancel and caching ----------------------------------------------------------------------------------------------
 
 

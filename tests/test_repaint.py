@@ -29,7 +29,8 @@ def test_stitch_latents_keeps_known_tokens():
 
 
 def test_repaint_runs_only_masked_tokens_and_keeps_the_rest(tiny_model):
-    result = tiny_model.repaint("a blue square", CANVAS, square_mask(), steps=3, seed=2, cache_per_n_steps=2)
+    condition = tiny_model.encode_condition("a blue square")
+    result = tiny_model.repaint(condition, CANVAS, square_mask(), steps=3, seed=2, cache_per_n_steps=2)
     images = result.images
     assert images.shape == (1, 3, 48, 64)
     original = torch.from_numpy(CANVAS).permute(2, 0, 1).float() / 255
@@ -59,4 +60,10 @@ def test_sparse_noise_tokens_get_velocity_only_where_selected(tiny_model):
 )
 def test_bad_masks(tiny_model, mask, message):
     with pytest.raises(InvalidInputError, match=message):
-        tiny_model.repaint("x", CANVAS, mask, steps=1)
+        tiny_model.repaint(tiny_model.encode_condition("x"), CANVAS, mask, steps=1)
+
+
+def test_canvas_counts_as_one_of_five_references(tiny_model):
+    condition = tiny_model.encode_condition("x", images=[CANVAS] * 5)
+    with pytest.raises(InvalidInputError, match="at most 4 besides the canvas"):
+        tiny_model.repaint(condition, CANVAS, square_mask(), steps=1)

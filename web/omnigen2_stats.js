@@ -6,7 +6,7 @@
 
 import { app } from "../../scripts/app.js";
 
-const SAMPLER_TYPES = new Set(["OmniGen2CachedSampler"]);
+const SAMPLER_TYPES = new Set(["OmniGen2CachedSampler", "OmniGen2Repaint"]);
 const STATS_KEY = "omnigen2_stats"; // keep in sync with nodes/bridge.py STATS_KEY
 const WIDGET_NAME = "omnigen2_run_stats";
 const ROW_HEIGHT = 18;
