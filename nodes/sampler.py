@@ -6,14 +6,14 @@ from __future__ import annotations
 from . import bridge
 
 # Widgets both samplers show, in the order the Cached Sampler has always had (saved workflows list values by order).
-SEED_AND_STEPS = {
+SEED_STEPS_WIDGETS = {
     "seed": ("INT", {
         "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
         "tooltip": "Noise seed. The noise is drawn on the CPU, so a seed gives the same image on any "
                    "device."}),
     "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Sampling steps (official: 50)."}),
 }
-GUIDANCE_AND_CACHE = {
+GUIDANCE_CACHE_WIDGETS = {
     "text_guidance": ("FLOAT", {
         "default": 5.0, "min": 1.0, "max": 20.0, "step": 0.1, "round": 0.01,
         "tooltip": "How strongly the prompt steers the image (official: 5.0). 1 = no text guidance."}),
@@ -32,10 +32,10 @@ GUIDANCE_AND_CACHE = {
         "tooltip": "Reference-feature cache: recompute the reference images' keys/values every n steps and "
                    "reuse them in between (n >= steps: compute once). 0 = off, exact official results."}),
 }
-BATCH_SIZE = {
+BATCH_SIZE_WIDGET = {
     "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Images per run (seeds seed, seed+1, ...)."}),
 }
-REFERENCE_ATTENTION = {
+REFERENCE_ATTENTION_WIDGET = {
     "reference_attention": (list(bridge.REFERENCE_ATTENTION), {
         "default": "auto",
         "tooltip": "joint: every token sees every token (official OmniGen2). independent: each reference "
@@ -72,7 +72,7 @@ class OmniGen2CachedSampler:
             "required": {
                 "model": (bridge.MODEL_TYPE, {"tooltip": "The model from Load OmniGen2."}),
                 "condition": (bridge.CONDITION_TYPE, {"tooltip": "From OmniGen2 Condition Encode (or Compact)."}),
-                **SEED_AND_STEPS,
+                **SEED_STEPS_WIDGETS,
                 "width": ("INT", {
                     "default": 0, "min": 0, "max": 8192, "step": 16,
                     "tooltip": "Output width; 0 = automatic: one reference image sets the size (edits), otherwise "
@@ -80,9 +80,9 @@ class OmniGen2CachedSampler:
                 "height": ("INT", {
                     "default": 0, "min": 0, "max": 8192, "step": 16,
                     "tooltip": "Output height; 0 = automatic (see width)."}),
-                **GUIDANCE_AND_CACHE,
-                **BATCH_SIZE,
-                **REFERENCE_ATTENTION,
+                **GUIDANCE_CACHE_WIDGETS,
+                **BATCH_SIZE_WIDGET,
+                **REFERENCE_ATTENTION_WIDGET,
             }
         }
 
@@ -117,10 +117,10 @@ class OmniGen2Repaint:
                 "image": ("IMAGE", {"tooltip": "The picture to repaint (one image)."}),
                 "mask": ("MASK", {"tooltip": "1 where to repaint, 0 where to keep (e.g. Load Image's mask, painted in "
                                              "the mask editor); the picture's size."}),
-                **SEED_AND_STEPS,
-                **GUIDANCE_AND_CACHE,
-                **BATCH_SIZE,
-                **REFERENCE_ATTENTION,
+                **SEED_STEPS_WIDGETS,
+                **GUIDANCE_CACHE_WIDGETS,
+                **BATCH_SIZE_WIDGET,
+                **REFERENCE_ATTENTION_WIDGET,
             }
         }
 

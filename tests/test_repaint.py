@@ -67,3 +67,14 @@ def test_canvas_counts_as_one_of_five_references(tiny_model):
     condition = tiny_model.encode_condition("x", images=[CANVAS] * 5)
     with pytest.raises(InvalidInputError, match="at most 4 besides the canvas"):
         tiny_model.repaint(condition, CANVAS, square_mask(), steps=1)
+
+
+def test_repaint_with_the_independent_condition_computes_the_canvas_once_exactly(tiny_model):
+    """The known canvas is a pruned reference: under the asymmetric mask its features are computed once per run and
+    the result equals recomputing them every step, bit for bit."""
+    condition = tiny_model.encode_condition("a blue square")
+    run = lambda n: tiny_model.repaint(condition, CANVAS, square_mask(), steps=3, seed=2, cache_per_n_steps=n,
+                                       independent_condition=True)
+    every_step, once = run(None), run(100)
+    assert torch.equal(every_step.images, once.images)
+    assert once.stats["reference_tokens_computed"] == 10 and every_step.stats["reference_tokens_computed"] > 10
