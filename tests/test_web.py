@@ -101,6 +101,13 @@ def test_extension_shows_run_stats_on_the_sampler(site, tmp_path_factory):
         "time per step: 1.25 s",
     ]
     assert result["previousHandlerCalls"] == 2, "the node type's own onExecuted must still run"
+    assert result["repaintRows"] == [
+        "steps: 30",
+        "ref tokens computed: 3,584",
+        "ref tokens reused: 0 (0%)",
+        "repainted tokens: 512 of 4,096",
+        "time per step: 800 ms",
+    ]
     assert result["dirty"] >= 1
 
 

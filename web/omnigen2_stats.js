@@ -1,8 +1,8 @@
-// OmniGen2 front-end extension: after a run, show on the Cached Sampler node what the run did.
+// OmniGen2 front-end extension: after a run, show on the sampler nodes (Cached Sampler, Repaint) what the run did.
 //
 // The sampler node returns {"ui": {"omnigen2_stats": [stats]}}; ComfyUI hands that object to the node's
 // onExecuted(message). We render it as a small table in a DOM widget: steps, reference tokens computed vs reused,
-// tokens saved by compaction, time per step. No network requests, no globals beyond the registered extension.
+// tokens saved by compaction, tokens repainted (Repaint), time per step. No network requests, no globals beyond the registered extension.
 
 import { app } from "../../scripts/app.js";
 
@@ -44,6 +44,8 @@ export function formatStats(stats) {
     }
     const saved = first(stats, "tokens_saved_by_compaction", "compaction_tokens_saved", "tokens_saved");
     if (saved !== undefined) rows.push(["saved by compaction", `${formatCount(saved)} tokens`]);
+    const canvas = first(stats, "canvas_tokens");
+    if (canvas !== undefined) rows.push(["repainted tokens", `${formatCount(first(stats, "noise_tokens") ?? 0)} of ${formatCount(canvas)}`]);
     const perStep = first(stats, "seconds_per_step", "time_per_step");
     if (perStep !== undefined) rows.push(["time per step", formatSeconds(perStep)]);
     const total = first(stats, "seconds", "total_seconds");
