@@ -58,3 +58,17 @@ def test_work_counts_match_the_flops_the_engine_runs():
     for mode in conditioning.MODES:
         counted = _counted_macs(model, mode, steps, noise_side)
         assert counted == conditioning.work_macs(config, mode, steps, noise_side), mode.name
+
+
+def test_ceilings_trade_reduction_for_speed_up_as_images_grow():
+    """What benchmarks/ceilings.py reports: with larger images the reference attention that reuse keeps grows
+    against the linear work, so the reduction ceiling falls while the speed-up ceiling rises."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ceilings
+
+    for config in ceilings.MODELS.values():
+        rows = [ceilings.ceilings(config, (side // 16) ** 2, 3, 50) for side in ceilings.IMAGE_SIDES]
+        reductions = [row["conditional_overhead_reduction"] for row in rows]
+        speedups = [row["speedup"] for row in rows]
+        assert reductions == sorted(reductions, reverse=True) and speedups == sorted(speedups)
+        assert all(0.5 < r < 1 for r in reductions) and all(1 < s < row["full_over_text_only"] for s, row in zip(speedups, rows))
