@@ -32,10 +32,13 @@ def onednn_gemm_applies(*tensors: torch.Tensor) -> bool:
     )
 
 
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T + bias through oneDNN. Equal to F.linear up to float32 round-off (another summation order)."""
+def onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "none"
+) -> torch.Tensor:
+    """x @ weight.T + bias through oneDNN, then `activation` ("none", or a oneDNN post-op such as "swish") inside the
+    GEMM. Equal to F.linear up to float32 round-off (another summation order)."""
     # a non-contiguous weight sends oneDNN to a reference kernel ~1000x slower: make it dense first (no-op if so)
-    return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, activation, [], "")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,5 +52,5 @@ def linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """silu(F.linear(x, weight, bias)); through oneDNN the activation is applied inside the GEMM (no extra pass over
     the [S, ffn] output, ~10% of a feed-forward's first product on CPU)."""
     if onednn_gemm_applies(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "swish", [], "")
+        return onednn_linear(x, weight, bias, "swish")
     return torch.nn.functional.silu(torch.nn.functional.linear(x, weight, bias))
