@@ -50,12 +50,13 @@ def check_output_size(height: int, width: int, max_pixels: int) -> tuple[int, in
     return sampled
 
 
-def to_pil(image: ImageLike, name: str = "image") -> PIL.Image.Image:
-    """An RGB PIL image from PIL, a uint8 array [H, W, C], or a float tensor/array in 0..1 as [H, W, C] or [C, H, W]."""
+def image_array(image: ImageLike, name: str = "image") -> np.ndarray:
+    """One image as a validated [H, W, C] array (C 1, 3 or 4): uint8 as given, or float32 in 0..1 from a float tensor or
+    array given as [H, W, C], [C, H, W] or a batch of one; PIL images as their RGB uint8 pixels."""
     if isinstance(image, PIL.Image.Image):
         if image.width == 0 or image.height == 0:
             raise InvalidInputError(f"{name} is empty ({image.width}x{image.height} pixels).")
-        return image.convert("RGB")
+        return np.asarray(image.convert("RGB"))
     if isinstance(image, torch.Tensor):
         image = image.detach().to("cpu", torch.float32).numpy()
     if not isinstance(image, np.ndarray):
@@ -74,9 +75,15 @@ def to_pil(image: ImageLike, name: str = "image") -> PIL.Image.Image:
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InvalidInputError(f"{name} is empty (shape {tuple(image.shape)}).")
+    if image.dtype != np.uint8 and not np.isfinite(image).all():
+        raise InvalidInputError(f"{name} contains NaN or infinite values; check the node that produced it.")
+    return image
+
+
+def to_pil(image: ImageLike, name: str = "image") -> PIL.Image.Image:
+    """An RGB PIL image from PIL, a uint8 array [H, W, C], or a float tensor/array in 0..1 (see `image_array`)."""
+    image = image_array(image, name)
     if image.dtype != np.uint8:
-        if not np.isfinite(image).all():
-            raise InvalidInputError(f"{name} contains NaN or infinite values; check the node that produced it.")
         image = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[image.shape[-1]]
     return PIL.Image.fromarray(image[..., 0] if mode == "L" else image, mode).convert("RGB")

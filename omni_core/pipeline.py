@@ -17,7 +17,7 @@ from .compact import compact_condition
 from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage, check_reference_count
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import GuidedVelocity
-from .image_processing import ImageLike, check_output_size, postprocess, preprocess_reference, to_pil
+from .image_processing import ImageLike, check_output_size, image_array, postprocess, preprocess_reference, to_pil
 from .reference_cache import ReferenceFeatureCache
 from .repaint import original_pixels, stitch_latents, stitch_pixels, to_mask, token_mask
 from .reference_passes import TransformerPasses
@@ -207,7 +207,8 @@ class OmniGen2:
         masked tokens are noise; pixels outside the mask come back exactly as given (see repaint.py). The canvas is
         sized like a reference image: max_pixels (default: the condition's) and max_input_image_side_length.
         """
-        original = to_pil(image, "image")
+        array = image_array(image, "image")
+        original = to_pil(array, "image")
         soft_mask = to_mask(mask, (original.height, original.width))
         if len(condition.references) > MAX_REFERENCE_IMAGES - 1:
             raise InvalidInputError(
@@ -232,7 +233,7 @@ class OmniGen2:
         latents, stats = self._denoise(condition, tuple(canvas.shape[-2:]), options, progress, noise_index)
         latents = stitch_latents(canvas, latents, repainted)
         decoded = postprocess(decode_latents(self.vae, latents), (original.height, original.width))
-        images_out = stitch_pixels(original_pixels(image, original), decoded, soft_mask)
+        images_out = stitch_pixels(original_pixels(array, original), decoded, soft_mask)
         stats = {**stats, "canvas_tokens": repainted.numel(), "sampled_size": list(pixels.shape[-2:])}
         return GenerationResult(images=images_out, latents=latents, stats=stats)
 

@@ -40,16 +40,11 @@ def token_mask(mask: torch.Tensor, canvas_size: tuple[int, int]) -> torch.Tensor
     return F.max_pool2d((resized > 0.5).float(), PIXELS_PER_TOKEN)[0, 0].bool()
 
 
-def original_pixels(image, decoded: PIL.Image.Image) -> torch.Tensor:
-    """The picture as float [3, H, W] in 0..1 for stitching: a float RGB tensor as given (a ComfyUI IMAGE row), so the
-    kept region is returned bit for bit; anything else from its 8-bit decoding `decoded`."""
-    if isinstance(image, torch.Tensor) and image.is_floating_point():
-        pixels = image.detach().to("cpu", torch.float32)
-        pixels = pixels[0] if pixels.ndim == 4 else pixels
-        if pixels.ndim == 3 and pixels.shape[-1] == 3:
-            return pixels.permute(2, 0, 1)
-        if pixels.ndim == 3 and pixels.shape[0] == 3:
-            return pixels
+def original_pixels(image: np.ndarray, decoded: PIL.Image.Image) -> torch.Tensor:
+    """The picture (an `image_array`) as float [3, H, W] in 0..1 for stitching: float RGB pixels as given (a ComfyUI
+    IMAGE row), so the kept region is returned bit for bit; anything else from its 8-bit decoding `decoded`."""
+    if image.dtype != np.uint8 and image.shape[-1] == 3:
+        return torch.from_numpy(image).permute(2, 0, 1)
     return torch.from_numpy(np.asarray(decoded, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
