@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from _common import WIDTHS, bench_config, build_ours, environment, median, print_table, run_worker, time_interleaved
+from _common import PATCH, WIDTHS, bench_config, build_ours, environment, median, print_table, run_worker, time_interleaved
 from _work import RunShape, overhead_reduction, run_macs
 
 from omni_core.condition import Condition, ReferenceImage, TextCondition  # noqa: E402
@@ -111,10 +111,11 @@ def build_condition(mode: Mode, noise_side: int, seed: int = 1) -> Condition:
     return Condition(positive=positive, negative=negative, references=refs)
 
 
-def work_macs(config, mode: Mode, steps: int, noise_side: int) -> int:
-    """The multiply-accumulates a run of this mode must do (see `_work.py`)."""
-    ref_tokens = (int(noise_side * mode.condition_scale) // 2) ** 2
-    shape = RunShape(PROMPT_LEN, NEGATIVE_LEN, (noise_side // 2) ** 2, (ref_tokens,) * mode.refs, steps, mode.three_passes)
+def work_macs(config, mode: Mode, condition: Condition, steps: int, noise_side: int) -> int:
+    """The multiply-accumulates a run of this mode, with its `build_condition`, must do (see `_work.py`)."""
+    lengths = (condition.positive.embeds.shape[1], condition.negative.embeds.shape[1])
+    references = tuple(ref.num_tokens for ref in condition.references)
+    shape = RunShape(*lengths, (noise_side // PATCH) ** 2, references, steps, mode.three_passes)
     reuse = "none" if mode.cache_per_n_steps is None else "condition" if mode.independent else "once"
     return run_macs(config, shape, reuse)
 
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
         full = make_run(model, full_mode, n1_steps, noise_side)[0]()[0]
         n1 = make_run(model, dataclasses.replace(full_mode, cache_per_n_steps=1), n1_steps, noise_side)[0]()[0]
     t = {name: run_seconds(per_run) for name, per_run in steps_seconds.items()}
-    macs = {mode.name: work_macs(model.config, mode, args.steps, noise_side) for mode in modes}
+    macs = {mode.name: work_macs(model.config, mode, conditions[mode.name], args.steps, noise_side) for mode in modes}
     memory = {}
     if not args.no_memory:
         for mode in modes:

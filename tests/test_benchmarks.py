@@ -57,7 +57,8 @@ def test_work_counts_match_the_flops_the_engine_runs():
     noise_side, steps = 8, 3  # 16 noise tokens, 16 per reference
     for mode in conditioning.MODES:
         counted = _counted_macs(model, mode, steps, noise_side)
-        assert counted == conditioning.work_macs(config, mode, steps, noise_side), mode.name
+        condition = conditioning.build_condition(mode, noise_side)
+        assert counted == conditioning.work_macs(config, mode, condition, steps, noise_side), mode.name
 
 
 def test_ceilings_trade_reduction_for_speed_up_as_images_grow():
