@@ -83,28 +83,30 @@ def condition_branch_macs(config: TransformerConfig, image_tokens: tuple[int, ..
 def run_macs(config: TransformerConfig, shape: RunShape, reuse: str = "none") -> int:
     """A whole sampling run's MACs. reuse: "none" (every step runs the references), "once" (reference keys/values
     stored by each pass at step 0, reused after), "condition" (the independent condition's branch, once)."""
-    refs = shape.reference_tokens
+    refs, N = shape.reference_tokens, shape.noise_tokens
     R = sum(refs)
-    passes_with_refs = 2 if shape.three_passes else 1
-    passes_without = 1 if shape.three_passes else 0
+    # the guidance passes as (prompt length, sees the references): cond, ref, uncond; two passes drop ref
+    passes = [(shape.text_len, True), (shape.negative_len, True), (shape.negative_len, False)]
+    if not shape.three_passes:
+        del passes[1]
+
+    def step(reused: bool) -> int:
+        """One step: noise refined once, references refined once unless reused, then every pass's joint layers."""
+        macs = time_embedding_macs(config) + refiner_macs(config, (N,))
+        if refs and not reused:
+            macs += refiner_macs(config, refs)
+        for length, sees in passes:
+            seen = R if sees else 0
+            macs += joint_macs(config, length, N, 0 if reused else seen, seen if reused else 0)
+        return macs
+
     text_once = text_macs(config, shape.text_len) + text_macs(config, shape.negative_len)
-    per_step = time_embedding_macs(config) + refiner_macs(config, (shape.noise_tokens,))
-    uncond = joint_macs(config, shape.negative_len, shape.noise_tokens, 0)
-    lens_with_refs = [shape.text_len, shape.negative_len][:passes_with_refs]
-    if not refs:
-        lens = [shape.text_len, shape.negative_len, shape.negative_len][: 2 + passes_without]
-        return text_once + shape.steps * (per_step + sum(joint_macs(config, L, shape.noise_tokens, 0) for L in lens))
-    full_step = per_step + refiner_macs(config, refs) + sum(joint_macs(config, L, shape.noise_tokens, R) for L in lens_with_refs)
-    reused_step = per_step + sum(joint_macs(config, L, shape.noise_tokens, 0, R) for L in lens_with_refs)
-    if passes_without:
-        full_step += uncond
-        reused_step += uncond
-    if reuse == "none":
-        return text_once + shape.steps * full_step
+    if reuse == "none" or not refs:
+        return text_once + shape.steps * step(False)
     if reuse == "once":
-        return text_once + full_step + (shape.steps - 1) * reused_step
+        return text_once + step(False) + (shape.steps - 1) * step(True)
     if reuse == "condition":
-        return text_once + condition_branch_macs(config, refs) + shape.steps * reused_step
+        return text_once + condition_branch_macs(config, refs) + shape.steps * step(True)
     raise ValueError(f"reuse must be 'none', 'once' or 'condition', got {reuse!r}")
 
 
