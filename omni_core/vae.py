@@ -33,6 +33,11 @@ def _raw_encode(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     return vae.encode(images).latent_dist.mean  # the posterior mean: deterministic, no sampling
 
 
+def _raw_posterior(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    posterior = vae.encode(images).latent_dist
+    return torch.cat([posterior.mean, posterior.std], dim=1)
+
+
 def _raw_decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents).sample
 
@@ -80,6 +85,17 @@ def encode_to_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     _check(images, "images", vae.config.in_channels, factor)
     mean = _run(vae, _raw_encode, images)
     return ((mean - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor).to(images.device)
+
+
+@torch.no_grad()
+def encode_to_latent_distribution(vae: AutoencoderKL, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior in the transformer's latent space: (mean, std), each [B, C, H/8, W/8], float32. Training draws
+    mean + std * noise each step, as the official training samples the posterior; `encode_to_latents` is the mean."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    _check(images, "images", vae.config.in_channels, factor)
+    mean, std = _run(vae, _raw_posterior, images).to(images.device).chunk(2, dim=1)
+    scale = vae.config.scaling_factor
+    return (mean - (vae.config.shift_factor or 0.0)) * scale, std * scale
 
 
 def latents_to_raw(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:

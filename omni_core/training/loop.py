@@ -1,0 +1,157 @@
+"""The training run: accelerate's Accelerator places the models, wraps DDP/FSDP, runs mixed precision and gradient
+accumulation; the loop draws each micro-batch from the plan, steps the optimizer and saves checkpoints and outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .batch import assemble_batch
+from .checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from ..config import TransformerConfig
+from .config import ConfigError, TrainingConfig, to_dict
+from .data import output_size, read_jsonl
+from .features import FrozenFeatures
+from .forward import VelocityModel
+from .model import build_transformer, load_frozen, save_transformer
+from .objective import squared_error_sum
+from .order import BatchPlan
+
+log = logging.getLogger(__name__)
+LOG_FILE = "train_log.jsonl"
+
+
+def mixed_precision(requested: str) -> str:
+    """accelerate's mixed_precision for the request: "auto" is bf16 on a GPU that has it, otherwise "no"."""
+    if requested != "auto":
+        return requested
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def learning_rate(config: TrainingConfig, step: int) -> float:
+    """Constant after a linear warm-up over `train.warmup_steps` (OmniGen2's constant-with-warmup schedule)."""
+    warmup = config.train.warmup_steps
+    return config.train.learning_rate * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+
+def check_compatible(transformer: TransformerConfig, text_width: int, latent_channels: int) -> None:
+    """The transformer must read the text encoder's features and the VAE's latents."""
+    if transformer.text_feat_dim != text_width:
+        raise ConfigError(
+            f"the transformer's text_feat_dim is {transformer.text_feat_dim} but the text encoder's features are "
+            f"{text_width} wide; set text_feat_dim {text_width} in model.transformer_config or use a matching model.text_encoder."
+        )
+    if transformer.in_channels != latent_channels:
+        raise ConfigError(
+            f"the transformer's in_channels is {transformer.in_channels} but the VAE has {latent_channels} latent "
+            "channels; fix in_channels in model.transformer_config or use a matching model.vae."
+        )
+
+
+def train(config: TrainingConfig) -> Path:
+    """Run the training `config` describes; returns the output folder."""
+    settings = config.train
+    if settings.num_threads is not None:
+        torch.set_num_threads(settings.num_threads)
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(settings.mixed_precision),
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+    )
+    output_dir = Path(config.output_dir)
+    items = read_jsonl(config.data.jsonl)  # every data error before any model loads
+    sizes = [output_size(item, config.data.max_output_pixels, config.data.max_side_length) for item in items]
+
+    transformer = build_transformer(config.model, config.independent_condition, settings.seed)
+    text_encoder, vae = load_frozen(config.model, accelerator.device)
+    features = FrozenFeatures(text_encoder, vae, config.data, accelerator.device, config.condition_size, config.position_scale)
+    check_compatible(transformer.config, features.prompt("").shape[-1], vae.config.latent_channels)
+    model = VelocityModel(transformer)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2),
+        eps=settings.adam_epsilon, weight_decay=settings.weight_decay,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    start = 0
+    resume = latest_checkpoint(output_dir) if settings.resume == "latest" else settings.resume and Path(settings.resume)
+    if resume:
+        start = load_checkpoint(Path(resume), accelerator.unwrap_model(model), optimizer.optimizer)
+        log.info("resumed from %s at step %d", resume, start)
+
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = settings.batch_size * processes
+    plan = BatchPlan(sizes, global_batch, settings.seed, config.data.bucket_by_size)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "training_config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    bar = tqdm(total=settings.steps, initial=start, disable=not accelerator.is_main_process, desc="training", unit="step")
+    log_lines: list[str] = []
+    clock = time.perf_counter()
+    for step in range(start, settings.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        step_loss = 0.0
+        for micro in range(settings.gradient_accumulation_steps):
+            micro_step = step * settings.gradient_accumulation_steps + micro
+            indices = plan.local_micro_batch(micro_step, rank, processes)
+            global_indices = plan.global_micro_batch(micro_step)
+            positions = range(rank * settings.batch_size, (rank + 1) * settings.batch_size)
+            batch = assemble_batch([items[i] for i in indices], positions, micro_step, features, config)
+            # the official normalisation: the summed error over the global batch's latent elements (DDP averages
+            # the processes' gradients, hence the factor)
+            elements = sum(16 * (sizes[i][0] // 8) * (sizes[i][1] // 8) for i in global_indices)
+            with accelerator.accumulate(model):
+                predictions = model(batch.noisy, batch.timestep, batch.text, batch.text_mask, batch.references)
+                loss = squared_error_sum(predictions, batch.targets) * processes / elements
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and settings.max_grad_norm:
+                    accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += accelerator.reduce(loss.detach(), "mean").item() / settings.gradient_accumulation_steps
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if accelerator.is_main_process:
+            log_lines.append(json.dumps({"step": step + 1, "loss": step_loss, "lr": learning_rate(config, step)}))
+            if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+                with open(output_dir / LOG_FILE, "a") as handle:
+                    handle.write("".join(line + "\n" for line in log_lines))
+                log_lines.clear()
+        done = step + 1
+        if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
+            _checkpoint(output_dir, model, optimizer, done, accelerator, config)
+    bar.close()
+    if start < settings.steps:
+        _checkpoint(output_dir, model, optimizer, settings.steps, accelerator, config)
+    _save_outputs(output_dir, accelerator, model, config)
+    log.info("trained %d steps in %.1f s", settings.steps - start, time.perf_counter() - clock)
+    accelerator.end_training()
+    return output_dir
+
+
+def _checkpoint(output_dir: Path, model, optimizer, step: int, accelerator: Accelerator, config: TrainingConfig) -> None:
+    save_checkpoint(checkpoint_dir(output_dir, step), accelerator.unwrap_model(model), optimizer.optimizer, step,
+                    accelerator.is_main_process, {"config": to_dict(config)})
+    if accelerator.is_main_process:
+        prune_checkpoints(output_dir, config.train.checkpoints_total_limit)
+    accelerator.wait_for_everyone()
+
+
+def _save_outputs(output_dir: Path, accelerator: Accelerator, model, config: TrainingConfig) -> None:
+    """Full training: transformer/ in the release layout."""
+    state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        transformer = accelerator.unwrap_model(model).transformer
+        prefix = "transformer."
+        weights = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        save_transformer(weights, transformer.config, output_dir / "transformer")
+    accelerator.wait_for_everyone()
