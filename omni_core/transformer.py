@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 from .condition import MAX_REFERENCE_IMAGES, ReferenceImage
@@ -168,6 +169,7 @@ class TransformerBlock(nn.Module):
         self.norm2 = operations.RMSNorm(dim, eps=eps, dtype=dtype, device=device)
         self.ffn_norm1 = operations.RMSNorm(dim, eps=eps, dtype=dtype, device=device)
         self.ffn_norm2 = operations.RMSNorm(dim, eps=eps, dtype=dtype, device=device)
+        self.gradient_checkpointing = False
 
     def forward(
         self,
@@ -178,7 +180,16 @@ class TransformerBlock(nn.Module):
         kv_hook=None,
         query_rows: slice = slice(None),
     ) -> torch.Tensor:
-        """The block's output for the `query_rows` tokens (all by default; the last joint block needs only noise)."""
+        """The block's output for the `query_rows` tokens (all by default; the last joint block needs only noise).
+
+        With `gradient_checkpointing` and autograd on (training), activations are recomputed in the backward pass
+        instead of kept; inference never takes that path.
+        """
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, rotation, mask, temb, kv_hook, query_rows, use_reentrant=False)
+        return self._forward(x, rotation, mask, temb, kv_hook, query_rows)
+
+    def _forward(self, x, rotation, mask, temb, kv_hook, query_rows) -> torch.Tensor:
         if not self.modulation:
             x = x[:, query_rows] + self.norm2(self.attn(self.norm1(x), rotation, mask, query_rows=query_rows))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
@@ -308,6 +319,13 @@ class OmniGen2Transformer(nn.Module):
         outputs = self.joint(text, refs, noise, layouts, temb, reference_kv)
         return torch.stack(outputs) if isinstance(hidden_states, torch.Tensor) else outputs
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (training memory for compute); no effect on
+        inference, which runs without autograd."""
+        for module in self.modules():
+            if isinstance(module, TransformerBlock):
+                module.gradient_checkpointing = enabled
+
     # The stages of `forward`, in order. A guidance runner calls them itself to compute once what its passes share:
     # the refined text depends on the text only, the refined noise and references on the step only (the refiners'
     # attention stays inside one image, where Omni-RoPE's sequence angle is common to every token and cancels, so
@@ -364,11 +382,11 @@ class OmniGen2Transformer(nn.Module):
         noise: torch.Tensor,
         layouts: Sequence[SampleLayout],
         temb: torch.Tensor,
-        reference_kv: KVStore | KVReuse | None = None,
+        reference_kv: KVStore | KVReuse | Sequence | None = None,
     ) -> list[torch.Tensor]:
         """The joint blocks over [text | references | noise] and the output layers -> per sample its velocity
         [C, H, W]. references: per sample its refined reference tokens, or None when there are none or `reference_kv`
-        supplies them."""
+        supplies them. reference_kv: one attention hook for every layer, or a sequence of one hook per layer."""
         device = noise.device
         joint_tokens, joint_positions = [], []
         for i, layout in enumerate(layouts):
@@ -384,9 +402,10 @@ class OmniGen2Transformer(nn.Module):
         # Only noise tokens are read after the last block: when they sit at the same rows in every sample, the last
         # block computes those rows alone (exact; its queries, feed-forward and output norm shrink to the noise).
         last_rows = noise_rows[0] if all(rows == noise_rows[0] for rows in noise_rows) else slice(None)
-        for index, layer in enumerate(self.layers):
+        hooks = reference_kv if isinstance(reference_kv, Sequence) else [reference_kv] * len(self.layers)
+        for index, (layer, hook) in enumerate(zip(self.layers, hooks)):
             rows = last_rows if index == len(self.layers) - 1 else slice(None)
-            x = layer(x, rotation, mask, temb, reference_kv, rows)
+            x = layer(x, rotation, mask, temb, hook, rows)
         if last_rows != slice(None):
             noise_rows = [slice(0, layout.noise_len) for layout in layouts]
 
@@ -415,9 +434,20 @@ class OmniGen2Transformer(nn.Module):
         """
         config, p = self.config, self.config.patch_size
         refs = [_as_reference(ref, f"references[{j}]", config.in_channels, p) for j, ref in enumerate(references)]
-        device, dtype = refs[0][0].device, refs[0][0].dtype
+        return self.condition_features([refs], condition_timestep)[0]
+
+    def condition_features(
+        self, references: Sequence[Sequence[tuple[torch.Tensor, TokenGrid]]], condition_timestep: float = 1.0
+    ) -> list[ConditionFeatures]:
+        """`condition_branch` for a batch, differentiably (training): per sample its images (latent, grid) as `plan`
+        returns them -> per sample its ConditionFeatures (no layers for a sample without images). Every image of
+        every sample is one row of a single batch."""
+        images = [image for sample in references for image in sample]
+        if not images:
+            return [ConditionFeatures((), []) for _ in references]
+        device, dtype = images[0][0].device, images[0][0].dtype
         temb = self.embed_time(torch.full((1,), condition_timestep, device=device), dtype)
-        x, mask, rotation = self._embed_references([refs])
+        x, mask, rotation = self._embed_references(references)
         temb = temb.expand(x.shape[0], -1)
         for layer in self.ref_image_refiner:
             x = layer(x, rotation, mask, temb)
@@ -426,9 +456,15 @@ class OmniGen2Transformer(nn.Module):
             # the last layer's keys/values are all that is read: it runs no query rows (no attention, no feed-forward)
             rows = slice(0, 0) if index == len(self.layers) - 1 else slice(None)
             x = layer(x, rotation, mask, temb, capture, rows)
-        grids = tuple(grid for _, grid in refs)
-        join = lambda t: torch.cat([t[j, :, : grid.num_tokens] for j, grid in enumerate(grids)], dim=1)[None]
-        return ConditionFeatures(grids, [LayerKV(join(kv.key), join(kv.value)) for kv in capture.layers])
+        layers = capture.layers[: len(self.layers)]  # a checkpointed backward recomputes, appending again
+        features, first = [], 0
+        for sample in references:
+            grids = tuple(grid for _, grid in sample)
+            rows = range(first, first + len(grids))
+            first += len(grids)
+            join = lambda t: torch.cat([t[row, :, : grid.num_tokens] for row, grid in zip(rows, grids)], dim=1)[None]
+            features.append(ConditionFeatures(grids, [LayerKV(join(kv.key), join(kv.value)) for kv in layers] if grids else []))
+        return features
 
     def place_condition(self, features: ConditionFeatures, text_len: int) -> list[LayerKV]:
         """The condition branch's keys rotated to the images' sequence ids after `text_len` text tokens (values do not

@@ -1,4 +1,12 @@
-"""The transformer's training forward, as one module that DDP/FSDP can wrap (their hooks run on its `forward`)."""
+"""The transformer's training forward, as one module that DDP/FSDP can wrap (their hooks run on its `forward`).
+
+Two modes, as inference has them:
+- joint (the official training): references and noise in one joint sequence, every token attending to all;
+- independent condition (OminiControl2's asymmetric mask): the references run alone at the clean timestep through
+  the condition branch, and text and noise tokens attend to their keys/values as well as to each other. This is
+  the computation inference does with `independent_condition` (the same stages of `OmniGen2Transformer`), here with
+  autograd and a batch of samples that each have their own images.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,45 @@ import torch
 from torch import nn
 
 from ..condition import ReferenceImage
+from ..packing import pad_sequences
+from ..reference_cache import LayerKV
 from ..transformer import OmniGen2Transformer
+
+
+class ConditionKV:
+    """Attention hook of one joint layer: appends each sample's condition keys/values [B, H_kv, R, D] (right-padded,
+    `mask` [B, R] or None) to the layer's own. Stateless, so a checkpointed block may run it again."""
+
+    def __init__(self, kv: LayerKV, mask: torch.Tensor | None) -> None:
+        self.kv, self.mask = kv, mask
+
+    def __call__(self, key, value, mask):
+        if mask is not None or self.mask is not None:
+            B, own_len, extra_len = key.shape[0], key.shape[2], self.kv.key.shape[2]
+            own = mask if mask is not None else torch.ones(B, own_len, dtype=torch.bool, device=key.device)
+            extra = self.mask if self.mask is not None else own.new_ones(B, extra_len)
+            mask = torch.cat([own, extra], dim=1)
+        key = torch.cat([key, self.kv.key.to(key.dtype)], dim=2)
+        return key, torch.cat([value, self.kv.value.to(value.dtype)], dim=2), mask
+
+
+def condition_hooks(transformer: OmniGen2Transformer, references, layouts, condition_timestep: float) -> list[ConditionKV] | None:
+    """Per joint layer the hook that gives every sample its images' condition keys/values, turned to the sequence ids
+    they take after that sample's text; None when no sample has images."""
+    features = transformer.condition_features(references, condition_timestep)
+    if not any(f.grids for f in features):
+        return None
+    placed = [transformer.place_condition(f, layout.text_len) if f.grids else None for f, layout in zip(features, layouts)]
+    template = next(p for p in placed if p is not None)
+    hooks = []
+    for index, kv in enumerate(template):
+        empty = kv.key.new_zeros(kv.key.shape[1], 0, kv.key.shape[3])
+        keys = [p[index].key[0].transpose(0, 1) if p else empty.transpose(0, 1) for p in placed]  # [R_i, H_kv, D]
+        values = [p[index].value[0].transpose(0, 1) if p else empty.transpose(0, 1) for p in placed]
+        key, mask = pad_sequences(keys)
+        value, _ = pad_sequences(values)
+        hooks.append(ConditionKV(LayerKV(key.transpose(1, 2), value.transpose(1, 2)), mask))
+    return hooks
 
 
 class VelocityModel(nn.Module):
@@ -17,9 +63,11 @@ class VelocityModel(nn.Module):
     The transformer is a child named `transformer`, so parameter names are the checkpoint's keys behind that prefix.
     """
 
-    def __init__(self, transformer: OmniGen2Transformer) -> None:
+    def __init__(self, transformer: OmniGen2Transformer, independent_condition: bool = False, condition_timestep: float = 1.0) -> None:
         super().__init__()
         self.transformer = transformer
+        self.independent_condition = independent_condition
+        self.condition_timestep = condition_timestep
 
     def forward(
         self,
@@ -29,4 +77,13 @@ class VelocityModel(nn.Module):
         text_mask: torch.Tensor,
         references: Sequence[Sequence[ReferenceImage]],
     ) -> list[torch.Tensor]:
-        return self.transformer(list(noisy), timestep, text, text_mask, [list(refs) for refs in references])
+        model, latents = self.transformer, list(noisy)
+        references = [list(refs) for refs in references]
+        if not self.independent_condition:
+            return model(latents, timestep, text, text_mask, references)
+        layouts, planned = model.plan(latents, text, text_mask, references, None)
+        temb = model.embed_time(timestep.to(latents[0].device).expand(len(latents)), latents[0].dtype)
+        text_tokens = model.refine_text(text, text_mask)
+        noise = model.refine_noise(latents, [layout.noise for layout in layouts], temb)
+        hooks = condition_hooks(model, planned, layouts, self.condition_timestep)
+        return model.joint(text_tokens, None, noise, layouts, temb, hooks)

@@ -73,7 +73,7 @@ def train(config: TrainingConfig) -> Path:
     text_encoder, vae = load_frozen(config.model, accelerator.device)
     features = FrozenFeatures(text_encoder, vae, config.data, accelerator.device, config.condition_size, config.position_scale)
     check_compatible(transformer.config, features.prompt("").shape[-1], vae.config.latent_channels)
-    model = VelocityModel(transformer)
+    model = VelocityModel(transformer, config.independent_condition, config.condition_timestep)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2),
