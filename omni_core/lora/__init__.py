@@ -1,0 +1,13 @@
+"""LoRAs for OmniGen2's transformer: our file format, reading the formats people have, applying them to a model.
+
+Our format (what training writes): safetensors with `transformer.<module path>.lora_A.weight` [rank, in] and
+`transformer.<module path>.lora_B.weight` [out, rank], <module path> a Linear of OmniGen2Transformer (e.g.
+`layers.0.attn.to_q`), and string metadata `format` = "omni_core_lora", `rank`, `alpha` (scale = alpha / rank),
+`target_modules` (JSON list) and the training facts `independent_condition`, `condition_size`, `position_scale`.
+"""
+
+from .reader import read_lora
+from .weights import Lora, LoraModule, TrainingFacts
+from .writer import save_lora
+
+__all__ = ["Lora", "LoraModule", "TrainingFacts", "read_lora", "save_lora"]
