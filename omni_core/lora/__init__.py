@@ -6,8 +6,36 @@ Our format (what training writes): safetensors with `transformer.<module path>.l
 `target_modules` (JSON list) and the training facts `independent_condition`, `condition_size`, `position_scale`.
 """
 
+from .apply import (
+    AppliedLora,
+    LoraSpec,
+    LoraStack,
+    apply_loras,
+    check_loras_fit,
+    lora_fingerprint,
+    lora_stack,
+    resolve_loras,
+    shallow_transformer,
+    transformer_with_loras,
+)
 from .reader import read_lora
 from .weights import Lora, LoraModule, TrainingFacts
 from .writer import save_lora
 
-__all__ = ["Lora", "LoraModule", "TrainingFacts", "read_lora", "save_lora"]
+__all__ = [
+    "AppliedLora",
+    "Lora",
+    "LoraModule",
+    "LoraSpec",
+    "LoraStack",
+    "TrainingFacts",
+    "apply_loras",
+    "check_loras_fit",
+    "lora_fingerprint",
+    "lora_stack",
+    "read_lora",
+    "resolve_loras",
+    "save_lora",
+    "shallow_transformer",
+    "transformer_with_loras",
+]

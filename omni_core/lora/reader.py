@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..errors import ModelFileError
+from ..errors import CheckpointMismatchError, ModelFileError
 from ..loading.safetensors_io import safetensors_files
 from .key_formats import BARE_FORMAT, KOHYA_PREFIX, PREFIXES, file_prefix, kohya_module_paths, split_key
 from .metadata import FORMAT_KEY, FORMAT_NAME, metadata_alpha, training_facts
@@ -101,7 +101,11 @@ def read_lora(path: str | Path) -> Lora:
         names = kohya_module_paths(set(groups))
         unmatched = [f"{prefix}{name}" for name in groups if name not in names]
         if unmatched:
-            raise _unrecognised(path, unmatched, "kohya names that match no module of OmniGen2's transformer")
+            shown = ", ".join(sorted(unmatched)[:10]) + (", ..." if len(unmatched) > 10 else "")
+            raise CheckpointMismatchError(
+                f"'{path}' adapts modules that OmniGen2's transformer does not have ({len(unmatched)}): [{shown}]: the "
+                "LoRA was made for another model. Use a LoRA trained on OmniGen2."
+            )
     alpha = metadata_alpha(metadata, str(path))
     if metadata.get(FORMAT_KEY) == FORMAT_NAME:
         key_format = "omni_core"
