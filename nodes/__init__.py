@@ -8,11 +8,13 @@ from __future__ import annotations
 from . import bridge
 from .condition import OmniGen2CompactCondition, OmniGen2ConditionEncode
 from .loader import LoadOmniGen2, LoadOmniGen2SingleFiles
+from .lora import OmniGen2LoRA
 from .sampler import OmniGen2CachedSampler, OmniGen2Repaint
 
 NODE_CONFIG = {
     "LoadOmniGen2": {"class": LoadOmniGen2},
     "LoadOmniGen2SingleFiles": {"class": LoadOmniGen2SingleFiles},
+    "OmniGen2LoRA": {"class": OmniGen2LoRA},
     "OmniGen2ConditionEncode": {"class": OmniGen2ConditionEncode},
     "OmniGen2CompactCondition": {"class": OmniGen2CompactCondition},
     "OmniGen2CachedSampler": {"class": OmniGen2CachedSampler},

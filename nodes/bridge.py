@@ -12,6 +12,7 @@ ranges); progress, previews and cancel; output conversion (IMAGE, raw-VAE LATENT
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
@@ -25,6 +26,7 @@ import torch
 import omni_core
 from omni_core.condition import MAX_REFERENCE_IMAGES
 from omni_core.errors import InvalidInputError, ModelFileError
+from omni_core.lora import Lora, check_loras_fit, lora_stack, resolve_loras, shallow_transformer
 
 try:  # ComfyUI puts these on sys.path before it loads custom nodes; anywhere else they are absent.
     import comfy.model_management as model_management
@@ -51,6 +53,7 @@ MODEL_FOLDER_KEY = "omnigen2"  # models/omnigen2: one diffusers-layout folder pe
 TRANSFORMER_FOLDER_KEY = "diffusion_models"  # ComfyUI's own folders for the single-file release
 TEXT_ENCODER_FOLDER_KEY = "text_encoders"
 VAE_FOLDER_KEY = "vae"
+LORA_FOLDER_KEY = "loras"
 # Outside ComfyUI, extra model roots come from this variable (os.pathsep-separated), e.g. for scripts.
 MODEL_DIRS_ENV = "OMNIGEN2_MODEL_DIRS"
 # The tokenizer choice that means "the tokenizer ComfyUI ships for its own Qwen2.5 text encoders".
@@ -297,6 +300,45 @@ def load_model(source: str | dict[str, str], dtype_choice: str) -> OmniGen2Model
         }
     label = source if isinstance(source, str) else ", ".join(f"{k}={os.path.basename(v)}" for k, v in source.items())
     return OmniGen2Model(engine=engine, source=label, patchers=patchers)
+
+
+def comfy_lora_patches(lora: Lora) -> dict[str, Any]:
+    """The LoRA as ComfyUI weight patches on the transformer's ModelPatcher (keys of `_ManagedPart`'s state dict),
+    made by ComfyUI's own LoRA loader from the file's modules under their OmniGen2 names."""
+    import comfy.lora
+
+    state_dict, to_load = {}, {}
+    for name, module in lora.modules.items():
+        state_dict.update({
+            f"{name}.lora_up.weight": module.up,
+            f"{name}.lora_down.weight": module.down,
+            f"{name}.alpha": torch.tensor(module.scale * module.rank),  # ComfyUI scales by alpha / rank
+        })
+        to_load[name] = f"module.{name}.weight"
+    return comfy.lora.load_lora(state_dict, to_load, log_missing=False)
+
+
+def model_with_lora(model: OmniGen2Model, path: str, strength: float) -> OmniGen2Model:
+    """A new model handle with one more LoRA; `model` (which ComfyUI may have cached for other nodes) is unchanged.
+
+    Outside ComfyUI the engine merges it into a copy of the weights it changes (`OmniGen2.with_loras`). Inside, the
+    transformer's ModelPatcher is cloned and given the LoRA as weight patches, as ComfyUI's own LoRA loader does:
+    ComfyUI merges them when it loads the model and restores the weights when another clone needs them, so the
+    weights exist once. The engine then gets a transformer object over the same modules that carries the LoRA's
+    config default and cache fingerprint.
+    """
+    label = f"{model.source} + {os.path.basename(path)}@{strength:g}"
+    if not model.patchers:
+        return OmniGen2Model(engine=model.engine.with_loras([(path, strength)]), source=label)
+    stack = lora_stack(model.engine.transformer)
+    added = resolve_loras([(path, strength)])
+    check_loras_fit(stack.base, added)
+    engine = copy.copy(model.engine)
+    engine.transformer = shallow_transformer(stack.base, stack.applied + added)
+    patcher = model.patchers["transformer"].clone()
+    for entry in added:
+        patcher.add_patches(comfy_lora_patches(entry.lora), entry.strength)
+    return OmniGen2Model(engine=engine, source=label, patchers={**model.patchers, "transformer": patcher})
 
 
 def check_model(model: Any, input_name: str = "model") -> OmniGen2Model:

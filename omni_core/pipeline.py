@@ -17,6 +17,7 @@ from .compact import compact_condition
 from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage, check_reference_count
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import GuidedVelocity
+from .lora import LoraSpec, apply_loras
 from .image_processing import ImageLike, check_output_size, image_array, postprocess, preprocess_reference, to_pil
 from .reference_cache import ReferenceFeatureCache
 from .repaint import original_pixels, stitch_latents, stitch_pixels, to_mask, token_mask
@@ -86,6 +87,12 @@ class OmniGen2:
         self.vae = vae
         self.text_encoder = text_encoder
         self.scheduler_config = {"num_train_timesteps": 1000, "dynamic_time_shift": True, **(scheduler_config or {})}
+
+    def with_loras(self, loras: Sequence[LoraSpec], replace: bool = False) -> "OmniGen2":
+        """A new model with `loras` [(path, strength), ...] merged into a copy of the weights they change, on top of
+        the LoRAs this one has (replace=True: instead of them; [] then gives the model without LoRAs, bit for bit).
+        This model is not changed. See omni_core/lora/."""
+        return apply_loras(self, loras, replace)
 
     @property
     def device(self) -> torch.device:

@@ -24,6 +24,7 @@ import torch
 
 from .condition import Condition, ReferenceImage, TextCondition
 from .guidance import GuidancePass, batchable_groups
+from .lora import lora_fingerprint
 from .reference_cache import KVReuse, KVStore, LayerKV, ReferenceFeatureCache
 from .transformer import OmniGen2Transformer
 
@@ -55,7 +56,10 @@ class TransformerPasses:
         self.tokens_reused = 0
         self._texts: dict[int, tuple[TextCondition, torch.Tensor]] = {}
         if cache is not None:
-            cache.check_metadata(condition.fingerprint, self.dtype, self.device, independent_condition, condition_timestep)
+            cache.check_metadata(
+                condition.fingerprint, self.dtype, self.device, independent_condition, condition_timestep,
+                lora_fingerprint(transformer),
+            )
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, passes: Sequence[GuidancePass], step: int) -> dict[str, torch.Tensor]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
 from ..errors import ModelFileError
+from ..lora import LoraSpec
+from ..lora.apply import resolve_loras
 from ..pipeline import OmniGen2
 from .strict import check_dtype
 from .text_encoder_loader import load_text_encoder
@@ -39,6 +41,7 @@ def load_model(
     text_encoder_dtype: torch.dtype | None = None,
     vae_dtype: torch.dtype | None = None,
     transformer_storage_dtype: torch.dtype | None = None,
+    loras: Sequence[LoraSpec] = (),
 ) -> OmniGen2:
     """Load OmniGen2 from local files only (safetensors, never pickles).
 
@@ -46,9 +49,11 @@ def load_model(
     'transformer', 'vae' and 'text_encoder' files or folders and an optional 'tokenizer' folder (required for a
     single-file text encoder). None loads the small default model bundled with the package.
     The MLLM and VAE use `dtype` unless given their own; `transformer_storage_dtype` (torch.float8_e4m3fn) stores
-    the transformer's projection matrices narrower, computed in `dtype`.
+    the transformer's projection matrices narrower, computed in `dtype`. `loras` [(path, strength), ...] are
+    merged into the transformer (see `OmniGen2.with_loras`); their files are checked before the models load.
     """
     check_dtype(dtype, "model")
+    loras = resolve_loras(loras)  # bad LoRA files fail before minutes of loading
     if path_or_files is None:
         path_or_files = DEFAULT_MODEL_DIR
     scheduler_config: dict = {}
@@ -75,4 +80,4 @@ def load_model(
     text_encoder = load_text_encoder(
         files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device
     )
-    return OmniGen2(transformer, vae, text_encoder, scheduler_config)
+    return OmniGen2(transformer, vae, text_encoder, scheduler_config).with_loras(loras)

@@ -1,0 +1,255 @@
+"""LoRA files and loading: our format round trip, PEFT / diffusers / kohya / ComfyUI conventions, applying LoRAs
+to a model without touching the shared one, cache keying, and the OmniGen2 LoRA node."""
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import omni_core
+import omni_core.lora
+from conftest import max_abs_diff
+from omni_core.errors import CheckpointMismatchError, InvalidInputError, ModelFileError
+from omni_core.lora import read_lora, save_lora
+
+
+def _weights(seed: int = 0, rank: int = 4) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Random LoRA pairs (non-zero B) for a few Linears of the tiny transformer (hidden 96, kv 48, ffn 384)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"layers.0.attn.to_q": (96, 96), "layers.1.attn.to_k": (48, 96), "layers.1.feed_forward.linear_2": (96, 384)}
+    return {m: (torch.randn(rank, i, generator=g), torch.randn(o, rank, generator=g)) for m, (o, i) in shapes.items()}
+
+
+def test_our_format_round_trip(tmp_path):
+    weights = _weights()
+    path = save_lora(tmp_path / "ours.safetensors", weights, alpha=8.0,
+                     metadata={"independent_condition": True, "condition_size": 512, "position_scale": 2.0})
+    with safe_open(str(path), framework="pt") as handle:
+        keys, metadata = set(handle.keys()), handle.metadata()
+    assert keys == {f"transformer.{m}.lora_{ab}.weight" for m in weights for ab in "AB"}
+    assert metadata["format"] == "omni_core_lora" and metadata["rank"] == "4" and float(metadata["alpha"]) == 8.0
+    assert metadata["independent_condition"] == "true"
+    assert json.loads(metadata["target_modules"]) == ["attn.to_k", "attn.to_q", "feed_forward.linear_2"]
+    lora = read_lora(path)
+    assert lora.key_format == "omni_core" and set(lora.modules) == set(weights)
+    for module, (down, up) in weights.items():
+        assert torch.equal(lora.modules[module].down, down) and torch.equal(lora.modules[module].up, up)
+        assert lora.modules[module].scale == 2.0
+    assert (lora.training.independent_condition, lora.training.condition_size, lora.training.position_scale) == (True, 512, 2.0)
+
+
+def test_save_lora_rejects_bad_weights(tmp_path):
+    down, up = _weights()["layers.0.attn.to_q"]
+    with pytest.raises(InvalidInputError, match="layers.0.attn.to_q"):
+        save_lora(tmp_path / "bad.safetensors", {"layers.0.attn.to_q": (down, up[:, :3])}, alpha=4)
+    with pytest.raises(InvalidInputError, match=".safetensors"):
+        save_lora(tmp_path / "bad.pt", {"layers.0.attn.to_q": (down, up)}, alpha=4)
+
+
+# --- applying: PEFT as the reference ---------------------------------------------------------------------------------
+
+TOLERANCE = 1e-4  # float32 round-off (another summation order: merged weights vs PEFT's separate low-rank path)
+PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "linear_1", "linear_2"]
+
+
+def forward_inputs(reference_cases):
+    tensors, _ = reference_cases
+    latents = [tensors["forward.hidden_states.0"], tensors["forward.hidden_states.1"]]
+    refs = [[tensors["forward.ref_image_hidden_states.0.0"], tensors["forward.ref_image_hidden_states.0.1"]], None]
+    return latents, tensors["forward.timestep"], tensors["forward.text_hidden_states"], tensors["forward.text_attention_mask"], refs
+
+
+@pytest.fixture(scope="module")
+def peft_lora(tiny_transformer, reference_cases, tmp_path_factory):
+    """The tiny transformer wrapped by real peft (non-zero lora_B, alpha != rank, a per-module alpha), saved by peft
+    itself; returns (folder, peft's own forward output, peft's state dict)."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=PEFT_TARGETS, alpha_pattern={"feed_forward.linear_2": 2})
+    wrapped = get_peft_model(copy.deepcopy(tiny_transformer), config)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in wrapped.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=g))
+    folder = tmp_path_factory.mktemp("peft")
+    wrapped.save_pretrained(folder)
+    with torch.no_grad():
+        expected = wrapped(*forward_inputs(reference_cases))
+    state_dict = {k: v.detach().clone() for k, v in get_peft_model_state_dict(wrapped).items()}
+    return folder, expected, state_dict
+
+
+def test_peft_saved_lora_matches_peft_forward(tiny_model, peft_lora, reference_cases):
+    folder, expected, _ = peft_lora
+    lora = read_lora(folder / "adapter_model.safetensors")
+    assert lora.key_format == "peft"
+    assert lora.modules["layers.0.attn.to_q"].scale == 2.0 and lora.modules["layers.0.feed_forward.linear_2"].scale == 0.5
+    model = tiny_model.with_loras([(folder / "adapter_model.safetensors", 1.0)])
+    with torch.no_grad():
+        ours = model.transformer(*forward_inputs(reference_cases))
+        base = tiny_model.transformer(*forward_inputs(reference_cases))
+    for mine, theirs, plain in zip(ours, expected, base):
+        assert max_abs_diff(mine, theirs) < TOLERANCE
+        assert max_abs_diff(plain, theirs) > 100 * TOLERANCE  # the LoRA does change the output
+
+
+def _kohya(state_dict, alphas):
+    return {
+        **{f"lora_unet_{k[len('base_model.model.'):].replace('.lora_A.weight', '').replace('.', '_')}.lora_down.weight": v
+           for k, v in state_dict.items() if k.endswith("lora_A.weight")},
+        **{f"lora_unet_{k[len('base_model.model.'):].replace('.lora_B.weight', '').replace('.', '_')}.lora_up.weight": v
+           for k, v in state_dict.items() if k.endswith("lora_B.weight")},
+        **{f"lora_unet_{m.replace('.', '_')}.alpha": torch.tensor(a) for m, a in alphas.items()},
+    }
+
+
+def _renamed(state_dict, prefix, down, up, alphas=None):
+    out = {}
+    for key, value in state_dict.items():
+        module = key[len("base_model.model."):].rsplit(".lora_", 1)[0]
+        out[f"{prefix}{module}{down if '.lora_A.' in key else up}"] = value
+    for module, alpha in (alphas or {}).items():
+        out[f"{prefix}{module}.alpha"] = torch.tensor(alpha)
+    return out
+
+
+def _merged(model):
+    return {k: v for k, v in model.transformer.state_dict().items()}
+
+
+def test_other_conventions_of_the_same_weights_give_the_same_model(tiny_model, peft_lora, tmp_path):
+    """kohya, ComfyUI (diffusion_model. and bare names, lora_down/up or lora_A/B with .alpha) and diffusers
+    (written by diffusers' own Lumina2 LoRA saver, alpha in its metadata) load to bit-identical merged weights."""
+    from diffusers.loaders import Lumina2LoraLoaderMixin
+    from peft import LoraConfig
+
+    folder, _, state_dict = peft_lora
+    reference = _merged(tiny_model.with_loras([(folder / "adapter_model.safetensors", 0.8)]))
+    modules = {k[len("base_model.model."):].rsplit(".lora_", 1)[0] for k in state_dict}
+    alphas = {m: 2.0 if m.endswith("feed_forward.linear_2") else 8.0 for m in modules}
+    files = {
+        "kohya": _kohya(state_dict, alphas),
+        "comfyui": _renamed(state_dict, "diffusion_model.", ".lora_down.weight", ".lora_up.weight", alphas),
+        "comfyui_bare": _renamed(state_dict, "", ".lora_A.weight", ".lora_B.weight", alphas),
+    }
+    for name, tensors in files.items():
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=PEFT_TARGETS, alpha_pattern={"feed_forward.linear_2": 2})
+    diffusers_layers = {k[len("base_model.model."):]: v for k, v in state_dict.items()}
+    Lumina2LoraLoaderMixin.save_lora_weights(
+        tmp_path / "diffusers", transformer_lora_layers=diffusers_layers, transformer_lora_adapter_metadata=config.to_dict()
+    )
+    paths = {name: tmp_path / f"{name}.safetensors" for name in files}
+    paths["diffusers"] = tmp_path / "diffusers" / "pytorch_lora_weights.safetensors"
+    formats = {"kohya": "kohya", "comfyui": "comfyui", "comfyui_bare": "comfyui", "diffusers": "diffusers"}
+    for name, path in paths.items():
+        assert read_lora(path).key_format == formats[name]
+        merged = _merged(tiny_model.with_loras([(path, 0.8)]))
+        assert all(torch.equal(merged[k], reference[k]) for k in reference), name
+
+
+# --- strength, restore, composition ----------------------------------------------------------------------------------
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _bit_equal(state, module):
+    current = module.state_dict()
+    return set(state) == set(current) and all(torch.equal(state[k].view(torch.uint8), current[k].view(torch.uint8)) for k in state)
+
+
+def _saved(tmp_path, name, seed=0, **metadata):
+    return save_lora(tmp_path / f"{name}.safetensors", _weights(seed), alpha=2.0, metadata=metadata)
+
+
+def test_strength_zero_and_removal_restore_the_exact_weights_and_the_shared_model_is_untouched(tiny_model, tmp_path):
+    pristine = _snapshot(tiny_model.transformer)
+    path = _saved(tmp_path, "a")
+    assert tiny_model.with_loras([(path, 0.0)]).transformer is tiny_model.transformer
+    lora = tiny_model.with_loras([(path, 1.0)])
+    assert not _bit_equal(pristine, lora.transformer)
+    assert _bit_equal(pristine, tiny_model.transformer), "applying a LoRA must not change the model it was applied to"
+    assert lora.vae is tiny_model.vae and lora.text_encoder is tiny_model.text_encoder
+    removed = lora.with_loras([], replace=True)
+    assert removed.transformer is tiny_model.transformer and _bit_equal(pristine, removed.transformer)
+    assert _bit_equal(pristine, lora.with_loras([(path, 0.0)], replace=True).transformer)
+    # a new strength is merged from the pristine weights again, not on top of the old merge
+    assert _bit_equal(_snapshot(tiny_model.with_loras([(path, 0.5)]).transformer),
+                      lora.with_loras([(path, 0.5)], replace=True).transformer)
+    # unchanged modules share their tensors with the base: memory only for what the LoRA changes
+    assert lora.transformer.layers[1].attn.to_q.weight is tiny_model.transformer.layers[1].attn.to_q.weight
+    assert lora.transformer.layers[0].attn.to_q.weight is not tiny_model.transformer.layers[0].attn.to_q.weight
+
+
+def test_merged_weight_is_base_plus_strength_times_scaled_product(tiny_model, tmp_path):
+    path = _saved(tmp_path, "a")
+    down, up = _weights()["layers.1.attn.to_k"]
+    merged = tiny_model.with_loras([(path, -0.7)]).transformer.layers[1].attn.to_k.weight
+    expected = tiny_model.transformer.layers[1].attn.to_k.weight + (-0.7 * 2.0 / 4) * (up @ down)
+    assert max_abs_diff(merged, expected) < 1e-5
+
+
+def test_chained_loras_compose_and_load_model_takes_loras(tiny_model, fixture_dir, tmp_path):
+    a, b = _saved(tmp_path, "a", seed=0), _saved(tmp_path, "b", seed=1)
+    chained = tiny_model.with_loras([(a, 1.0)]).with_loras([(b, 0.5)])
+    together = tiny_model.with_loras([(a, 1.0), (b, 0.5)])
+    assert _bit_equal(_snapshot(together.transformer), chained.transformer)
+    assert [x.strength for x in chained.transformer.lora_stack.applied] == [1.0, 0.5]
+    loaded = omni_core.load_model(fixture_dir, loras=[(a, 1.0), (b, 0.5)])
+    assert _bit_equal(_snapshot(together.transformer), loaded.transformer)
+    with pytest.raises(ModelFileError, match="missing.safetensors"):
+        omni_core.load_model(fixture_dir, loras=[(tmp_path / "missing.safetensors", 1.0)])
+
+
+def test_independent_condition_lora_sets_the_models_default(tiny_model, tmp_path):
+    independent = _saved(tmp_path, "ind", independent_condition=True)
+    joint = _saved(tmp_path, "joint", seed=1)
+    model = tiny_model.with_loras([(independent, 1.0)])
+    assert model.transformer.config.independent_condition and not tiny_model.transformer.config.independent_condition
+    assert model.with_loras([(joint, 1.0)]).transformer.config.independent_condition  # joint records nothing
+    assert not model.with_loras([], replace=True).transformer.config.independent_condition
+
+
+# --- errors ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_lora_of_another_size_names_the_key_and_both_shapes(tiny_model, tmp_path):
+    path = save_lora(tmp_path / "big.safetensors", {"layers.0.attn.to_q": (torch.ones(4, 128), torch.ones(128, 4))}, alpha=4)
+    with pytest.raises(CheckpointMismatchError, match=r"layers.0.attn.to_q.*\(128, 128\).*\(96, 96\)"):
+        tiny_model.with_loras([(path, 1.0)])
+
+
+def test_a_lora_of_another_architecture_names_the_module(tiny_model, tmp_path):
+    flux = save_lora(tmp_path / "flux.safetensors", {"single_transformer_blocks.0.attn.to_q": (torch.ones(4, 96), torch.ones(96, 4))}, alpha=4)
+    with pytest.raises(CheckpointMismatchError, match="single_transformer_blocks.0.attn.to_q"):
+        tiny_model.with_loras([(flux, 1.0)])
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.ones(4, 96),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.ones(96, 4)}, str(tmp_path / "sdxl.safetensors"))
+    with pytest.raises(CheckpointMismatchError, match="lora_unet_down_blocks_0_attentions_0_proj_in"):
+        read_lora(tmp_path / "sdxl.safetensors")
+
+
+def test_unknown_keys_and_non_safetensors_files_are_rejected_by_name(tmp_path):
+    save_file({"transformer.layers.0.attn.to_q.lora_A.weight": torch.ones(4, 96),
+               "transformer.layers.0.attn.to_q.lora_B.weight": torch.ones(96, 4),
+               "transformer.layers.0.attn.to_q.lora_B.bias": torch.ones(96),
+               "transformer.layers.0.attn.to_q.dora_scale": torch.ones(96, 1)}, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(ModelFileError, match=r"odd.safetensors.*unrecognised keys \(2\).*dora_scale.*lora_B.bias"):
+        read_lora(tmp_path / "odd.safetensors")
+    save_file({"layers.0.attn.to_q.lora_A.weight": torch.ones(4, 96)}, str(tmp_path / "half.safetensors"))
+    with pytest.raises(ModelFileError, match="lacking their down"):
+        read_lora(tmp_path / "half.safetensors")
+    (tmp_path / "pickled.pt").write_bytes(b"\x80\x04")
+    with pytest.raises(ModelFileError, match="not a .safetensors file"):
+        read_lora(tmp_path / "pickled.pt")
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelFileError, match="broken.safetensors"):
+        read_lora(tmp_path / "broken.safetensors")
+    with pytest.raises(InvalidInputError, match="strength"):
+        omni_core.lora.resolve_loras([(tmp_path / "odd.safetensors", "1")])
