@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..errors import OmniGen2Error
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     except OmniGen2Error as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"trained model written to {output}")
+    if os.environ.get("RANK", "0") == "0":  # once, not from every process of a distributed run
+        print(f"trained model written to {output}")
     return 0
 
 

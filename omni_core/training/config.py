@@ -44,12 +44,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """peft LoRA on the transformer; defaults as OmniGen2's fine-tuning (rank 8, alpha 8, attention projections)."""
+    """peft LoRA on the transformer; defaults as OmniGen2's fine-tuning (rank 8, alpha = rank, the attention
+    projections of every block, no dropout). The update is scaled by alpha / rank; alpha null means alpha = rank."""
 
     rank: int = 8
-    alpha: float = 8.0
+    alpha: float | None = None
     target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
     dropout: float = 0.0
+
+    @property
+    def scale_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from .batch import assemble_batch
@@ -21,6 +22,7 @@ from .config import ConfigError, TrainingConfig, to_dict
 from .data import output_size, read_jsonl
 from .features import FrozenFeatures
 from .forward import VelocityModel
+from .lora import add_lora, lora_weights, write_lora
 from .model import build_transformer, load_frozen, save_transformer
 from .objective import squared_error_sum
 from .order import BatchPlan
@@ -29,10 +31,13 @@ log = logging.getLogger(__name__)
 LOG_FILE = "train_log.jsonl"
 
 
-def mixed_precision(requested: str) -> str:
-    """accelerate's mixed_precision for the request: "auto" is bf16 on a GPU that has it, otherwise "no"."""
+def mixed_precision(requested: str) -> str | None:
+    """accelerate's mixed_precision for the request: "auto" is what `accelerate launch` was configured with, else
+    bf16 on a GPU that has it, otherwise "no" (CPU)."""
     if requested != "auto":
         return requested
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None  # the launcher's setting
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
@@ -62,17 +67,25 @@ def train(config: TrainingConfig) -> Path:
     if settings.num_threads is not None:
         torch.set_num_threads(settings.num_threads)
     accelerator = Accelerator(
+        # without a GPU, processes started by torchrun / `accelerate launch` join one CPU group over gloo
+        cpu=not torch.accelerator.is_available(),
         mixed_precision=mixed_precision(settings.mixed_precision),
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        # batches without reference images (t2i, condition dropout) leave the reference layers without gradients
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     output_dir = Path(config.output_dir)
     items = read_jsonl(config.data.jsonl)  # every data error before any model loads
     sizes = [output_size(item, config.data.max_output_pixels, config.data.max_side_length) for item in items]
 
     transformer = build_transformer(config.model, config.independent_condition, settings.seed)
-    text_encoder, vae = load_frozen(config.model, accelerator.device)
-    features = FrozenFeatures(text_encoder, vae, config.data, accelerator.device, config.condition_size, config.position_scale)
+    device = torch.device("cpu") if accelerator.device.type == "cpu" else accelerator.device  # not "cpu:0"
+    text_encoder, vae = load_frozen(config.model, device)
+    features = FrozenFeatures(text_encoder, vae, config.data, device, config.condition_size, config.position_scale)
     check_compatible(transformer.config, features.prompt("").shape[-1], vae.config.latent_channels)
+    if config.lora is not None:
+        add_lora(transformer, config.lora)
+    transformer.set_gradient_checkpointing(settings.gradient_checkpointing)
     model = VelocityModel(transformer, config.independent_condition, config.condition_timestep)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -147,11 +160,14 @@ def _checkpoint(output_dir: Path, model, optimizer, step: int, accelerator: Acce
 
 
 def _save_outputs(output_dir: Path, accelerator: Accelerator, model, config: TrainingConfig) -> None:
-    """Full training: transformer/ in the release layout."""
+    """Full training: transformer/ in the release layout; LoRA: lora.safetensors."""
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        transformer = accelerator.unwrap_model(model).transformer
         prefix = "transformer."
-        weights = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
-        save_transformer(weights, transformer.config, output_dir / "transformer")
+        if config.lora is not None:
+            write_lora(output_dir, lora_weights(state, prefix), config)
+        else:
+            transformer = accelerator.unwrap_model(model).transformer
+            weights = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+            save_transformer(weights, transformer.config, output_dir / "transformer")
     accelerator.wait_for_everyone()
