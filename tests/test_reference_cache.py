@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import max_abs_diff
+from masked_joint import masked_joint_forward
 from omni_core import InvalidInputError
 from omni_core.reference_cache import LayerKV, ReferenceFeatureCache
 
@@ -54,9 +55,7 @@ def test_independent_condition_is_exact_to_compute_once(tiny_model, condition):
 def test_independent_branch_equals_one_masked_joint_forward(tiny_model, condition):
     """The condition branch + text/noise pass equals a single forward over [text | refs | noise] in which
     reference rows attend only to their own image and reference tokens are modulated at the clean timestep.
-    The masked reference is built here from the model's own blocks, one joint sequence, explicit masks."""
-    from omni_core.layout import SampleLayout, TokenGrid
-    from omni_core.packing import unpatchify
+    The masked reference is built from the model's own blocks, one joint sequence, explicit masks."""
     from omni_core.reference_cache import KVReuse
 
     model = tiny_model.transformer
@@ -66,37 +65,7 @@ def test_independent_branch_equals_one_masked_joint_forward(tiny_model, conditio
     t = torch.tensor([0.4])
     features = model.place_condition(model.condition_branch(refs), text.embeds.shape[1])
     ours = model(x, t, text.embeds, text.mask, [refs], reference_kv=KVReuse(features))
-
-    # naive: one sequence, per-token modulation, asymmetric mask
-    L = text.embeds.shape[1]
-    grids = tuple(TokenGrid(r.shape[1] // 2, r.shape[2] // 2) for r in refs)
-    layout = SampleLayout(L, grids, TokenGrid(3, 3))
-    temb = model.embed_time(t, x.dtype)
-    temb_clean = model.embed_time(torch.ones(1), x.dtype)
-    txt = model.refine_text(text.embeds, text.mask)[0]
-    noise = model.refine_noise([x[0]], [layout.noise], temb)[0]
-    ref_tokens = model.refine_references([list(zip(refs, grids))], temb_clean)[0]
-    seq = torch.cat([txt, *ref_tokens, noise])[None]
-    positions = torch.cat([layout.text_positions(), *layout.reference_positions(), layout.noise_positions()])[None]
-    rotation = model.rope(positions)
-    S, owner = seq.shape[1], torch.full((seq.shape[1],), -1)
-    start = L
-    for j, g in enumerate(grids):
-        owner[start : start + g.num_tokens] = j
-        start += g.num_tokens
-    is_ref = owner >= 0
-    mask = torch.ones(1, S, S, dtype=torch.bool)
-    mask[0, is_ref] = owner[is_ref][:, None] == owner[None, :]
-    for block in model.layers:
-        mod_t, mod_c = block.norm1(temb), block.norm1(temb_clean)
-        pick = lambda a, b: torch.where(is_ref[None, :, None], b[:, None], a[:, None])
-        scale_msa, gate_msa = pick(mod_t.scale_msa, mod_c.scale_msa), pick(mod_t.gate_msa, mod_c.gate_msa)
-        scale_mlp, gate_mlp = pick(mod_t.scale_mlp, mod_c.scale_mlp), pick(mod_t.gate_mlp, mod_c.gate_mlp)
-        attn = block.attn(block.norm1.norm(seq) * (1 + scale_msa), rotation, mask)
-        seq = seq + gate_msa.tanh() * block.norm2(attn)
-        seq = seq + gate_mlp.tanh() * block.ffn_norm2(block.feed_forward(block.ffn_norm1(seq) * (1 + scale_mlp)))
-    out = model.norm_out(seq, temb)[0, -9:]
-    assert max_abs_diff(ours[0], unpatchify(out, (3, 3), 2)) < 1e-4
+    assert max_abs_diff(ours[0], masked_joint_forward(model, x[0], t, text.embeds, text.mask, refs)) < 1e-4
 
 
 def _live_layer_kvs() -> int:

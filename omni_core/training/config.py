@@ -191,6 +191,8 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
             raise ConfigError(f"'{key}' must be a number, got {value!r}.")
         return float(value)
     if kind is str:
+        if value is False and "no" in CHOICES.get(key, ()):
+            return "no"  # YAML 1.1 reads an unquoted no as false
         if not isinstance(value, str):
             raise ConfigError(f"'{key}' must be a string, got {value!r}.")
         return value
