@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="a training YAML (configs/training/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.steps=100 lora.rank=16")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         output = train(load_config(args.config, args.overrides))
     except OmniGen2Error as error:

@@ -42,7 +42,8 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, is_main: bool,
                     extra: dict | None = None) -> None:
-    """Write the trainable parameters, optimizer state and `step` to `folder` (called on every process)."""
+    """Write the trainable parameters, optimizer state and `step` to `folder`. Called on every process (the state is
+    gathered from all of them); the main process writes."""
     model_state, optimizer_state = get_state_dict(model, optimizer, options=OPTIONS)
     if not is_main:
         return
@@ -68,7 +69,8 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
         raise CheckpointError(f"'{folder}' is not a training checkpoint (no {STATE_FILE}); check train.resume.")
     state = json.loads((folder / STATE_FILE).read_text())
     model_state = load_file(folder / MODEL_FILE)
-    expected, _ = get_state_dict(model, optimizer, options=OPTIONS)
+    # the names only (every process; the full gather of OPTIONS fills the dict on the main process alone)
+    expected, _ = get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
     if set(expected) != set(model_state):
         missing, unexpected = sorted(set(expected) - set(model_state)), sorted(set(model_state) - set(expected))
         raise CheckpointError(

@@ -97,7 +97,7 @@ def train(config: TrainingConfig) -> Path:
     start = 0
     resume = latest_checkpoint(output_dir) if settings.resume == "latest" else settings.resume and Path(settings.resume)
     if resume:
-        start = load_checkpoint(Path(resume), accelerator.unwrap_model(model), optimizer.optimizer)
+        start = load_checkpoint(Path(resume), model, optimizer.optimizer)
         log.info("resumed from %s at step %d", resume, start)
 
     processes, rank = accelerator.num_processes, accelerator.process_index
@@ -106,6 +106,7 @@ def train(config: TrainingConfig) -> Path:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "training_config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        _truncate_log(output_dir / LOG_FILE, start)
     bar = tqdm(total=settings.steps, initial=start, disable=not accelerator.is_main_process, desc="training", unit="step")
     log_lines: list[str] = []
     clock = time.perf_counter()
@@ -151,8 +152,17 @@ def train(config: TrainingConfig) -> Path:
     return output_dir
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps <= `step`: a run resumed from a checkpoint logs the steps after it again (an
+    interrupted run may have logged some of them already); a fresh run starts an empty log."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def _checkpoint(output_dir: Path, model, optimizer, step: int, accelerator: Accelerator, config: TrainingConfig) -> None:
-    save_checkpoint(checkpoint_dir(output_dir, step), accelerator.unwrap_model(model), optimizer.optimizer, step,
+    save_checkpoint(checkpoint_dir(output_dir, step), model, optimizer.optimizer, step,
                     accelerator.is_main_process, {"config": to_dict(config)})
     if accelerator.is_main_process:
         prune_checkpoints(output_dir, config.train.checkpoints_total_limit)
