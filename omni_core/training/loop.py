@@ -91,6 +91,7 @@ def train(config: TrainingConfig) -> Path:
     optimizer = torch.optim.AdamW(
         trainable, lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2),
         eps=settings.adam_epsilon, weight_decay=settings.weight_decay,
+        foreach=True,  # one fused update over all tensors (torch picks it on GPUs only by default)
     )
     model, optimizer = accelerator.prepare(model, optimizer)
 
