@@ -7,6 +7,7 @@ one would have.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -37,7 +38,7 @@ def sample_generator(seed: int, micro_step: int, position: int) -> torch.Generat
 
 
 def _randn_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(tensor.shape, generator=generator).to(tensor.device)
+    return torch.randn(tensor.shape, generator=generator)
 
 
 def assemble_batch(
@@ -46,8 +47,10 @@ def assemble_batch(
     micro_step: int,
     features: FrozenFeatures,
     config: TrainingConfig,
+    device: torch.device | str = "cpu",
 ) -> Batch:
-    """The batch of `items`, which sit at `positions` of micro-step `micro_step`'s global batch."""
+    """The batch of `items`, which sit at `positions` of micro-step `micro_step`'s global batch, on `device` (drawn
+    on the CPU, so the draws do not depend on the device)."""
     data = config.data
     sampled = data.latent_sampling == "sample"
     noisy, targets, texts, references, normals, tokens = [], [], [], [], [], []
@@ -66,16 +69,16 @@ def assemble_batch(
         references.append(refs)
         noisy.append((data_latent, noise))
         tokens.append((data_latent.shape[1] // 2) * (data_latent.shape[2] // 2))
-    timestep = training_timesteps(torch.cat(normals), tokens, config.timesteps).to(noisy[0][0].device)
+    timestep = training_timesteps(torch.cat(normals), tokens, config.timesteps)
     pairs = [interpolate(x1, x0, t) for (x1, x0), t in zip(noisy, timestep)]
     text, mask = pad_sequences(texts)
     if mask is None:
-        mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        mask = torch.ones(text.shape[:2], dtype=torch.bool)
     return Batch(
-        noisy=[x for x, _ in pairs],
-        timestep=timestep,
-        targets=[y for _, y in pairs],
-        text=text,
-        text_mask=mask.to(torch.int64),
-        references=references,
+        noisy=[x.to(device) for x, _ in pairs],
+        timestep=timestep.to(device),
+        targets=[y.to(device) for _, y in pairs],
+        text=text.to(device),
+        text_mask=mask.to(device, torch.int64),
+        references=[[dataclasses.replace(ref, latent=ref.latent.to(device)) for ref in refs] for refs in references],
     )

@@ -65,6 +65,7 @@ class DataConfig:
     jsonl: one file or a list of files; relative image paths are read from each file's folder.
     max_input_pixels: one budget, or one per reference count (entry k for k + 1 images), as the official config.
     bucket_by_size: every batch holds outputs of one size (whole latents stacked, no padded noise tokens).
+    cache_features: keep each prompt's and image's frozen features in memory (false: recompute every time).
     latent_sampling: "sample" draws from the VAE posterior each step (the official training), "mean" uses its mean.
     prompt_dropout / condition_dropout: the probabilities that a sample trains with the empty prompt (the negative
         prompt of guidance) / without its reference images (image guidance's unconditional pass).
@@ -75,6 +76,7 @@ class DataConfig:
     max_input_pixels: tuple[int, ...] = (1024 * 1024,)
     max_side_length: int = 1024
     bucket_by_size: bool = True
+    cache_features: bool = True
     latent_sampling: str = "sample"
     prompt_dropout: float = 0.1
     condition_dropout: float = 0.1
@@ -233,7 +235,7 @@ def _check_range(key: str, value: Any) -> None:
         raise ConfigError(f"'{key}' must be > 0, got {value!r}.")
     if key == "condition_timestep" and not 0.0 <= value <= 1.0:
         raise ConfigError(f"'{key}' must be in [0, 1] (1 = clean), got {value!r}.")
-    if key in ("train.warmup_steps", "train.checkpoint_every") and value < 0:
+    if key in ("train.warmup_steps", "train.checkpoint_every", "train.max_grad_norm", "train.weight_decay") and value < 0:
         raise ConfigError(f"'{key}' must be >= 0, got {value!r}.")
 
 

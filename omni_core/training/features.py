@@ -2,7 +2,9 @@
 
 The text encoder and the VAE do not train, so a prompt's MLLM features and an image's VAE posterior are the same
 every time the item comes round: computing them once is what makes training on a CPU fast. Entries are keyed by
-everything that determines them (the prompt; the file, its modification time and size, and the sizing settings).
+everything that determines them (the prompt; the file, its modification time and size, and the sizing settings)
+and kept in CPU memory (a GPU's memory is for training); `data.cache_features: false` recomputes them every time
+instead, for data sets too large to hold.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .data import TrainingItem
 
 @dataclass(frozen=True)
 class LatentPosterior:
-    """An image's VAE posterior in the transformer's latent space, [C, h, w] each, and how it sits as a reference:
+    """An image's VAE posterior in the transformer's latent space, [C, h, w] each (CPU), and how it sits as a reference:
     its processed full-size `pixel_size` and the `position_scale` of a compact (downscaled) encoding."""
 
     mean: torch.Tensor
@@ -60,14 +62,18 @@ class FrozenFeatures:
     ) -> None:
         self.text_encoder, self.vae, self.data, self.device = text_encoder, vae, data, device
         self.condition_size, self.position_scale = condition_size, position_scale
+        self.cache = data.cache_features
         self._prompts: dict[str, torch.Tensor] = {}
         self._images: dict[tuple, LatentPosterior] = {}
 
     def prompt(self, text: str) -> torch.Tensor:
-        """The MLLM features [L, D] of one templated prompt (as generation encodes it)."""
-        if text not in self._prompts:
-            self._prompts[text] = self.text_encoder.encode([text])[0].embeds[0].to(self.device, torch.float32)
-        return self._prompts[text]
+        """The MLLM features [L, D] of one templated prompt (as generation encodes it), float32 on the CPU."""
+        if text in self._prompts:
+            return self._prompts[text]
+        features = self.text_encoder.encode([text])[0].embeds[0].to("cpu", torch.float32)
+        if self.cache:
+            self._prompts[text] = features
+        return features
 
     def output(self, item: TrainingItem) -> LatentPosterior:
         """The posterior of the item's output image at the training resolution."""
@@ -81,9 +87,12 @@ class FrozenFeatures:
 
     def _image(self, path: Path, max_pixels: int, condition_size: int | None, source: str) -> LatentPosterior:
         key = (_file_key(path), max_pixels, self.data.max_side_length, condition_size, self.position_scale)
-        if key not in self._images:
-            self._images[key] = self._encode(path, max_pixels, condition_size, source)
-        return self._images[key]
+        if key in self._images:
+            return self._images[key]
+        posterior = self._encode(path, max_pixels, condition_size, source)
+        if self.cache:
+            self._images[key] = posterior
+        return posterior
 
     def _encode(self, path: Path, max_pixels: int, condition_size: int | None, source: str) -> LatentPosterior:
         with PIL.Image.open(path) as image:
@@ -92,8 +101,8 @@ class FrozenFeatures:
 
         def encode(image_pixels: torch.Tensor) -> torch.Tensor:
             mean, std = encode_to_latent_distribution(self.vae, image_pixels.to(self.device))
-            stds.append(std)
-            return mean
+            stds.append(std.cpu())
+            return mean.cpu()
 
         pixel_size = tuple(pixels.shape[-2:])
         reference = ReferenceImage(latent=encode(pixels)[0], pixel_size=pixel_size, pixels=pixels)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from .batch import assemble_batch
 from .checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from ..config import TransformerConfig
 from .config import ConfigError, TrainingConfig, to_dict
-from .data import output_size, read_jsonl
+from .data import TrainingItem, output_size, read_jsonl
 from .features import FrozenFeatures
 from .forward import VelocityModel
 from .lora import add_lora, lora_weights, write_lora
@@ -61,12 +62,8 @@ def check_compatible(transformer: TransformerConfig, text_width: int, latent_cha
         )
 
 
-def train(config: TrainingConfig) -> Path:
-    """Run the training `config` describes; returns the output folder."""
-    settings = config.train
-    if settings.num_threads is not None:
-        torch.set_num_threads(settings.num_threads)
-    accelerator = Accelerator(
+def _accelerator(settings) -> Accelerator:
+    return Accelerator(
         # without a GPU, processes started by torchrun / `accelerate launch` join one CPU group over gloo
         cpu=not torch.accelerator.is_available(),
         mixed_precision=mixed_precision(settings.mixed_precision),
@@ -74,14 +71,32 @@ def train(config: TrainingConfig) -> Path:
         # batches without reference images (t2i, condition dropout) leave the reference layers without gradients
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    output_dir = Path(config.output_dir)
-    items = read_jsonl(config.data.jsonl)  # every data error before any model loads
-    sizes = [output_size(item, config.data.max_output_pixels, config.data.max_side_length) for item in items]
 
+
+@dataclass
+class Run:
+    """What the steps of a run share: the data, its plan and features, the prepared model and optimizer."""
+
+    config: TrainingConfig
+    accelerator: Accelerator
+    device: torch.device
+    items: list[TrainingItem]
+    latent_elements: list[int]  # per item, its output latent's element count
+    plan: BatchPlan
+    features: FrozenFeatures
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    trainable: list[torch.nn.Parameter]
+
+
+def _setup(config: TrainingConfig, accelerator: Accelerator) -> Run:
+    settings, data = config.train, config.data
+    items = read_jsonl(data.jsonl)  # every data error before any model loads
+    sizes = [output_size(item, data.max_output_pixels, data.max_side_length) for item in items]
     transformer = build_transformer(config.model, config.independent_condition, settings.seed)
     device = torch.device("cpu") if accelerator.device.type == "cpu" else accelerator.device  # not "cpu:0"
     text_encoder, vae = load_frozen(config.model, device)
-    features = FrozenFeatures(text_encoder, vae, config.data, device, config.condition_size, config.position_scale)
+    features = FrozenFeatures(text_encoder, vae, data, device, config.condition_size, config.position_scale)
     check_compatible(transformer.config, features.prompt("").shape[-1], vae.config.latent_channels)
     if config.lora is not None:
         add_lora(transformer, config.lora)
@@ -94,16 +109,46 @@ def train(config: TrainingConfig) -> Path:
         foreach=True,  # one fused update over all tensors (torch picks it on GPUs only by default)
     )
     model, optimizer = accelerator.prepare(model, optimizer)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    elements = [vae.config.latent_channels * (h // factor) * (w // factor) for h, w in sizes]
+    plan = BatchPlan(sizes, settings.batch_size * accelerator.num_processes, settings.seed, data.bucket_by_size)
+    return Run(config, accelerator, device, items, elements, plan, features, model, optimizer, trainable)
 
+
+def _micro_step(run: Run, micro_step: int) -> float:
+    """Forward and backward of this process's share of a micro-batch (the optimizer steps on the last one of each
+    accumulation); returns the loss averaged over processes."""
+    accelerator, settings = run.accelerator, run.config.train
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    indices = run.plan.local_micro_batch(micro_step, rank, processes)
+    positions = range(rank * settings.batch_size, (rank + 1) * settings.batch_size)
+    batch = assemble_batch([run.items[i] for i in indices], positions, micro_step, run.features, run.config, run.device)
+    # the official normalisation: the error summed over the global batch's latent elements, divided by their count
+    # (DDP averages the processes' gradients, hence the factor)
+    elements = sum(run.latent_elements[i] for i in run.plan.global_micro_batch(micro_step))
+    with accelerator.accumulate(run.model):
+        predictions = run.model(batch.noisy, batch.timestep, batch.text, batch.text_mask, batch.references)
+        loss = squared_error_sum(predictions, batch.targets) * processes / elements
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and settings.max_grad_norm:
+            accelerator.clip_grad_norm_(run.trainable, settings.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return accelerator.reduce(loss.detach(), "mean").item()
+
+
+def train(config: TrainingConfig) -> Path:
+    """Run the training `config` describes; returns the output folder."""
+    settings, output_dir = config.train, Path(config.output_dir)
+    if settings.num_threads is not None:
+        torch.set_num_threads(settings.num_threads)
+    accelerator = _accelerator(settings)
+    run = _setup(config, accelerator)
     start = 0
     resume = latest_checkpoint(output_dir) if settings.resume == "latest" else settings.resume and Path(settings.resume)
     if resume:
-        start = load_checkpoint(Path(resume), model, optimizer.optimizer)
+        start = load_checkpoint(Path(resume), run.model, run.optimizer.optimizer)
         log.info("resumed from %s at step %d", resume, start)
-
-    processes, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = settings.batch_size * processes
-    plan = BatchPlan(sizes, global_batch, settings.seed, config.data.bucket_by_size)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "training_config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -111,43 +156,26 @@ def train(config: TrainingConfig) -> Path:
     bar = tqdm(total=settings.steps, initial=start, disable=not accelerator.is_main_process, desc="training", unit="step")
     log_lines: list[str] = []
     clock = time.perf_counter()
+    accumulation = settings.gradient_accumulation_steps
     for step in range(start, settings.steps):
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        step_loss = 0.0
-        for micro in range(settings.gradient_accumulation_steps):
-            micro_step = step * settings.gradient_accumulation_steps + micro
-            indices = plan.local_micro_batch(micro_step, rank, processes)
-            global_indices = plan.global_micro_batch(micro_step)
-            positions = range(rank * settings.batch_size, (rank + 1) * settings.batch_size)
-            batch = assemble_batch([items[i] for i in indices], positions, micro_step, features, config)
-            # the official normalisation: the summed error over the global batch's latent elements (DDP averages
-            # the processes' gradients, hence the factor)
-            elements = sum(16 * (sizes[i][0] // 8) * (sizes[i][1] // 8) for i in global_indices)
-            with accelerator.accumulate(model):
-                predictions = model(batch.noisy, batch.timestep, batch.text, batch.text_mask, batch.references)
-                loss = squared_error_sum(predictions, batch.targets) * processes / elements
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and settings.max_grad_norm:
-                    accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += accelerator.reduce(loss.detach(), "mean").item() / settings.gradient_accumulation_steps
+        loss = sum(_micro_step(run, step * accumulation + micro) for micro in range(accumulation)) / accumulation
+        done = step + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}")
         if accelerator.is_main_process:
-            log_lines.append(json.dumps({"step": step + 1, "loss": step_loss, "lr": learning_rate(config, step)}))
-            if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+            log_lines.append(json.dumps({"step": done, "loss": loss, "lr": learning_rate(config, step)}))
+            if done % settings.log_every == 0 or done == settings.steps:
                 with open(output_dir / LOG_FILE, "a") as handle:
                     handle.write("".join(line + "\n" for line in log_lines))
                 log_lines.clear()
-        done = step + 1
         if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
-            _checkpoint(output_dir, model, optimizer, done, accelerator, config)
+            _checkpoint(output_dir, run.model, run.optimizer, done, accelerator, config)
     bar.close()
     if start < settings.steps:
-        _checkpoint(output_dir, model, optimizer, settings.steps, accelerator, config)
-    _save_outputs(output_dir, accelerator, model, config)
+        _checkpoint(output_dir, run.model, run.optimizer, settings.steps, accelerator, config)
+    _save_outputs(output_dir, accelerator, run.model, config)
     log.info("trained %d steps in %.1f s", settings.steps - start, time.perf_counter() - clock)
     accelerator.end_training()
     return output_dir
