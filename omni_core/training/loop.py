@@ -99,6 +99,7 @@ def _setup(config: TrainingConfig, accelerator: Accelerator) -> Run:
     features = FrozenFeatures(text_encoder, vae, data, device, config.condition_size, config.position_scale)
     check_compatible(transformer.config, features.prompt("").shape[-1], vae.config.latent_channels)
     if config.lora is not None:
+        torch.manual_seed(settings.seed)  # the adapters' Gaussian init: the same in every run and process
         add_lora(transformer, config.lora)
     transformer.set_gradient_checkpointing(settings.gradient_checkpointing)
     model = VelocityModel(transformer, config.independent_condition, config.condition_timestep)
