@@ -253,3 +253,66 @@ def test_unknown_keys_and_non_safetensors_files_are_rejected_by_name(tmp_path):
         read_lora(tmp_path / "broken.safetensors")
     with pytest.raises(InvalidInputError, match="strength"):
         omni_core.lora.resolve_loras([(tmp_path / "odd.safetensors", "1")])
+
+
+# --- reference-feature caches ----------------------------------------------------------------------------------------
+
+
+def test_cached_reference_features_are_never_reused_under_other_loras(tiny_model, tmp_path):
+    """A cache filled under one set of LoRAs is dropped under another (other file, other strength): the run then
+    equals a run without any cache. Under the same LoRAs (the same file read again) the features are reused."""
+    from PIL import Image
+
+    from omni_core.guidance import GuidancePass
+    from omni_core.reference_cache import ReferenceFeatureCache
+    from omni_core.reference_passes import TransformerPasses
+
+    condition = tiny_model.encode_condition("a red square", images=[Image.new("RGB", (64, 48), (200, 30, 30))], max_pixels=64 * 48)
+    passes = [GuidancePass("cond", condition.positive, True)]
+    x, t = torch.randn(1, 16, 6, 8, generator=torch.Generator().manual_seed(0)), torch.tensor(0.4)
+    path = _saved(tmp_path, "a")
+    models = {
+        "base": tiny_model,
+        "lora": tiny_model.with_loras([(path, 1.0)]),
+        "half": tiny_model.with_loras([(path, 0.5)]),
+        "lora again": tiny_model.with_loras([(str(path), 1.0)]),
+    }
+    cache = ReferenceFeatureCache(every_n_steps=100)
+    TransformerPasses(models["base"].transformer, condition, cache, False)(x, t, passes, step=0)
+    for name in ("lora", "lora again", "half"):
+        runner = TransformerPasses(models[name].transformer, condition, cache, False)
+        out = runner(x, t, passes, step=1)["cond"]  # step 1 of n=100: cached features are used if kept
+        uncached = TransformerPasses(models[name].transformer, condition, None, False)(x, t, passes, step=1)["cond"]
+        if name == "lora again":
+            assert runner.stats()["reference_tokens_reused"] > 0  # same file and strength: the cache stays valid
+        else:
+            assert runner.stats()["reference_tokens_reused"] == 0, name
+            assert torch.equal(out, uncached), name
+    assert len({omni_core.lora.lora_fingerprint(m.transformer) for m in models.values()}) == 3
+
+
+# --- the OmniGen2 LoRA node ------------------------------------------------------------------------------------------
+
+
+def test_lora_node_leaves_its_input_alone_and_chains(fixture_dir, tmp_path):
+    from test_nodes import load_pack, run_case
+
+    pack = load_pack()
+    node = lambda name: pack.NODE_CLASS_MAPPINGS[name]()
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["OmniGen2LoRA"] == "OmniGen2 LoRA"
+    (model,) = node("LoadOmniGen2").load(str(fixture_dir), "fp32")
+    pristine = _snapshot(model.engine.transformer)
+    a, b = _saved(tmp_path, "a", seed=0), _saved(tmp_path, "b", seed=1, independent_condition=True)
+    (one,) = node("OmniGen2LoRA").apply(model, str(a), 1.0)
+    after_one = _snapshot(one.engine.transformer)
+    (two,) = node("OmniGen2LoRA").apply(one, str(b), 0.5)
+    assert _bit_equal(pristine, model.engine.transformer) and _bit_equal(after_one, one.engine.transformer)
+    assert _bit_equal(_snapshot(model.engine.with_loras([(a, 1.0), (b, 0.5)]).transformer), two.engine.transformer)
+    assert two.engine.transformer.config.independent_condition and not one.engine.transformer.config.independent_condition
+    cases = (None, json.loads((fixture_dir / "pipeline_cases.json").read_text()))  # t2i reads no tensors
+    ui, with_lora, _ = run_case(node, two, cases, "t2i", steps=2)
+    _, without, _ = run_case(node, model, cases, "t2i", steps=2)
+    assert ui["omnigen2_stats"][0]["independent_condition"] is True
+    assert (with_lora - without).abs().mean() > 1e-3
+    with pytest.raises(ModelFileError, match="loras"):
+        node("OmniGen2LoRA").apply(model, "no_such_lora.safetensors", 1.0)
