@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 import omni_core
 import omni_core.lora
 from conftest import max_abs_diff
+from test_workflows import comfyui_server  # noqa: F401  (fixture: a real ComfyUI server, skipped without COMFYUI_DIR)
 from omni_core.errors import CheckpointMismatchError, InvalidInputError, ModelFileError
 from omni_core.lora import read_lora, save_lora
 
@@ -316,3 +317,67 @@ def test_lora_node_leaves_its_input_alone_and_chains(fixture_dir, tmp_path):
     assert (with_lora - without).abs().mean() > 1e-3
     with pytest.raises(ModelFileError, match="loras"):
         node("OmniGen2LoRA").apply(model, "no_such_lora.safetensors", 1.0)
+
+
+def test_lora_nodes_in_a_real_comfyui(comfyui_server, fixture_dir):
+    """Inside ComfyUI the LoRA goes in as ModelPatcher weight patches: two chained LoRA nodes and the base model
+    sampled in one prompt give the images the engine's own merge gives outside ComfyUI (SaveImage's 8-bit rounding
+    aside), and a later run of the base model is unaffected."""
+    import numpy as np
+    from PIL import Image
+
+    from test_nodes import load_pack
+    from test_workflows import _get, _run
+
+    url, base, log_path = comfyui_server
+    folder = base / "models" / "loras"
+    folder.mkdir(parents=True, exist_ok=True)
+    a = _saved(folder, "omnigen2_lora_a", seed=0)
+    b = _saved(folder, "omnigen2_lora_b", seed=1, independent_condition=True)
+    choices = _get(f"{url}/object_info/OmniGen2LoRA")["OmniGen2LoRA"]["input"]["required"]["lora_name"][0]
+    assert {a.name, b.name} <= set(choices)
+    encode = {"prompt": "a red square on blue", "negative_prompt": "", "max_pixels": 4096, "max_input_image_side_length": 64}
+    settings = {"seed": 1, "steps": 3, "width": 64, "height": 48, "text_guidance": 5.0, "image_guidance": 2.0,
+                "cfg_range_start": 0.0, "cfg_range_end": 1.0, "cache_per_n_steps": 0, "batch_size": 1,
+                "reference_attention": "auto"}
+
+    def sampler(model_node, seed, prefix):
+        return [{"class_type": "OmniGen2CachedSampler",
+                 "inputs": {**settings, "seed": seed, "model": [model_node, 0], "condition": ["4", 0]}},
+                {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": None}}]
+
+    def prompt_of(*samplers):
+        prompt = {
+            "1": {"class_type": "LoadOmniGen2", "inputs": {"model_folder": "omnigen2-tiny", "weight_dtype": "fp32"}},
+            "2": {"class_type": "OmniGen2LoRA", "inputs": {"model": ["1", 0], "lora_name": a.name, "strength": 1.0}},
+            "3": {"class_type": "OmniGen2LoRA", "inputs": {"model": ["2", 0], "lora_name": b.name, "strength": 0.5}},
+            "4": {"class_type": "OmniGen2ConditionEncode", "inputs": {**encode, "model": ["1", 0]}},
+        }
+        for i, (sample, save) in enumerate(samplers):
+            prompt[f"s{i}"], prompt[f"v{i}"] = sample, {**save, "inputs": {**save["inputs"], "images": [f"s{i}", 0]}}
+        return prompt
+
+    def saved(outputs, key):
+        image = outputs[key]["images"][0]
+        return np.asarray(Image.open(base / image["type"] / image.get("subfolder", "") / image["filename"]), dtype=np.int16)
+
+    first = prompt_of(sampler("3", 1, "lora"), sampler("1", 1, "base"))
+    outputs = _run(url, first, log_path)["outputs"]
+    assert outputs["s0"]["omnigen2_stats"][0]["independent_condition"] is True
+    assert outputs["s1"]["omnigen2_stats"][0]["independent_condition"] is False
+    later = _run(url, prompt_of(sampler("1", 2, "base_later")), log_path)["outputs"]
+
+    pack = load_pack()  # the same nodes outside ComfyUI: the engine merges the LoRAs itself
+    node = lambda name: pack.NODE_CLASS_MAPPINGS[name]()
+    (model,) = node("LoadOmniGen2").load(str(fixture_dir), "fp32")
+    (lora_model,) = node("OmniGen2LoRA").apply(node("OmniGen2LoRA").apply(model, str(a), 1.0)[0], str(b), 0.5)
+    (condition,) = node("OmniGen2ConditionEncode").encode(model, **encode)
+
+    def expected(m, seed):
+        image = node("OmniGen2CachedSampler").sample(m, condition, **{**settings, "seed": seed})["result"][0][0]
+        return (255.0 * image).clamp(0, 255).to(torch.uint8).numpy().astype(np.int16)  # as SaveImage writes it
+
+    for got, want in ((saved(outputs, "v0"), expected(lora_model, 1)), (saved(outputs, "v1"), expected(model, 1)),
+                      (saved(later, "v0"), expected(model, 2))):
+        assert np.abs(got - want).max() <= 1
+    assert np.abs(saved(outputs, "v0") - saved(outputs, "v1")).mean() > 2  # the LoRAs change the picture
