@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 import omni_core
 import omni_core.lora
 from conftest import max_abs_diff
+from test_transformer import forward_inputs
 from test_workflows import comfyui_server  # noqa: F401  (fixture: a real ComfyUI server, skipped without COMFYUI_DIR)
 from omni_core.errors import CheckpointMismatchError, InvalidInputError, ModelFileError
 from omni_core.lora import read_lora, save_lora
@@ -56,13 +57,6 @@ TOLERANCE = 1e-4  # float32 round-off (another summation order: merged weights v
 PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "linear_1", "linear_2"]
 
 
-def forward_inputs(reference_cases):
-    tensors, _ = reference_cases
-    latents = [tensors["forward.hidden_states.0"], tensors["forward.hidden_states.1"]]
-    refs = [[tensors["forward.ref_image_hidden_states.0.0"], tensors["forward.ref_image_hidden_states.0.1"]], None]
-    return latents, tensors["forward.timestep"], tensors["forward.text_hidden_states"], tensors["forward.text_attention_mask"], refs
-
-
 @pytest.fixture(scope="module")
 def peft_lora(tiny_transformer, reference_cases, tmp_path_factory):
     """The tiny transformer wrapped by real peft (non-zero lora_B, alpha != rank, a per-module alpha), saved by peft
@@ -79,7 +73,7 @@ def peft_lora(tiny_transformer, reference_cases, tmp_path_factory):
     folder = tmp_path_factory.mktemp("peft")
     wrapped.save_pretrained(folder)
     with torch.no_grad():
-        expected = wrapped(*forward_inputs(reference_cases))
+        expected = wrapped(*forward_inputs(reference_cases[0]))
     state_dict = {k: v.detach().clone() for k, v in get_peft_model_state_dict(wrapped).items()}
     return folder, expected, state_dict
 
@@ -91,30 +85,22 @@ def test_peft_saved_lora_matches_peft_forward(tiny_model, peft_lora, reference_c
     assert lora.modules["layers.0.attn.to_q"].scale == 2.0 and lora.modules["layers.0.feed_forward.linear_2"].scale == 0.5
     model = tiny_model.with_loras([(folder / "adapter_model.safetensors", 1.0)])
     with torch.no_grad():
-        ours = model.transformer(*forward_inputs(reference_cases))
-        base = tiny_model.transformer(*forward_inputs(reference_cases))
+        ours = model.transformer(*forward_inputs(reference_cases[0]))
+        base = tiny_model.transformer(*forward_inputs(reference_cases[0]))
     for mine, theirs, plain in zip(ours, expected, base):
         assert max_abs_diff(mine, theirs) < TOLERANCE
         assert max_abs_diff(plain, theirs) > 100 * TOLERANCE  # the LoRA does change the output
 
 
-def _kohya(state_dict, alphas):
-    return {
-        **{f"lora_unet_{k[len('base_model.model.'):].replace('.lora_A.weight', '').replace('.', '_')}.lora_down.weight": v
-           for k, v in state_dict.items() if k.endswith("lora_A.weight")},
-        **{f"lora_unet_{k[len('base_model.model.'):].replace('.lora_B.weight', '').replace('.', '_')}.lora_up.weight": v
-           for k, v in state_dict.items() if k.endswith("lora_B.weight")},
-        **{f"lora_unet_{m.replace('.', '_')}.alpha": torch.tensor(a) for m, a in alphas.items()},
-    }
-
-
-def _renamed(state_dict, prefix, down, up, alphas=None):
+def _renamed(state_dict, prefix, down, up, alphas, kohya=False):
+    """peft's state dict under another convention: prefix + module (kohya: `_` for `.`) + suffix, and `.alpha`s."""
     out = {}
+    name = (lambda module: module.replace(".", "_")) if kohya else (lambda module: module)
     for key, value in state_dict.items():
         module = key[len("base_model.model."):].rsplit(".lora_", 1)[0]
-        out[f"{prefix}{module}{down if '.lora_A.' in key else up}"] = value
-    for module, alpha in (alphas or {}).items():
-        out[f"{prefix}{module}.alpha"] = torch.tensor(alpha)
+        out[f"{prefix}{name(module)}{down if '.lora_A.' in key else up}"] = value
+    for module, alpha in alphas.items():
+        out[f"{prefix}{name(module)}.alpha"] = torch.tensor(alpha)
     return out
 
 
@@ -133,7 +119,7 @@ def test_other_conventions_of_the_same_weights_give_the_same_model(tiny_model, p
     modules = {k[len("base_model.model."):].rsplit(".lora_", 1)[0] for k in state_dict}
     alphas = {m: 2.0 if m.endswith("feed_forward.linear_2") else 8.0 for m in modules}
     files = {
-        "kohya": _kohya(state_dict, alphas),
+        "kohya": _renamed(state_dict, "lora_unet_", ".lora_down.weight", ".lora_up.weight", alphas, kohya=True),
         "comfyui": _renamed(state_dict, "diffusion_model.", ".lora_down.weight", ".lora_up.weight", alphas),
         "comfyui_bare": _renamed(state_dict, "", ".lora_A.weight", ".lora_B.weight", alphas),
     }

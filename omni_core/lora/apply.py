@@ -76,8 +76,9 @@ def resolve_loras(loras: Sequence[LoraSpec]) -> tuple[AppliedLora, ...]:
         source, strength = entry
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength != strength:
             raise InvalidInputError(f"LoRA strength for '{source}' must be a number, got {strength!r}.")
+        lora = source if isinstance(source, Lora) else read_lora(source)  # read even at strength 0: a bad file is an error
         if strength != 0:
-            applied.append(AppliedLora(source if isinstance(source, Lora) else read_lora(source), float(strength)))
+            applied.append(AppliedLora(lora, float(strength)))
     return tuple(applied)
 
 
@@ -117,7 +118,7 @@ def merged_weights(base: torch.nn.Module, applied: Sequence[AppliedLora]) -> dic
             weight = adapted_linear(base, module, entry.lora).weight
             if module not in totals:
                 totals[module] = weight.detach().to(torch.float32, copy=True)
-            totals[module] += entry.strength * pair.delta().to(weight.device)
+            totals[module] += pair.delta(entry.strength, weight.device)
     return {module: total.to(base.get_submodule(module).weight.dtype) for module, total in totals.items()}
 
 
