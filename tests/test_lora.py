@@ -174,12 +174,17 @@ def test_strength_zero_and_removal_restore_the_exact_weights_and_the_shared_mode
     assert lora.transformer.layers[0].attn.to_q.weight is not tiny_model.transformer.layers[0].attn.to_q.weight
 
 
-def test_merged_weight_is_base_plus_strength_times_scaled_product(tiny_model, tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merged_weight_is_base_plus_strength_times_scaled_product_in_float32(tiny_model, fixture_dir, tmp_path, dtype):
+    """Merged in float32 and cast back once; the Linear keeps its class and a dense weight (the oneDNN fast path)."""
     path = _saved(tmp_path, "a")
+    model = tiny_model if dtype == torch.float32 else omni_core.load_model(fixture_dir, dtype=dtype)
     down, up = _weights()["layers.1.attn.to_k"]
-    merged = tiny_model.with_loras([(path, -0.7)]).transformer.layers[1].attn.to_k.weight
-    expected = tiny_model.transformer.layers[1].attn.to_k.weight + (-0.7 * 2.0 / 4) * (up @ down)
-    assert max_abs_diff(merged, expected) < 1e-5
+    base = model.transformer.layers[1].attn.to_k
+    merged = model.with_loras([(path, -0.7)]).transformer.layers[1].attn.to_k
+    expected = (base.weight.float() + (-0.7 * 2.0 / 4) * (up @ down)).to(dtype)
+    assert merged.weight.dtype == dtype and merged.weight.is_contiguous() and type(merged) is type(base)
+    assert max_abs_diff(merged.weight, expected) <= (1e-5 if dtype == torch.float32 else 0.0)
 
 
 def test_chained_loras_compose_and_load_model_takes_loras(tiny_model, fixture_dir, tmp_path):

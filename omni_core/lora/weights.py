@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: identity, not element-wise, equality
 class LoraModule:
     """One adapted Linear: down (A) [rank, in], up (B) [out, rank] and the factor on B @ A (alpha / rank)."""
 
@@ -41,7 +41,7 @@ class TrainingFacts:
     position_scale: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Lora:
     """A LoRA read from `path`: modules keyed by their name in OmniGen2Transformer (e.g. `layers.0.attn.to_q`).
 
