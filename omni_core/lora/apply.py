@@ -26,9 +26,6 @@ from .weights import Lora
 if TYPE_CHECKING:
     from ..pipeline import OmniGen2
 
-LoraSpec = tuple[Union[str, Path, Lora], float]  # (LoRA file or one already read, strength)
-
-
 @dataclass(frozen=True)
 class AppliedLora:
     """A LoRA at a strength, as it is applied (strength 0 is dropped: it changes nothing)."""
@@ -39,6 +36,10 @@ class AppliedLora:
     @property
     def fingerprint(self) -> str:
         return f"{self.lora.content_hash}@{self.strength!r}"
+
+
+# (LoRA file or one already read, strength), or an AppliedLora as `resolve_loras` returns it
+LoraSpec = Union[tuple[Union[str, Path, Lora], float], AppliedLora]
 
 
 @dataclass(frozen=True)
