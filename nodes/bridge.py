@@ -1,13 +1,14 @@
 """The one place that knows whether the pack runs inside ComfyUI, and every convention at that boundary.
 
-Inside ComfyUI this module imports `folder_paths`, `comfy.model_management`, `comfy.model_patcher`, `comfy.utils`
-and `latent_preview`; nothing else in the pack does. Outside ComfyUI (tests, scripts) the same functions run on the
-CPU with plain torch: model files are given as paths, progress is a no-op unless asked for, and a cancel request is a
-flag set by `request_interrupt()`.
+Inside ComfyUI this module imports `folder_paths`, `comfy.lora`, `comfy.model_management`, `comfy.model_patcher`,
+`comfy.utils` and `latent_preview`; nothing else in the pack does. Outside ComfyUI (tests, scripts) the same functions
+run on the CPU with plain torch: model files are given as paths, progress is a no-op unless asked for, and a cancel
+request is a flag set by `request_interrupt()`.
 
 What lives here, in order: host detection; model folders (`models/omnigen2` plus ComfyUI's standard folders); weight
-dtypes; the model handle that takes part in ComfyUI's memory management; input conversion (IMAGE rows, sizes, guidance
-ranges); progress, previews and cancel; output conversion (IMAGE, raw-VAE LATENT, stats for the front-end).
+dtypes; the model handle that takes part in ComfyUI's memory management, and LoRAs on it as ModelPatcher patches;
+input conversion (IMAGE rows, sizes, guidance ranges); progress, previews and cancel; output conversion (IMAGE,
+raw-VAE LATENT, stats for the front-end).
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from omni_core.errors import InvalidInputError, ModelFileError
 from omni_core.lora import Lora, check_loras_fit, lora_stack, resolve_loras, shallow_transformer
 
 try:  # ComfyUI puts these on sys.path before it loads custom nodes; anywhere else they are absent.
+    import comfy.lora as comfy_lora
     import comfy.model_management as model_management
     import comfy.model_patcher as model_patcher
     import comfy.utils as comfy_utils
     import folder_paths
 except ImportError:
     IN_COMFYUI = False
-    model_management = model_patcher = comfy_utils = folder_paths = None
+    comfy_lora = model_management = model_patcher = comfy_utils = folder_paths = None
 else:
     IN_COMFYUI = True
 
@@ -305,8 +307,6 @@ def load_model(source: str | dict[str, str], dtype_choice: str) -> OmniGen2Model
 def comfy_lora_patches(lora: Lora) -> dict[str, Any]:
     """The LoRA as ComfyUI weight patches on the transformer's ModelPatcher (keys of `_ManagedPart`'s state dict),
     made by ComfyUI's own LoRA loader from the file's modules under their OmniGen2 names."""
-    import comfy.lora
-
     state_dict, to_load = {}, {}
     for name, module in lora.modules.items():
         state_dict.update({
@@ -315,7 +315,7 @@ def comfy_lora_patches(lora: Lora) -> dict[str, Any]:
             f"{name}.alpha": torch.tensor(module.scale * module.rank),  # ComfyUI scales by alpha / rank
         })
         to_load[name] = f"module.{name}.weight"
-    return comfy.lora.load_lora(state_dict, to_load, log_missing=False)
+    return comfy_lora.load_lora(state_dict, to_load, log_missing=False)
 
 
 def model_with_lora(model: OmniGen2Model, path: str, strength: float) -> OmniGen2Model:

@@ -89,7 +89,7 @@ class ReferenceFeatureCache:
     entries: dict[tuple, list[LayerKV] | ConditionFeatures] = field(default_factory=dict)
 
     def check_metadata(self, *metadata) -> None:
-        """Drop every entry when what determines them (condition, dtype, device, mode, the model's LoRAs) changed."""
+        """Drop every entry when what determines them (condition, dtype, device, model) changed."""
         if metadata != self.metadata:
             self.entries.clear()
             self.metadata = metadata

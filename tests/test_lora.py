@@ -12,6 +12,8 @@ from safetensors.torch import save_file
 import omni_core
 import omni_core.lora
 from conftest import max_abs_diff
+from test_transformer import forward_inputs
+from test_workflows import comfyui_server  # noqa: F401  (fixture: a real ComfyUI server, skipped without COMFYUI_DIR)
 from omni_core.errors import CheckpointMismatchError, InvalidInputError, ModelFileError
 from omni_core.lora import read_lora, save_lora
 
@@ -55,13 +57,6 @@ TOLERANCE = 1e-4  # float32 round-off (another summation order: merged weights v
 PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "linear_1", "linear_2"]
 
 
-def forward_inputs(reference_cases):
-    tensors, _ = reference_cases
-    latents = [tensors["forward.hidden_states.0"], tensors["forward.hidden_states.1"]]
-    refs = [[tensors["forward.ref_image_hidden_states.0.0"], tensors["forward.ref_image_hidden_states.0.1"]], None]
-    return latents, tensors["forward.timestep"], tensors["forward.text_hidden_states"], tensors["forward.text_attention_mask"], refs
-
-
 @pytest.fixture(scope="module")
 def peft_lora(tiny_transformer, reference_cases, tmp_path_factory):
     """The tiny transformer wrapped by real peft (non-zero lora_B, alpha != rank, a per-module alpha), saved by peft
@@ -78,7 +73,7 @@ def peft_lora(tiny_transformer, reference_cases, tmp_path_factory):
     folder = tmp_path_factory.mktemp("peft")
     wrapped.save_pretrained(folder)
     with torch.no_grad():
-        expected = wrapped(*forward_inputs(reference_cases))
+        expected = wrapped(*forward_inputs(reference_cases[0]))
     state_dict = {k: v.detach().clone() for k, v in get_peft_model_state_dict(wrapped).items()}
     return folder, expected, state_dict
 
@@ -90,30 +85,22 @@ def test_peft_saved_lora_matches_peft_forward(tiny_model, peft_lora, reference_c
     assert lora.modules["layers.0.attn.to_q"].scale == 2.0 and lora.modules["layers.0.feed_forward.linear_2"].scale == 0.5
     model = tiny_model.with_loras([(folder / "adapter_model.safetensors", 1.0)])
     with torch.no_grad():
-        ours = model.transformer(*forward_inputs(reference_cases))
-        base = tiny_model.transformer(*forward_inputs(reference_cases))
+        ours = model.transformer(*forward_inputs(reference_cases[0]))
+        base = tiny_model.transformer(*forward_inputs(reference_cases[0]))
     for mine, theirs, plain in zip(ours, expected, base):
         assert max_abs_diff(mine, theirs) < TOLERANCE
         assert max_abs_diff(plain, theirs) > 100 * TOLERANCE  # the LoRA does change the output
 
 
-def _kohya(state_dict, alphas):
-    return {
-        **{f"lora_unet_{k[len('base_model.model.'):].replace('.lora_A.weight', '').replace('.', '_')}.lora_down.weight": v
-           for k, v in state_dict.items() if k.endswith("lora_A.weight")},
-        **{f"lora_unet_{k[len('base_model.model.'):].replace('.lora_B.weight', '').replace('.', '_')}.lora_up.weight": v
-           for k, v in state_dict.items() if k.endswith("lora_B.weight")},
-        **{f"lora_unet_{m.replace('.', '_')}.alpha": torch.tensor(a) for m, a in alphas.items()},
-    }
-
-
-def _renamed(state_dict, prefix, down, up, alphas=None):
+def _renamed(state_dict, prefix, down, up, alphas, kohya=False):
+    """peft's state dict under another convention: prefix + module (kohya: `_` for `.`) + suffix, and `.alpha`s."""
     out = {}
+    name = (lambda module: module.replace(".", "_")) if kohya else (lambda module: module)
     for key, value in state_dict.items():
         module = key[len("base_model.model."):].rsplit(".lora_", 1)[0]
-        out[f"{prefix}{module}{down if '.lora_A.' in key else up}"] = value
-    for module, alpha in (alphas or {}).items():
-        out[f"{prefix}{module}.alpha"] = torch.tensor(alpha)
+        out[f"{prefix}{name(module)}{down if '.lora_A.' in key else up}"] = value
+    for module, alpha in alphas.items():
+        out[f"{prefix}{name(module)}.alpha"] = torch.tensor(alpha)
     return out
 
 
@@ -132,7 +119,7 @@ def test_other_conventions_of_the_same_weights_give_the_same_model(tiny_model, p
     modules = {k[len("base_model.model."):].rsplit(".lora_", 1)[0] for k in state_dict}
     alphas = {m: 2.0 if m.endswith("feed_forward.linear_2") else 8.0 for m in modules}
     files = {
-        "kohya": _kohya(state_dict, alphas),
+        "kohya": _renamed(state_dict, "lora_unet_", ".lora_down.weight", ".lora_up.weight", alphas, kohya=True),
         "comfyui": _renamed(state_dict, "diffusion_model.", ".lora_down.weight", ".lora_up.weight", alphas),
         "comfyui_bare": _renamed(state_dict, "", ".lora_A.weight", ".lora_B.weight", alphas),
     }
@@ -187,12 +174,17 @@ def test_strength_zero_and_removal_restore_the_exact_weights_and_the_shared_mode
     assert lora.transformer.layers[0].attn.to_q.weight is not tiny_model.transformer.layers[0].attn.to_q.weight
 
 
-def test_merged_weight_is_base_plus_strength_times_scaled_product(tiny_model, tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merged_weight_is_base_plus_strength_times_scaled_product_in_float32(tiny_model, fixture_dir, tmp_path, dtype):
+    """Merged in float32 and cast back once; the Linear keeps its class and a dense weight (the oneDNN fast path)."""
     path = _saved(tmp_path, "a")
+    model = tiny_model if dtype == torch.float32 else omni_core.load_model(fixture_dir, dtype=dtype)
     down, up = _weights()["layers.1.attn.to_k"]
-    merged = tiny_model.with_loras([(path, -0.7)]).transformer.layers[1].attn.to_k.weight
-    expected = tiny_model.transformer.layers[1].attn.to_k.weight + (-0.7 * 2.0 / 4) * (up @ down)
-    assert max_abs_diff(merged, expected) < 1e-5
+    base = model.transformer.layers[1].attn.to_k
+    merged = model.with_loras([(path, -0.7)]).transformer.layers[1].attn.to_k
+    expected = (base.weight.float() + (-0.7 * 2.0 / 4) * (up @ down)).to(dtype)
+    assert merged.weight.dtype == dtype and merged.weight.is_contiguous() and type(merged) is type(base)
+    assert max_abs_diff(merged.weight, expected) <= (1e-5 if dtype == torch.float32 else 0.0)
 
 
 def test_chained_loras_compose_and_load_model_takes_loras(tiny_model, fixture_dir, tmp_path):
@@ -253,3 +245,130 @@ def test_unknown_keys_and_non_safetensors_files_are_rejected_by_name(tmp_path):
         read_lora(tmp_path / "broken.safetensors")
     with pytest.raises(InvalidInputError, match="strength"):
         omni_core.lora.resolve_loras([(tmp_path / "odd.safetensors", "1")])
+
+
+# --- reference-feature caches ----------------------------------------------------------------------------------------
+
+
+def test_cached_reference_features_are_never_reused_under_other_loras(tiny_model, tmp_path):
+    """A cache filled under one set of LoRAs is dropped under another (other file, other strength): the run then
+    equals a run without any cache. Under the same LoRAs (the same file read again) the features are reused."""
+    from PIL import Image
+
+    from omni_core.guidance import GuidancePass
+    from omni_core.reference_cache import ReferenceFeatureCache
+    from omni_core.reference_passes import TransformerPasses
+
+    condition = tiny_model.encode_condition("a red square", images=[Image.new("RGB", (64, 48), (200, 30, 30))], max_pixels=64 * 48)
+    passes = [GuidancePass("cond", condition.positive, True)]
+    x, t = torch.randn(1, 16, 6, 8, generator=torch.Generator().manual_seed(0)), torch.tensor(0.4)
+    path = _saved(tmp_path, "a")
+    models = {
+        "base": tiny_model,
+        "lora": tiny_model.with_loras([(path, 1.0)]),
+        "half": tiny_model.with_loras([(path, 0.5)]),
+        "lora again": tiny_model.with_loras([(str(path), 1.0)]),
+    }
+    cache = ReferenceFeatureCache(every_n_steps=100)
+    TransformerPasses(models["base"].transformer, condition, cache, False)(x, t, passes, step=0)
+    for name in ("lora", "lora again", "half"):
+        runner = TransformerPasses(models[name].transformer, condition, cache, False)
+        out = runner(x, t, passes, step=1)["cond"]  # step 1 of n=100: cached features are used if kept
+        uncached = TransformerPasses(models[name].transformer, condition, None, False)(x, t, passes, step=1)["cond"]
+        if name == "lora again":
+            assert runner.stats()["reference_tokens_reused"] > 0  # same file and strength: the cache stays valid
+        else:
+            assert runner.stats()["reference_tokens_reused"] == 0, name
+            assert torch.equal(out, uncached), name
+    assert len({omni_core.lora.lora_fingerprint(m.transformer) for m in models.values()}) == 3
+
+
+# --- the OmniGen2 LoRA node ------------------------------------------------------------------------------------------
+
+
+def test_lora_node_leaves_its_input_alone_and_chains(fixture_dir, tmp_path):
+    from test_nodes import load_pack, run_case
+
+    pack = load_pack()
+    node = lambda name: pack.NODE_CLASS_MAPPINGS[name]()
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["OmniGen2LoRA"] == "OmniGen2 LoRA"
+    (model,) = node("LoadOmniGen2").load(str(fixture_dir), "fp32")
+    pristine = _snapshot(model.engine.transformer)
+    a, b = _saved(tmp_path, "a", seed=0), _saved(tmp_path, "b", seed=1, independent_condition=True)
+    (one,) = node("OmniGen2LoRA").apply(model, str(a), 1.0)
+    after_one = _snapshot(one.engine.transformer)
+    (two,) = node("OmniGen2LoRA").apply(one, str(b), 0.5)
+    assert _bit_equal(pristine, model.engine.transformer) and _bit_equal(after_one, one.engine.transformer)
+    assert _bit_equal(_snapshot(model.engine.with_loras([(a, 1.0), (b, 0.5)]).transformer), two.engine.transformer)
+    assert two.engine.transformer.config.independent_condition and not one.engine.transformer.config.independent_condition
+    cases = (None, json.loads((fixture_dir / "pipeline_cases.json").read_text()))  # t2i reads no tensors
+    ui, with_lora, _ = run_case(node, two, cases, "t2i", steps=2)
+    _, without, _ = run_case(node, model, cases, "t2i", steps=2)
+    assert ui["omnigen2_stats"][0]["independent_condition"] is True
+    assert (with_lora - without).abs().mean() > 1e-3
+    with pytest.raises(ModelFileError, match="loras"):
+        node("OmniGen2LoRA").apply(model, "no_such_lora.safetensors", 1.0)
+
+
+def test_lora_nodes_in_a_real_comfyui(comfyui_server, fixture_dir):
+    """Inside ComfyUI the LoRA goes in as ModelPatcher weight patches: two chained LoRA nodes and the base model
+    sampled in one prompt give the images the engine's own merge gives outside ComfyUI (SaveImage's 8-bit rounding
+    aside), and a later run of the base model is unaffected."""
+    import numpy as np
+    from PIL import Image
+
+    from test_nodes import load_pack
+    from test_workflows import _get, _run
+
+    url, base, log_path = comfyui_server
+    folder = base / "models" / "loras"
+    folder.mkdir(parents=True, exist_ok=True)
+    a = _saved(folder, "omnigen2_lora_a", seed=0)
+    b = _saved(folder, "omnigen2_lora_b", seed=1, independent_condition=True)
+    choices = _get(f"{url}/object_info/OmniGen2LoRA")["OmniGen2LoRA"]["input"]["required"]["lora_name"][0]
+    assert {a.name, b.name} <= set(choices)
+    encode = {"prompt": "a red square on blue", "negative_prompt": "", "max_pixels": 4096, "max_input_image_side_length": 64}
+    settings = {"seed": 1, "steps": 3, "width": 64, "height": 48, "text_guidance": 5.0, "image_guidance": 2.0,
+                "cfg_range_start": 0.0, "cfg_range_end": 1.0, "cache_per_n_steps": 0, "batch_size": 1,
+                "reference_attention": "auto"}
+
+    def sampler(model_node, seed, prefix):
+        return [{"class_type": "OmniGen2CachedSampler",
+                 "inputs": {**settings, "seed": seed, "model": [model_node, 0], "condition": ["4", 0]}},
+                {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": None}}]
+
+    def prompt_of(*samplers):
+        prompt = {
+            "1": {"class_type": "LoadOmniGen2", "inputs": {"model_folder": "omnigen2-tiny", "weight_dtype": "fp32"}},
+            "2": {"class_type": "OmniGen2LoRA", "inputs": {"model": ["1", 0], "lora_name": a.name, "strength": 1.0}},
+            "3": {"class_type": "OmniGen2LoRA", "inputs": {"model": ["2", 0], "lora_name": b.name, "strength": 0.5}},
+            "4": {"class_type": "OmniGen2ConditionEncode", "inputs": {**encode, "model": ["1", 0]}},
+        }
+        for i, (sample, save) in enumerate(samplers):
+            prompt[f"s{i}"], prompt[f"v{i}"] = sample, {**save, "inputs": {**save["inputs"], "images": [f"s{i}", 0]}}
+        return prompt
+
+    def saved(outputs, key):
+        image = outputs[key]["images"][0]
+        return np.asarray(Image.open(base / image["type"] / image.get("subfolder", "") / image["filename"]), dtype=np.int16)
+
+    first = prompt_of(sampler("3", 1, "lora"), sampler("1", 1, "base"))
+    outputs = _run(url, first, log_path)["outputs"]
+    assert outputs["s0"]["omnigen2_stats"][0]["independent_condition"] is True
+    assert outputs["s1"]["omnigen2_stats"][0]["independent_condition"] is False
+    later = _run(url, prompt_of(sampler("1", 2, "base_later")), log_path)["outputs"]
+
+    pack = load_pack()  # the same nodes outside ComfyUI: the engine merges the LoRAs itself
+    node = lambda name: pack.NODE_CLASS_MAPPINGS[name]()
+    (model,) = node("LoadOmniGen2").load(str(fixture_dir), "fp32")
+    (lora_model,) = node("OmniGen2LoRA").apply(node("OmniGen2LoRA").apply(model, str(a), 1.0)[0], str(b), 0.5)
+    (condition,) = node("OmniGen2ConditionEncode").encode(model, **encode)
+
+    def expected(m, seed):
+        image = node("OmniGen2CachedSampler").sample(m, condition, **{**settings, "seed": seed})["result"][0][0]
+        return (255.0 * image).clamp(0, 255).to(torch.uint8).numpy().astype(np.int16)  # as SaveImage writes it
+
+    for got, want in ((saved(outputs, "v0"), expected(lora_model, 1)), (saved(outputs, "v1"), expected(model, 1)),
+                      (saved(later, "v0"), expected(model, 2))):
+        assert np.abs(got - want).max() <= 1
+    assert np.abs(saved(outputs, "v0") - saved(outputs, "v1")).mean() > 2  # the LoRAs change the picture

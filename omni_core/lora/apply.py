@@ -26,9 +26,6 @@ from .weights import Lora
 if TYPE_CHECKING:
     from ..pipeline import OmniGen2
 
-LoraSpec = tuple[Union[str, Path, Lora], float]  # (LoRA file or one already read, strength)
-
-
 @dataclass(frozen=True)
 class AppliedLora:
     """A LoRA at a strength, as it is applied (strength 0 is dropped: it changes nothing)."""
@@ -39,6 +36,10 @@ class AppliedLora:
     @property
     def fingerprint(self) -> str:
         return f"{self.lora.content_hash}@{self.strength!r}"
+
+
+# (LoRA file or one already read, strength), or an AppliedLora as `resolve_loras` returns it
+LoraSpec = Union[tuple[Union[str, Path, Lora], float], AppliedLora]
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ def resolve_loras(loras: Sequence[LoraSpec]) -> tuple[AppliedLora, ...]:
         source, strength = entry
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength != strength:
             raise InvalidInputError(f"LoRA strength for '{source}' must be a number, got {strength!r}.")
+        lora = source if isinstance(source, Lora) else read_lora(source)  # read even at strength 0: a bad file is an error
         if strength != 0:
-            applied.append(AppliedLora(source if isinstance(source, Lora) else read_lora(source), float(strength)))
+            applied.append(AppliedLora(lora, float(strength)))
     return tuple(applied)
 
 
@@ -117,7 +119,7 @@ def merged_weights(base: torch.nn.Module, applied: Sequence[AppliedLora]) -> dic
             weight = adapted_linear(base, module, entry.lora).weight
             if module not in totals:
                 totals[module] = weight.detach().to(torch.float32, copy=True)
-            totals[module] += entry.strength * pair.delta().to(weight.device)
+            totals[module] += pair.delta(entry.strength, weight.device)
     return {module: total.to(base.get_submodule(module).weight.dtype) for module, total in totals.items()}
 
 

@@ -39,9 +39,13 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise ModelFileError(f"Cannot read LoRA '{path}' as safetensors ({error}). The file may be truncated.") from error
 
 
+def _listed(keys: list[str]) -> str:
+    """"(count): [first ten, ...]" for an error message."""
+    return f"({len(keys)}): [{', '.join(sorted(keys)[:10])}{', ...' if len(keys) > 10 else ''}]"
+
+
 def _unrecognised(path: Path, keys: list[str], why: str) -> ModelFileError:
-    shown = ", ".join(sorted(keys)[:10]) + (", ..." if len(keys) > 10 else "")
-    return ModelFileError(f"'{path}' is not a LoRA for OmniGen2's transformer: {why} ({len(keys)}): [{shown}]. Supported: {SUPPORTED}.")
+    return ModelFileError(f"'{path}' is not a LoRA for OmniGen2's transformer: {why} {_listed(keys)}. Supported: {SUPPORTED}.")
 
 
 def _group(path: Path, tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, dict[str, torch.Tensor]]:
@@ -81,6 +85,20 @@ def _peft_config(path: Path, prefix: str, metadata: dict[str, str]) -> dict | No
     return None
 
 
+def _module_paths(path: Path, prefix: str, groups: dict) -> dict[str, str]:
+    """{name as written: OmniGen2Transformer module path}; only kohya names differ from the paths."""
+    if prefix != KOHYA_PREFIX:
+        return {name: name for name in groups}
+    names = kohya_module_paths(set(groups))
+    unmatched = [f"{prefix}{name}" for name in groups if name not in names]
+    if unmatched:
+        raise CheckpointMismatchError(
+            f"'{path}' adapts modules that OmniGen2's transformer does not have {_listed(unmatched)}: the LoRA was made "
+            "for another model. Use a LoRA trained on OmniGen2."
+        )
+    return names
+
+
 def read_lora(path: str | Path) -> Lora:
     """Read a LoRA file in any supported convention; module names become OmniGen2Transformer paths.
 
@@ -96,16 +114,7 @@ def read_lora(path: str | Path) -> Lora:
     prefix = file_prefix(list(tensors))
     key_format = PREFIXES.get(prefix, BARE_FORMAT)
     groups = _group(path, tensors, prefix)
-    names = {name: name for name in groups}
-    if prefix == KOHYA_PREFIX:
-        names = kohya_module_paths(set(groups))
-        unmatched = [f"{prefix}{name}" for name in groups if name not in names]
-        if unmatched:
-            shown = ", ".join(sorted(unmatched)[:10]) + (", ..." if len(unmatched) > 10 else "")
-            raise CheckpointMismatchError(
-                f"'{path}' adapts modules that OmniGen2's transformer does not have ({len(unmatched)}): [{shown}]: the "
-                "LoRA was made for another model. Use a LoRA trained on OmniGen2."
-            )
+    names = _module_paths(path, prefix, groups)
     alpha = metadata_alpha(metadata, str(path))
     if metadata.get(FORMAT_KEY) == FORMAT_NAME:
         key_format = "omni_core"

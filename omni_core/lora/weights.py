@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: identity, not element-wise, equality
 class LoraModule:
     """One adapted Linear: down (A) [rank, in], up (B) [out, rank] and the factor on B @ A (alpha / rank)."""
 
@@ -25,9 +25,10 @@ class LoraModule:
         """The shape of the weight this pair adapts: [out, in]."""
         return (self.up.shape[0], self.down.shape[1])
 
-    def delta(self) -> torch.Tensor:
-        """scale * B @ A in float32, the change this LoRA makes to the weight at strength 1."""
-        return self.scale * (self.up.float() @ self.down.float())
+    def delta(self, strength: float = 1.0, device: torch.device | str | None = None) -> torch.Tensor:
+        """(strength * scale) * B @ A in float32 on `device`: the change this LoRA makes to the weight."""
+        up, down = (t.to(device=device, dtype=torch.float32) for t in (self.up, self.down))
+        return (strength * self.scale) * (up @ down)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class TrainingFacts:
     position_scale: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Lora:
     """A LoRA read from `path`: modules keyed by their name in OmniGen2Transformer (e.g. `layers.0.attn.to_q`).
 
