@@ -13,6 +13,15 @@ SEED_STEPS_WIDGETS = {
                    "device."}),
     "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Sampling steps (official: 50)."}),
 }
+SIZE_WIDGETS = {
+    "width": ("INT", {
+        "default": 0, "min": 0, "max": 8192, "step": 16,
+        "tooltip": "Output width; 0 = automatic: one reference image sets the size (edits), otherwise "
+                   "1024 scaled to max_pixels."}),
+    "height": ("INT", {
+        "default": 0, "min": 0, "max": 8192, "step": 16,
+        "tooltip": "Output height; 0 = automatic (see width)."}),
+}
 GUIDANCE_CACHE_WIDGETS = {
     "text_guidance": ("FLOAT", {
         "default": 5.0, "min": 1.0, "max": 20.0, "step": 0.1, "round": 0.01,
@@ -73,13 +82,7 @@ class OmniGen2CachedSampler:
                 "model": (bridge.MODEL_TYPE, {"tooltip": "The model from Load OmniGen2."}),
                 "condition": (bridge.CONDITION_TYPE, {"tooltip": "From OmniGen2 Condition Encode (or Compact)."}),
                 **SEED_STEPS_WIDGETS,
-                "width": ("INT", {
-                    "default": 0, "min": 0, "max": 8192, "step": 16,
-                    "tooltip": "Output width; 0 = automatic: one reference image sets the size (edits), otherwise "
-                               "1024 scaled to max_pixels."}),
-                "height": ("INT", {
-                    "default": 0, "min": 0, "max": 8192, "step": 16,
-                    "tooltip": "Output height; 0 = automatic (see width)."}),
+                **SIZE_WIDGETS,
                 **GUIDANCE_CACHE_WIDGETS,
                 **BATCH_SIZE_WIDGET,
                 **REFERENCE_ATTENTION_WIDGET,
