@@ -7,15 +7,16 @@ three guidance passes, 3 reference images as large as the output), sampled in si
 (A B C ... A B C ...) over `--repeats` rounds: no step cache, TeaCache (threshold 0.05), TaylorSeer (official order
 4, interval 3), each with every reference token run every step (`*_3refs`, the official pipeline) and with
 compute-once references (`*_once_3refs`: the independent condition's branch once per generation, exact). A mode's
-seconds are the sum over steps of each step's median over the rounds (steps differ: computed or skipped); its CPU
-seconds the median process CPU time of a run (the least disturbed by other load on a shared machine). Work is the
-multiply-accumulates of the run given the steps each pass computed (`_work.step_cache_run_macs`). PSNR compares the
-final latents with the same conditioning's run without a step cache (peak: that run's value range), since this
-model has no VAE.
+CPU seconds are the median process CPU time of its runs, its wall seconds the sum over steps of each step's median
+over the rounds (steps differ: computed or skipped). Work is the multiply-accumulates of the run given the steps
+each pass computed (`_work.step_cache_run_macs`). PSNR compares the final latents with the same conditioning's run
+without a step cache (peak: that run's value range), since this model has no VAE.
 
-Speed-ups: speedup_teacache = full_3refs / teacache_3refs, speedup_taylorseer = full_3refs / taylorseer_3refs,
-speedup_<cache>_once_3_refs = full_3refs / <cache>_once_3refs (over the full uncached 3-reference run), and
-speedup_once_3_refs = full_3refs / once_3refs for the reuse alone.
+Speed-ups (ratios of CPU seconds: on a machine shared with other jobs the wall time of a run mostly measures their
+load, while one thread's CPU time measures this run's own work; run with --threads 1 there; `wall_speedups` and
+`work_speedups` sit beside them): speedup_teacache = full_3refs / teacache_3refs, speedup_taylorseer = full_3refs /
+taylorseer_3refs, speedup_<cache>_once_3_refs = full_3refs / <cache>_once_3refs (over the full uncached
+3-reference run), and speedup_once_3_refs = full_3refs / once_3refs for the reuse alone.
 
 TeaCache's rescale polynomial is calibrated on the released model's outputs; on random weights the relative change
 of the modulated input per step has another scale, so how many steps 0.05 skips here says little about the released
@@ -107,10 +108,10 @@ def main(argv=None) -> int:
         mode.name: work_macs(model.config, mode, runs[mode.name][1], args.steps, noise_side, stats[mode.name].get("computed_steps"))
         for mode in MODES
     }
-    result = {key: seconds[slow] / seconds[fast] for key, (slow, fast) in SPEEDUPS.items()}
+    result = {key: cpu[slow] / cpu[fast] for key, (slow, fast) in SPEEDUPS.items()}
     result.update({key: psnr(latents[mode], latents[reference]) for key, (mode, reference) in PSNRS.items()})
     result.update({
-        "cpu_speedups": {key: cpu[slow] / cpu[fast] for key, (slow, fast) in SPEEDUPS.items()},
+        "wall_speedups": {key: seconds[slow] / seconds[fast] for key, (slow, fast) in SPEEDUPS.items()},
         "work_speedups": {key: macs[slow] / macs[fast] for key, (slow, fast) in SPEEDUPS.items()},
         "seconds": seconds,
         "cpu_seconds": cpu,
@@ -123,13 +124,13 @@ def main(argv=None) -> int:
     skipped = {name: s.get("pass_steps_skipped", 0) for name, s in stats.items()}
     print_table(
         [{"mode": name, "seconds": seconds[name], "cpu": cpu[name], "gmac": macs[name] / 1e9, "skipped": skipped[name],
-          "vs_full": seconds["full_3refs"] / seconds[name], "work_vs_full": macs["full_3refs"] / macs[name]} for name in seconds],
-        [("mode", "mode", "s"), ("seconds", "seconds", ".1f"), ("cpu", "CPU s", ".1f"), ("gmac", "GMAC", ".0f"),
-         ("skipped", "pass-steps skipped", "d"), ("vs_full", "full_3refs / this", ".2f"), ("work_vs_full", "work ratio", ".2f")],
+          "vs_full": cpu["full_3refs"] / cpu[name], "work_vs_full": macs["full_3refs"] / macs[name]} for name in seconds],
+        [("mode", "mode", "s"), ("cpu", "CPU s", ".1f"), ("seconds", "wall s", ".1f"), ("gmac", "GMAC", ".0f"),
+         ("skipped", "pass-steps skipped", "d"), ("vs_full", "full_3refs / this (CPU)", ".2f"), ("work_vs_full", "work ratio", ".2f")],
     )
     print()
     for key in (*SPEEDUPS, *PSNRS):
-        extra = f" (CPU time {result['cpu_speedups'][key]:.2f}, work {result['work_speedups'][key]:.2f})" if key in SPEEDUPS else " dB"
+        extra = f" (wall {result['wall_speedups'][key]:.2f}, work {result['work_speedups'][key]:.2f})" if key in SPEEDUPS else " dB"
         print(f"{key} {result[key]:.3f}{extra}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -13,6 +13,10 @@ Three modes for the joint layers of passes that see the reference images:
 - independent condition: reference features come from the condition branch (each image alone, clean timestep),
   computed on refresh steps only (they are step-invariant, so n > steps computes them once and is exact) and shared
   by every pass: each text length gets the same keys turned to its sequence ids.
+
+A step cache (`step_cache.py`) composes with all three: a pass it skips runs no joint blocks on that step (and so
+needs no references; a reuse refresh falls to the pass's next computed step) and gets its estimate of the last
+block's output at the noise tokens; the output layers then run on every pass of the group as one batch.
 """
 
 from __future__ import annotations
