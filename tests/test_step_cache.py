@@ -108,7 +108,9 @@ def test_skipped_steps_do_less_reference_work(tiny_model, condition):
 
 
 @pytest.mark.parametrize("name", list(CACHES))
-def test_state_is_cleared_after_cancel_and_error(tiny_model, condition, monkeypatch, name):
+def test_state_is_cleared_after_a_cancelled_run(tiny_model, condition, monkeypatch, name):
+    """Cancel (an exception from the progress callback, as ComfyUI interrupts) mid-run: the finally drops every
+    pass state; the next run shares nothing with it."""
     runs = []
 
     class Recorded(StepCacheRun):
