@@ -69,8 +69,12 @@ def joint_macs(config: TransformerConfig, text_len: int, noise: int, references:
     keys = own + reused
     layers = (config.num_layers - 1) * block_macs(config, own, own, own * keys, 1)
     last = block_macs(config, own, noise, noise * keys, 1)  # only noise rows are read after it
-    output = config.time_embed_dim * config.hidden_size + noise * config.hidden_size * config.patch_size**2 * config.output_channels
-    return layers + last + output
+    return layers + last + output_macs(config, noise)
+
+
+def output_macs(config: TransformerConfig, noise: int) -> int:
+    """The output norm's time scale and the projection of the noise tokens to patches (one pass)."""
+    return config.time_embed_dim * config.hidden_size + noise * config.hidden_size * config.patch_size**2 * config.output_channels
 
 
 def condition_branch_macs(config: TransformerConfig, image_tokens: tuple[int, ...]) -> int:
@@ -80,15 +84,18 @@ def condition_branch_macs(config: TransformerConfig, image_tokens: tuple[int, ..
     return time_embedding_macs(config) + refiner_macs(config, image_tokens) + layers + block_macs(config, tokens, 0, 0, rows)
 
 
+def guidance_passes(shape: RunShape) -> list[tuple[str, int, bool]]:
+    """The guidance passes as (name, prompt length, sees the references): cond, ref, uncond; two passes drop ref."""
+    passes = [("cond", shape.text_len, True), ("ref", shape.negative_len, True), ("uncond", shape.negative_len, False)]
+    return passes if shape.three_passes else [passes[0], passes[2]]
+
+
 def run_macs(config: TransformerConfig, shape: RunShape, reuse: str = "none") -> int:
     """A whole sampling run's MACs. reuse: "none" (every step runs the references), "once" (reference keys/values
     stored by each pass at step 0, reused after), "condition" (the independent condition's branch, once)."""
     refs, N = shape.reference_tokens, shape.noise_tokens
     R = sum(refs)
-    # the guidance passes as (prompt length, sees the references): cond, ref, uncond; two passes drop ref
-    passes = [(shape.text_len, True), (shape.negative_len, True), (shape.negative_len, False)]
-    if not shape.three_passes:
-        del passes[1]
+    passes = [(length, sees) for _, length, sees in guidance_passes(shape)]
 
     def step(reused: bool) -> int:
         """One step: noise refined once, references refined once unless reused, then every pass's joint layers."""
@@ -108,6 +115,40 @@ def run_macs(config: TransformerConfig, shape: RunShape, reuse: str = "none") ->
     if reuse == "condition":
         return text_once + condition_branch_macs(config, refs) + shape.steps * step(True)
     raise ValueError(f"reuse must be 'none', 'once' or 'condition', got {reuse!r}")
+
+
+def step_cache_run_macs(
+    config: TransformerConfig, shape: RunShape, reuse: str, computed_steps: dict[str, list[int]], measures_input: bool
+) -> int:
+    """A run's MACs with a step cache, given the steps each pass computed (its stats). A skipped pass-step runs the
+    output layers only; TeaCache's measure (`measures_input`) needs the refined noise every step, the refined
+    references every step when they run through the joint layers, and the first block's time modulation per pass.
+    Reuse refreshes (step 0: every pass computes it) as in `run_macs`."""
+    if reuse not in ("none", "once", "condition"):
+        raise ValueError(f"reuse must be 'none', 'once' or 'condition', got {reuse!r}")
+    refs, N = shape.reference_tokens, shape.noise_tokens
+    R = sum(refs) if refs else 0
+    plain = reuse == "none" or not refs
+    modulation = config.time_embed_dim * 4 * config.hidden_size
+    macs = text_macs(config, shape.text_len) + text_macs(config, shape.negative_len)
+    if refs and reuse == "condition":
+        macs += condition_branch_macs(config, refs)
+    for step in range(shape.steps):
+        computing = {name for name, _, _ in guidance_passes(shape) if step in computed_steps.get(name, ())}
+        macs += time_embedding_macs(config)
+        if measures_input or computing:
+            macs += refiner_macs(config, (N,))
+        refreshing = refs and (plain or (reuse == "once" and step == 0))
+        if refreshing and (any(sees for name, _, sees in guidance_passes(shape) if name in computing) or (measures_input and plain)):
+            macs += refiner_macs(config, refs)
+        for name, length, sees in guidance_passes(shape):
+            seen = R if sees else 0
+            macs += modulation if measures_input else 0
+            if name in computing:
+                macs += joint_macs(config, length, N, seen if refreshing else 0, 0 if refreshing else seen)
+            else:
+                macs += output_macs(config, N)
+    return macs
 
 
 def overhead_reduction(cached: float, baseline: float, full: float) -> float:

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from _common import PATCH, WIDTHS, bench_config, build_ours, environment, median, print_table, run_worker, time_interleaved
-from _work import RunShape, overhead_reduction, run_macs
+from _work import RunShape, overhead_reduction, run_macs, step_cache_run_macs
 
 from omni_core.condition import Condition, ReferenceImage, TextCondition  # noqa: E402
 from omni_core.guidance import GuidedVelocity  # noqa: E402
@@ -47,6 +47,7 @@ from omni_core.reference_cache import ReferenceFeatureCache  # noqa: E402
 from omni_core.reference_passes import TransformerPasses  # noqa: E402
 from omni_core.sampler import sample_euler  # noqa: E402
 from omni_core.schedule import flow_timesteps  # noqa: E402
+from omni_core.step_cache import StepCache, StepCacheRun, TeaCache  # noqa: E402
 
 TEXT_FEAT_DIM = 256
 PROMPT_LEN, NEGATIVE_LEN = 40, 24  # text tokens of the prompt and the negative prompt
@@ -64,6 +65,7 @@ class Mode:
     condition_scale: float = 1.0
     independent: bool = False
     three_passes: bool = True
+    step_cache: StepCache | None = None  # TeaCache / TaylorSeer (benchmarks/step_cache.py)
 
 
 MODES = [
@@ -111,13 +113,16 @@ def build_condition(mode: Mode, noise_side: int, seed: int = 1) -> Condition:
     return Condition(positive=positive, negative=negative, references=refs)
 
 
-def work_macs(config, mode: Mode, condition: Condition, steps: int, noise_side: int) -> int:
-    """The multiply-accumulates a run of this mode, with its `build_condition`, must do (see `_work.py`)."""
+def work_macs(config, mode: Mode, condition: Condition, steps: int, noise_side: int, computed_steps: dict | None = None) -> int:
+    """The multiply-accumulates a run of this mode, with its `build_condition`, must do (see `_work.py`); with a step
+    cache, given the steps each guidance pass computed (the run's stats)."""
     lengths = (condition.positive.embeds.shape[1], condition.negative.embeds.shape[1])
     references = tuple(ref.num_tokens for ref in condition.references)
     shape = RunShape(*lengths, (noise_side // PATCH) ** 2, references, steps, mode.three_passes)
     reuse = "none" if mode.cache_per_n_steps is None else "condition" if mode.independent else "once"
-    return run_macs(config, shape, reuse)
+    if mode.step_cache is None:
+        return run_macs(config, shape, reuse)
+    return step_cache_run_macs(config, shape, reuse, computed_steps, isinstance(mode.step_cache, TeaCache))
 
 
 def make_run(model, mode: Mode, steps: int, noise_side: int):
@@ -131,7 +136,8 @@ def make_run(model, mode: Mode, steps: int, noise_side: int):
 
     def run():
         cache = None if n is None else ReferenceFeatureCache(steps + 1 if n == 0 else n)
-        passes = TransformerPasses(model, condition, cache, mode.independent)
+        step_cache = None if mode.step_cache is None else StepCacheRun(mode.step_cache, steps)
+        passes = TransformerPasses(model, condition, cache, mode.independent, step_cache=step_cache)
         velocity = GuidedVelocity(passes, condition.positive, condition.negative, has_refs, steps, 5.0, 2.0 if mode.three_passes else 1.0, (0.0, 1.0))
         clock = [time.perf_counter()]
         step_seconds = []
@@ -141,10 +147,13 @@ def make_run(model, mode: Mode, steps: int, noise_side: int):
             clock[0] = time.perf_counter()
 
         try:
-            return sample_euler(velocity, noise, timesteps, callback=on_step), passes.stats(), step_seconds
+            latents = sample_euler(velocity, noise, timesteps, callback=on_step)
+            return latents, {**passes.stats(), **(step_cache.stats() if step_cache else {})}, step_seconds
         finally:
             if cache is not None:
                 cache.clear()
+            if step_cache is not None:
+                step_cache.clear()
 
     return run, condition
 

@@ -28,6 +28,7 @@ import omni_core
 from omni_core.condition import MAX_REFERENCE_IMAGES
 from omni_core.errors import InvalidInputError, ModelFileError
 from omni_core.lora import Lora, check_loras_fit, lora_stack, resolve_loras, shallow_transformer
+from omni_core.step_cache import StepCache, TaylorSeer, TeaCache
 
 try:  # ComfyUI puts these on sys.path before it loads custom nodes; anywhere else they are absent.
     import comfy.lora as comfy_lora
@@ -445,6 +446,20 @@ def independent_condition(choice: str) -> bool | None:
     if choice not in REFERENCE_ATTENTION:
         raise InvalidInputError(f"reference_attention={choice!r}: choose one of {', '.join(REFERENCE_ATTENTION)}.")
     return REFERENCE_ATTENTION[choice]
+
+
+STEP_CACHES = ("none", "teacache", "taylorseer")
+
+
+def step_cache(choice: str, teacache_threshold: float, taylorseer_order: int, taylorseer_interval: int) -> StepCache | None:
+    """The sampler's step_cache widgets as the engine's `step_cache` option (None: every step computes)."""
+    if choice not in STEP_CACHES:
+        raise InvalidInputError(f"step_cache={choice!r}: choose one of {', '.join(STEP_CACHES)}.")
+    if choice == "teacache":
+        return TeaCache(threshold=teacache_threshold)
+    if choice == "taylorseer":
+        return TaylorSeer(order=taylorseer_order, interval=taylorseer_interval)
+    return None
 
 
 def engine_call(function: Callable[..., Any], *args: Any, **options: Any) -> Any:

@@ -53,15 +53,39 @@ REFERENCE_ATTENTION_WIDGET = {
                    "LoRAs trained that way. auto: what the loaded model was trained with."}),
 }
 
+# Step caching, last in every sampler's widgets (saved workflows list values by order, so new widgets go at the end).
+STEP_CACHE_WIDGETS = {
+    "step_cache": (list(bridge.STEP_CACHES), {
+        "default": "none",
+        "tooltip": "Skip the transformer on some steps and estimate its output (official OmniGen2 options). "
+                   "teacache: skips while the input changed little (official 0.05: about 1.3x). taylorseer: "
+                   "computes the first 5 steps, then one in every interval and predicts the rest (up to 2x). "
+                   "Combines with the reference cache. none = every step computes, exact."}),
+    "teacache_threshold": ("FLOAT", {
+        "default": 0.05, "min": 0.0, "max": 2.0, "step": 0.01, "round": 0.001,
+        "tooltip": "TeaCache: how much change to accumulate before computing a step again (official 0.05; "
+                   "higher is faster and less exact; calibrated for the released model)."}),
+    "taylorseer_order": ("INT", {
+        "default": 4, "min": 0, "max": 8,
+        "tooltip": "TaylorSeer: order of the Taylor series that predicts skipped steps (official 4; 0 = reuse "
+                   "the last computed output)."}),
+    "taylorseer_interval": ("INT", {
+        "default": 3, "min": 1, "max": 50,
+        "tooltip": "TaylorSeer: after the first 5 steps, compute one step in every interval (official 3; 1 = "
+                   "every step)."}),
+}
+
 
 def sampling_options(device, seed, steps, text_guidance, image_guidance, cfg_range_start, cfg_range_end,
-                     cache_per_n_steps, batch_size, reference_attention="auto") -> dict:
+                     cache_per_n_steps, batch_size, reference_attention="auto", step_cache="none",
+                     teacache_threshold=0.05, taylorseer_order=4, taylorseer_interval=3) -> dict:
     """The engine options the shared widgets set, checked, with ComfyUI's progress bar, previews and cancel."""
     return {
         "steps": steps, "text_guidance_scale": text_guidance, "image_guidance_scale": image_guidance,
         "cfg_range": bridge.cfg_range(cfg_range_start, cfg_range_end), "seed": seed, "num_images": batch_size,
         "cache_per_n_steps": bridge.cache_steps(cache_per_n_steps),
         "independent_condition": bridge.independent_condition(reference_attention),
+        "step_cache": bridge.step_cache(step_cache, teacache_threshold, taylorseer_order, taylorseer_interval),
         "progress": bridge.progress_callback(steps, device),
     }
 
@@ -86,6 +110,7 @@ class OmniGen2CachedSampler:
                 **GUIDANCE_CACHE_WIDGETS,
                 **BATCH_SIZE_WIDGET,
                 **REFERENCE_ATTENTION_WIDGET,
+                **STEP_CACHE_WIDGETS,
             }
         }
 
@@ -94,8 +119,9 @@ class OmniGen2CachedSampler:
     FUNCTION = "sample"
     CATEGORY = bridge.CATEGORY
     DESCRIPTION = (
-        "Samples OmniGen2 images with text and image guidance, a guidance step range and optional reuse of the "
-        "reference images' features across steps. Shows steps, reused tokens and time per step on the node."
+        "Samples OmniGen2 images with text and image guidance, a guidance step range, optional reuse of the "
+        "reference images' features across steps and optional step caching (TeaCache, TaylorSeer). Shows steps, "
+        "reused tokens, skipped steps and time per step on the node."
     )
 
     def sample(self, model, condition, width, height, **widgets):
@@ -124,6 +150,7 @@ class OmniGen2Repaint:
                 **GUIDANCE_CACHE_WIDGETS,
                 **BATCH_SIZE_WIDGET,
                 **REFERENCE_ATTENTION_WIDGET,
+                **STEP_CACHE_WIDGETS,
             }
         }
 

@@ -9,6 +9,7 @@ from .config import TransformerConfig
 from .errors import CheckpointMismatchError, InvalidInputError, ModelFileError, OmniGen2Error
 from .loading.model_loader import DEFAULT_MODEL_DIR, load_model
 from .pipeline import GenerationResult, OmniGen2
+from .step_cache import TaylorSeer, TeaCache
 from .transformer import OmniGen2Transformer
 from .vae import latents_to_raw
 
@@ -23,6 +24,8 @@ __all__ = [
     "OmniGen2Error",
     "OmniGen2Transformer",
     "ReferenceImage",
+    "TaylorSeer",
+    "TeaCache",
     "TextCondition",
     "TransformerConfig",
     "latents_to_raw",

@@ -24,6 +24,7 @@ from .reference_cache import ReferenceFeatureCache
 from .repaint import original_pixels, stitch_latents, stitch_pixels, to_mask, token_mask
 from .reference_passes import TransformerPasses
 from .sampler import sample_euler
+from .step_cache import StepCache, StepCacheRun
 from .schedule import flow_timesteps
 from .text_encoder import TextEncoder
 from .transformer import OmniGen2Transformer
@@ -56,6 +57,7 @@ class SamplingOptions:
     cache_per_n_steps: int | None
     independent_condition: bool | None
     condition_timestep: float = 1.0
+    step_cache: StepCache | None = None
 
 
 def initial_noise(seed: int, count: int, channels: int, latent_size: tuple[int, int]) -> torch.Tensor:
@@ -192,6 +194,7 @@ class OmniGen2:
         cache_per_n_steps: int | None = None,
         independent_condition: bool | None = None,
         condition_timestep: float = 1.0,
+        step_cache: StepCache | None = None,
     ) -> GenerationResult:
         """Denoise `num_images` latents from seeded noise under `condition` and decode them.
 
@@ -200,12 +203,14 @@ class OmniGen2:
         reuse; n > steps: once). independent_condition: references attend only to themselves at
         `condition_timestep` (OminiControl2's asymmetric mask; exact to reuse); default: what the model was trained
         with (`transformer.config.independent_condition`).
+        step_cache: None (every step computes), `TeaCache(...)` or `TaylorSeer(...)` from omni_core.step_cache: guidance
+        passes skip the joint blocks on some steps and estimate them (see step_cache.py); composes with the above.
         """
         max_pixels = condition.max_pixels if max_pixels is None else max_pixels
         (sample_h, sample_w), delivered = self.output_size(condition, width, height, max_pixels, align_res)
         options = SamplingOptions(
             steps, text_guidance_scale, image_guidance_scale, tuple(cfg_range), seed, num_images,
-            cache_per_n_steps, independent_condition, condition_timestep,
+            cache_per_n_steps, independent_condition, condition_timestep, step_cache,
         )
         latents, stats = self._denoise(condition, (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR), options, progress)
         images = postprocess(decode_latents(self.vae, latents), delivered)
@@ -228,6 +233,7 @@ class OmniGen2:
         progress: Progress | None = None,
         cache_per_n_steps: int | None = None,
         independent_condition: bool | None = None,
+        step_cache: StepCache | None = None,
     ) -> GenerationResult:
         """Regenerate the masked region (mask 1) of `image` under `condition` (from `encode_condition`: the prompt,
         in which the canvas is image 1, and up to 4 further references, images 2..5).
@@ -257,7 +263,7 @@ class OmniGen2:
         condition = dataclasses.replace(condition, references=known + condition.references, fingerprint="")
         options = SamplingOptions(
             steps, text_guidance_scale, image_guidance_scale, tuple(cfg_range), seed, num_images,
-            cache_per_n_steps, independent_condition,
+            cache_per_n_steps, independent_condition, step_cache=step_cache,
         )
         latents, stats = self._denoise(condition, tuple(canvas.shape[-2:]), options, progress, noise_index)
         latents = stitch_latents(canvas, latents, repainted)
@@ -289,8 +295,10 @@ class OmniGen2:
         ).to(self.device)
         noise = initial_noise(options.seed, num_images, self.transformer.config.in_channels, latent_size).to(self.device)
         cache = ReferenceFeatureCache(cache_per_n_steps) if cache_per_n_steps is not None else None
+        step_cache = StepCacheRun(options.step_cache, steps) if options.step_cache is not None else None
         passes = TransformerPasses(
-            self.transformer, condition, cache, independent_condition, options.condition_timestep, noise_token_index
+            self.transformer, condition, cache, independent_condition, options.condition_timestep, noise_token_index,
+            step_cache,
         )
         velocity = GuidedVelocity(
             passes,
@@ -314,9 +322,11 @@ class OmniGen2:
 
         try:
             latents = sample_euler(velocity, noise, timesteps, callback=on_step)
-        finally:  # also on cancel or error: no cached features outlive the run
+        finally:  # also on cancel or error: no cached features or step-cache state outlive the run
             if cache is not None:
                 cache.clear()
+            if step_cache is not None:
+                step_cache.clear()
         if not torch.isfinite(latents).all():
             raise OmniGen2Error(
                 "sampling produced NaN or infinite values; float16 weights can overflow, load the model in "
@@ -333,6 +343,7 @@ class OmniGen2:
             "cache_per_n_steps": cache_per_n_steps,
             "independent_condition": independent_condition,
             **passes.stats(),
+            **(step_cache.stats() if step_cache is not None else {"step_cache": None}),
         }
         return latents, stats
 
@@ -355,6 +366,7 @@ class OmniGen2:
         progress: Progress | None = None,
         cache_per_n_steps: int | None = None,
         independent_condition: bool | None = None,
+        step_cache: StepCache | None = None,
     ) -> GenerationResult:
         """Text-to-image, editing or in-context generation in one call (see `encode_condition` and `sample`)."""
         condition = self.encode_condition(prompt, negative_prompt, images, max_pixels, max_input_image_side_length)
@@ -373,4 +385,5 @@ class OmniGen2:
             progress=progress,
             cache_per_n_steps=cache_per_n_steps,
             independent_condition=independent_condition,
+            step_cache=step_cache,
         )

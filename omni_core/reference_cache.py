@@ -81,23 +81,31 @@ class KVReuse:
 class ReferenceFeatureCache:
     """The stored reference features of one sampling run.
 
-    every_n_steps: recompute on steps i with i % n == 0 (None: every step, i.e. no reuse).
+    every_n_steps: recompute on the first step a pass computes in each window of n steps: steps 0, n, 2n, ... when
+    every step computes, the next computed one when a step cache skips those (None: every step, i.e. no reuse).
     """
 
     every_n_steps: int | None
     metadata: tuple = ()
     entries: dict[tuple, list[LayerKV] | ConditionFeatures] = field(default_factory=dict)
+    refreshed_at: dict[tuple, int] = field(default_factory=dict)
 
     def check_metadata(self, *metadata) -> None:
         """Drop every entry when what determines them (condition, dtype, device, model) changed."""
         if metadata != self.metadata:
-            self.entries.clear()
+            self.clear()
             self.metadata = metadata
 
     def refresh_due(self, step: int, keys: list[tuple]) -> bool:
         if any(key not in self.entries for key in keys):
             return True
-        return self.every_n_steps is None or step % self.every_n_steps == 0
+        n = self.every_n_steps
+        return n is None or any(step // n > self.refreshed_at[key] // n for key in keys)
+
+    def store(self, key: tuple, features: list[LayerKV] | ConditionFeatures, step: int) -> None:
+        self.entries[key] = features
+        self.refreshed_at[key] = step
 
     def clear(self) -> None:
         self.entries.clear()
+        self.refreshed_at.clear()

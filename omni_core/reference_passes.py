@@ -13,6 +13,10 @@ Three modes for the joint layers of passes that see the reference images:
 - independent condition: reference features come from the condition branch (each image alone, clean timestep),
   computed on refresh steps only (they are step-invariant, so n > steps computes them once and is exact) and shared
   by every pass: each text length gets the same keys turned to its sequence ids.
+
+A step cache (`step_cache.py`) composes with all three: a pass it skips runs no joint blocks on that step (and so
+needs no references; a reuse refresh falls to the pass's next computed step) and gets its estimate of the last
+block's output at the noise tokens; the output layers then run on every pass of the group as one batch.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .condition import Condition, ReferenceImage, TextCondition
 from .guidance import GuidancePass, batchable_groups
 from .lora import lora_fingerprint
 from .reference_cache import KVReuse, KVStore, LayerKV, ReferenceFeatureCache
+from .step_cache import StepCacheRun
 from .transformer import OmniGen2Transformer
 
 CONDITION_KEY = ("condition",)
@@ -42,8 +47,10 @@ class TransformerPasses:
         independent_condition: bool,
         condition_timestep: float = 1.0,
         noise_token_index: torch.Tensor | None = None,
+        step_cache: StepCacheRun | None = None,
     ) -> None:
         self.transformer = transformer
+        self.step_cache = step_cache
         parameter = next(transformer.parameters())
         self.dtype, self.device = parameter.dtype, parameter.device
         self.references = [_to_device(ref, self.device) for ref in condition.references]
@@ -69,24 +76,86 @@ class TransformerPasses:
         shared: dict[str, object] = {}  # this step's refined noise and references, computed on first need
         velocity: dict[str, torch.Tensor] = {}
         for group in batchable_groups(passes):
-            G, names = len(group), tuple(p.name for p in group)
-            with_refs = group[0].with_references and bool(self.references)
-            embeds = torch.cat([p.text.embeds.expand(N, -1, -1) for p in group]).to(self.device, self.dtype)
-            mask = torch.cat([p.text.mask.expand(N, -1) for p in group]).to(self.device)
-            refs_per_sample = [self.references] * (N * G) if with_refs else None
-            layouts, references = self.transformer.plan(latents * G, embeds, mask, refs_per_sample, self.noise_token_index)
-            if "noise" not in shared:
-                shared["noise"] = self.transformer.refine_noise(latents, [layout.noise for layout in layouts[:N]], temb)
-            text = torch.cat([self._refined_text(p.text).expand(N, -1, -1) for p in group])
-            refs, kv = None, None
-            if with_refs:
-                refs, kv = self._reference_inputs(references[0], layouts[0].text_len, names, N, temb, step, shared)
-            out = self.transformer.joint(text, refs, shared["noise"].repeat(G, 1, 1), layouts, temb.repeat(G, 1), kv)
-            if isinstance(kv, KVStore):
-                self._keep(kv, names, N)
-            for name, v in zip(names, torch.stack(out).split(N)):
+            if self.step_cache is None:
+                layouts, hidden = self._joint_hidden(group, latents, temb, step, shared)
+            else:
+                layouts, hidden = self._cached_hidden(group, latents, temb, step, shared)
+            out = self.transformer.velocity(*hidden, layouts, temb.repeat(len(group), 1))
+            for name, v in zip((p.name for p in group), torch.stack(out).split(N)):
                 velocity[name] = v
         return velocity
+
+    def _plan(self, group: Sequence[GuidancePass], latents: list[torch.Tensor]):
+        """The group's sequence layouts (passes stacked, N samples each), references as (latent, grid) and whether the
+        passes see them."""
+        N, G = len(latents), len(group)
+        with_refs = group[0].with_references and bool(self.references)
+        embeds = torch.cat([p.text.embeds.expand(N, -1, -1) for p in group]).to(self.device, self.dtype)
+        mask = torch.cat([p.text.mask.expand(N, -1) for p in group]).to(self.device)
+        refs_per_sample = [self.references] * (N * G) if with_refs else None
+        layouts, references = self.transformer.plan(latents * G, embeds, mask, refs_per_sample, self.noise_token_index)
+        return layouts, references, with_refs
+
+    def _noise(self, latents, layouts, temb, shared) -> torch.Tensor:
+        """This step's refined noise tokens [N, noise tokens, hidden], once for every pass."""
+        if "noise" not in shared:
+            shared["noise"] = self.transformer.refine_noise(latents, [layout.noise for layout in layouts[: len(latents)]], temb)
+        return shared["noise"]
+
+    def _refined_references(self, references, temb, shared) -> list[torch.Tensor]:
+        if "references" not in shared:  # same images, same time: one refinement serves every sample and pass
+            shared["references"] = self.transformer.refine_references([references], temb[:1])[0]
+        return shared["references"]
+
+    def _joint_hidden(self, group, latents, temb, step, shared):
+        """The joint blocks for a group of passes: (layouts, (last block's output, noise rows per sample))."""
+        N, names = len(latents), tuple(p.name for p in group)
+        layouts, references, with_refs = self._plan(group, latents)
+        noise = self._noise(latents, layouts, temb, shared)
+        text = torch.cat([self._refined_text(p.text).expand(N, -1, -1) for p in group])
+        refs, kv = None, None
+        if with_refs:
+            refs, kv = self._reference_inputs(references[0], layouts[0].text_len, names, N, temb, step, shared)
+        hidden = self.transformer.joint_hidden(text, refs, noise.repeat(len(group), 1, 1), layouts, temb.repeat(len(group), 1), kv)
+        if isinstance(kv, KVStore):
+            self._keep(kv, names, N, step)
+        return layouts, hidden
+
+    def _cached_hidden(self, group, latents, temb, step, shared):
+        """The joint blocks' output with the step cache: passes it computes run the blocks (one batch), the others get
+        its estimate. Only noise tokens are kept: the output layers read nothing else."""
+        N = len(latents)
+        layouts, references, with_refs = self._plan(group, latents)
+        computing = [p for p in group if self.step_cache.plan(p.name, step, self._measure(p, layouts, references, with_refs, latents, temb, shared))]
+        noise = shared.get("noise")  # TeaCache's measure refined it; TaylorSeer's estimate needs no input
+        per_pass = {}
+        if computing:
+            _, (x, rows) = self._joint_hidden(computing, latents, temb, step, shared)
+            noise = shared["noise"]
+            for p, h in zip(computing, x[:, rows[0]].split(N)):
+                self.step_cache.record(p.name, noise, h)
+                per_pass[p.name] = h
+        for p in group:
+            if p.name not in per_pass:
+                per_pass[p.name] = self.step_cache.estimate(p.name, noise)
+        rows = [slice(0, layouts[0].noise_len)] * len(layouts)
+        return layouts, (torch.cat([per_pass[p.name] for p in group]), rows)
+
+    def _measure(self, p, layouts, references, with_refs, latents, temb, shared) -> torch.Tensor | None:
+        """TeaCache's measure for one pass: the first joint block's modulated input over the tokens that run through
+        the joint blocks every step ([text | references | noise] officially, [text | noise] when the references'
+        keys/values come from the reference-feature cache)."""
+        if not self.step_cache.measures_input:
+            return None
+        N = len(latents)
+        noise = self._noise(latents, layouts, temb, shared)
+        text = self._refined_text(p.text).expand(N, -1, -1)
+        refs = None
+        if with_refs and self.cache is None and not self.independent:
+            refs = [self._refined_references(references[0], temb, shared)] * N
+        x = torch.stack(self.transformer.joint_tokens(text, refs, noise, layouts[:N]))
+        first = self.transformer.layers[0]
+        return first.attention_input(x, first.norm1(temb))
 
     def _refined_text(self, text: TextCondition) -> torch.Tensor:
         """The context refiner's output for one prompt [1, L, hidden], once per run (it depends on the text alone)."""
@@ -108,17 +177,16 @@ class TransformerPasses:
             ]
             self.tokens_reused += self.reference_len * batch
             return None, KVReuse(layers)
-        if "references" not in shared:  # same images, same time: one refinement serves every sample and pass
-            shared["references"] = self.transformer.refine_references([references], temb[:1])[0]
+        refined = self._refined_references(references, temb, shared)
         self.tokens_computed += self.reference_len * batch
         store = None if self.cache is None else KVStore(text_len, text_len + self.reference_len)
-        return [shared["references"]] * batch, store
+        return [refined] * batch, store
 
-    def _keep(self, store: KVStore, names: tuple[str, ...], N: int) -> None:
+    def _keep(self, store: KVStore, names: tuple[str, ...], N: int, step: int) -> None:
         """Split a refresh's stored keys/values into one cache entry per pass."""
         for i, name in enumerate(names):
             rows = slice(i * N, (i + 1) * N)
-            self.cache.entries[("pass", name)] = [LayerKV(kv.key[rows], kv.value[rows]) for kv in store.layers]
+            self.cache.store(("pass", name), [LayerKV(kv.key[rows], kv.value[rows]) for kv in store.layers], step)
 
     def _placed_condition(self, text_len: int, step: int, batch: int, shared: dict) -> list[LayerKV]:
         """The condition branch's features at this text length: computed on refresh steps (or every step without a
@@ -130,7 +198,7 @@ class TransformerPasses:
             features = self.transformer.condition_branch(self.references, self.condition_timestep)
             self.tokens_computed += self.reference_len
             if self.cache is not None:
-                self.cache.entries[CONDITION_KEY] = features
+                self.cache.store(CONDITION_KEY, features, step)
         else:
             self.tokens_reused += self.reference_len * batch
         shared["condition"] = features

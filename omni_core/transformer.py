@@ -171,6 +171,10 @@ class TransformerBlock(nn.Module):
         self.ffn_norm2 = operations.RMSNorm(dim, eps=eps, dtype=dtype, device=device)
         self.gradient_checkpointing = False
 
+    def attention_input(self, x: torch.Tensor, mod: ModulationOut) -> torch.Tensor:
+        """The modulated input of a modulated block's attention (TeaCache measures how it changes between steps)."""
+        return self.norm1.norm(x) * (1 + mod.scale_msa[:, None])
+
     def forward(
         self,
         x: torch.Tensor,
@@ -194,7 +198,7 @@ class TransformerBlock(nn.Module):
             x = x[:, query_rows] + self.norm2(self.attn(self.norm1(x), rotation, mask, query_rows=query_rows))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
         mod = self.norm1(temb)
-        attn_out = self.attn(self.norm1.norm(x) * (1 + mod.scale_msa[:, None]), rotation, mask, kv_hook, query_rows)
+        attn_out = self.attn(self.attention_input(x, mod), rotation, mask, kv_hook, query_rows)
         x = x[:, query_rows] + mod.gate_msa[:, None].tanh() * self.norm2(attn_out)
         ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + mod.scale_mlp[:, None]))
         return x + mod.gate_mlp[:, None].tanh() * self.ffn_norm2(ffn_out)
@@ -387,13 +391,34 @@ class OmniGen2Transformer(nn.Module):
         """The joint blocks over [text | references | noise] and the output layers -> per sample its velocity
         [C, H, W]. references: per sample its refined reference tokens, or None when there are none or `reference_kv`
         supplies them. reference_kv: one attention hook for every layer, or a sequence of one hook per layer."""
+        x, noise_rows = self.joint_hidden(text, references, noise, layouts, temb, reference_kv)
+        return self.velocity(x, noise_rows, layouts, temb)
+
+    def joint_tokens(
+        self, text: torch.Tensor, references: Sequence[Sequence[torch.Tensor]] | None, noise: torch.Tensor, layouts: Sequence[SampleLayout]
+    ) -> list[torch.Tensor]:
+        """Per sample its joint sequence [text | references | noise] of refined tokens [S_i, hidden], unpadded."""
+        return [
+            torch.cat([text[i, : layout.text_len], *([] if references is None else references[i]), noise[i, : layout.noise_len]])
+            for i, layout in enumerate(layouts)
+        ]
+
+    def joint_hidden(
+        self,
+        text: torch.Tensor,
+        references: Sequence[Sequence[torch.Tensor]] | None,
+        noise: torch.Tensor,
+        layouts: Sequence[SampleLayout],
+        temb: torch.Tensor,
+        reference_kv: KVStore | KVReuse | Sequence | None = None,
+    ) -> tuple[torch.Tensor, list[slice]]:
+        """The joint blocks (see `joint`) -> the last block's output and, per sample, the rows of its noise tokens."""
         device = noise.device
-        joint_tokens, joint_positions = [], []
-        for i, layout in enumerate(layouts):
-            refs = [] if references is None else list(references[i])
-            ref_positions = [] if references is None else layout.reference_positions(device)
-            joint_tokens.append(torch.cat([text[i, : layout.text_len], *refs, noise[i, : layout.noise_len]]))
-            joint_positions.append(torch.cat([layout.text_positions(device), *ref_positions, layout.noise_positions(device)]))
+        joint_tokens = self.joint_tokens(text, references, noise, layouts)
+        joint_positions = [
+            torch.cat([layout.text_positions(device), *([] if references is None else layout.reference_positions(device)), layout.noise_positions(device)])
+            for layout in layouts
+        ]
         if isinstance(reference_kv, KVStore):
             _check_uniform_reference_span(layouts, reference_kv)
         x, mask = pad_sequences(joint_tokens)
@@ -408,7 +433,11 @@ class OmniGen2Transformer(nn.Module):
             x = layer(x, rotation, mask, temb, hook, rows)
         if last_rows != slice(None):
             noise_rows = [slice(0, layout.noise_len) for layout in layouts]
+        return x, noise_rows
 
+    def velocity(self, x: torch.Tensor, noise_rows: Sequence[slice], layouts: Sequence[SampleLayout], temb: torch.Tensor) -> list[torch.Tensor]:
+        """The output layers on the last joint block's output x (noise tokens at `noise_rows`) -> per sample its
+        velocity [C, H, W] (0 at noise tokens that did not run)."""
         x = self.norm_out(x, temb)
         p = self.config.patch_size
         outputs = []

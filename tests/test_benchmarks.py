@@ -27,7 +27,8 @@ def test_conditioning_benchmark_quick_run(tmp_path):
 
 
 def _counted_macs(model, mode, steps, noise_side):
-    """MACs PyTorch's FLOP counter sees while the engine samples (oneDNN GEMMs registered with their formula)."""
+    """MACs PyTorch's FLOP counter sees while the engine samples (oneDNN GEMMs registered with their formula), and
+    the run's stats."""
     import math
 
     import torch
@@ -41,8 +42,8 @@ def _counted_macs(model, mode, steps, noise_side):
     run, _ = conditioning.make_run(model, mode, steps, noise_side)
     mapping = {torch.ops.mkldnn._linear_pointwise: onednn_linear_flops}
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        run()
-    return counter.get_total_flops() // 2
+        _, stats, _ = run()
+    return counter.get_total_flops() // 2, stats
 
 
 def test_work_counts_match_the_flops_the_engine_runs():
@@ -56,7 +57,7 @@ def test_work_counts_match_the_flops_the_engine_runs():
     model = build_ours(config)
     noise_side, steps = 8, 3  # 16 noise tokens, 16 per reference
     for mode in conditioning.MODES:
-        counted = _counted_macs(model, mode, steps, noise_side)
+        counted, _ = _counted_macs(model, mode, steps, noise_side)
         condition = conditioning.build_condition(mode, noise_side)
         assert counted == conditioning.work_macs(config, mode, condition, steps, noise_side), mode.name
 
@@ -73,3 +74,43 @@ def test_ceilings_trade_reduction_for_speed_up_as_images_grow():
         speedups = [row["speedup"] for row in rows]
         assert reductions == sorted(reductions, reverse=True) and speedups == sorted(speedups)
         assert all(0.5 < r < 1 for r in reductions) and all(1 < s < row["full_over_text_only"] for s, row in zip(speedups, rows))
+
+
+def test_step_cache_work_counts_match_the_flops_the_engine_runs():
+    """_work.step_cache_run_macs counts the GEMM work of runs with a step cache from the steps each pass computed:
+    skipped pass-steps run only the output layers, TeaCache's measure refines noise (and references run through the
+    joint layers) every step. Checked for every mode of benchmarks/step_cache.py, TeaCache at a threshold that skips."""
+    import dataclasses
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import conditioning
+    import step_cache
+    from _common import bench_config, build_ours
+
+    from omni_core.step_cache import TeaCache
+
+    config = bench_config(num_layers=2, num_refiner_layers=1, text_feat_dim=conditioning.TEXT_FEAT_DIM)
+    model = build_ours(config)
+    noise_side, steps = 8, 8
+    for mode in step_cache.MODES + [dataclasses.replace(step_cache.MODES[1], refs=0), dataclasses.replace(step_cache.MODES[2], refs=0)]:
+        if isinstance(mode.step_cache, TeaCache):
+            mode = dataclasses.replace(mode, step_cache=TeaCache(threshold=2.0))
+        counted, stats = _counted_macs(model, mode, steps, noise_side)
+        if mode.step_cache is not None:
+            assert stats["pass_steps_skipped"] > 0, mode.name
+        condition = conditioning.build_condition(mode, noise_side)
+        assert counted == conditioning.work_macs(config, mode, condition, steps, noise_side, stats.get("computed_steps")), mode.name
+
+
+def test_step_cache_benchmark_quick_run(tmp_path):
+    out = tmp_path / "step_cache.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_cache.py"), "--quick", "--json", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    result = json.loads(out.read_text())
+    for key in ("speedup_teacache", "speedup_taylorseer", "speedup_taylorseer_once_3_refs", "psnr_teacache", "psnr_taylorseer"):
+        assert result[key] > 0, key
+    # TaylorSeer computes steps 0-4 and 7 of 8 in every pass; its output differs from the uncached one, a little
+    assert result["computed_steps"]["taylorseer_3refs"] == {name: [0, 1, 2, 3, 4, 7] for name in ("cond", "ref", "uncond")}
+    assert 10 < result["psnr_taylorseer"] < float("inf") and result["work_speedups"]["speedup_taylorseer"] > 1

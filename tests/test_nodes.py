@@ -391,3 +391,23 @@ def test_two_conditions_never_share_cached_features(node, model, cases, created_
     assert torch.equal(first_edit, second_edit)
     assert len({id(c) for c in created_caches}) == len(created_caches)  # one cache per run, none shared
     assert all(c.entries == {} for c in created_caches)
+
+
+def test_step_cache_widgets_come_last_and_reach_the_engine(node, pack, model, cases):
+    """Both samplers end with the shared step-cache widgets (saved workflows keep their values); the choice and its
+    settings reach the engine: TaylorSeer's interval sets which steps compute, TeaCache skips steps."""
+    sampler = sys.modules[f"{PACK_NAME}.nodes.sampler"]
+    for name in ("OmniGen2CachedSampler", "OmniGen2Repaint"):
+        widgets = list(pack.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["required"])
+        assert widgets[-len(sampler.STEP_CACHE_WIDGETS):] == list(sampler.STEP_CACHE_WIDGETS)
+    ui, _, _ = run_case(node, model, cases, "in_context", steps=8, step_cache="taylorseer", taylorseer_interval=2)
+    stats = ui["omnigen2_stats"][0]
+    assert stats["step_cache"] == "TaylorSeer" and stats["computed_steps"]["cond"] == [0, 1, 2, 3, 4, 6]
+    ui, _, _ = run_case(node, model, cases, "in_context", steps=8, step_cache="taylorseer", taylorseer_interval=3)
+    assert ui["omnigen2_stats"][0]["computed_steps"]["cond"] == [0, 1, 2, 3, 4, 7]
+    ui, _, _ = run_case(node, model, cases, "in_context", steps=8, step_cache="teacache", teacache_threshold=1.0)
+    assert ui["omnigen2_stats"][0]["step_cache"] == "TeaCache" and ui["omnigen2_stats"][0]["pass_steps_skipped"] > 0
+    ui, _, _ = run_case(node, model, cases, "in_context", steps=2)
+    assert ui["omnigen2_stats"][0]["step_cache"] is None
+    with pytest.raises(InvalidInputError, match="step_cache='fast'"):
+        run_case(node, model, cases, "in_context", steps=1, step_cache="fast")

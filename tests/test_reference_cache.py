@@ -102,7 +102,7 @@ def test_two_conditions_in_one_session_never_share_features(tiny_model, conditio
 def test_cache_metadata_change_drops_entries():
     cache = ReferenceFeatureCache(every_n_steps=4)
     cache.check_metadata("condition-a", torch.float32, "cpu")
-    cache.entries[("pass", "cond")] = [LayerKV(torch.zeros(1), torch.zeros(1))]
+    cache.store(("pass", "cond"), [LayerKV(torch.zeros(1), torch.zeros(1))], step=0)
     cache.check_metadata("condition-a", torch.float32, "cpu")
     assert cache.entries and not cache.refresh_due(1, [("pass", "cond")]) and cache.refresh_due(4, [("pass", "cond")])
     cache.check_metadata("condition-b", torch.float32, "cpu")

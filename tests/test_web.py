@@ -98,6 +98,7 @@ def test_extension_shows_run_stats_on_the_sampler(site, tmp_path_factory):
         "ref tokens computed: 6,144",
         "ref tokens reused: 301,056 (98%)",
         "saved by compaction: 18,432 tokens",
+        "skipped by TaylorSeer: 90 of 150 pass steps (60%)",
         "time per step: 1.25 s",
     ]
     assert result["previousHandlerCalls"] == 2, "the node type's own onExecuted must still run"

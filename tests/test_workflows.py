@@ -129,6 +129,7 @@ def test_workflow_shape(path, signatures):
     if path.name.endswith("_fast.json"):
         assert "OmniGen2CompactCondition" in types
         assert sampler["inputs"]["cache_per_n_steps"] > 0
+        assert sampler["inputs"]["step_cache"] == "taylorseer"  # step caching composed with reference reuse
     else:
         assert "OmniGen2CompactCondition" not in types
 

@@ -3,7 +3,8 @@
 //
 // The sampler node returns {"ui": {"omnigen2_stats": [stats]}}; ComfyUI hands that object to the node's
 // onExecuted(message). We render it as a small table in a DOM widget: steps, reference tokens computed vs reused,
-// tokens saved by compaction, tokens repainted (Repaint), time per step. No network requests, no globals beyond the registered extension.
+// tokens saved by compaction, tokens repainted (Repaint), guidance-pass steps skipped by a step cache (TeaCache,
+// TaylorSeer), time per step. No network requests, no globals beyond the registered extension.
 
 import { app } from "../../scripts/app.js";
 
@@ -49,6 +50,13 @@ export function formatStats(stats) {
     if (saved !== undefined) rows.push(["saved by compaction", `${formatCount(saved)} tokens`]);
     const canvas = first(stats, "canvas_tokens");
     if (canvas !== undefined) rows.push(["repainted tokens", `${formatCount(first(stats, "noise_tokens") ?? 0)} of ${formatCount(canvas)}`]);
+    const stepCache = first(stats, "step_cache");
+    if (stepCache !== undefined) {
+        const skipped = first(stats, "pass_steps_skipped") ?? 0;
+        const all = skipped + (first(stats, "pass_steps_computed") ?? 0);
+        const share = all > 0 ? ` (${Math.round((100 * skipped) / all)}%)` : "";
+        rows.push([`skipped by ${stepCache}`, `${formatCount(skipped)} of ${formatCount(all)} pass steps${share}`]);
+    }
     const perStep = first(stats, "seconds_per_step", "time_per_step");
     if (perStep !== undefined) rows.push(["time per step", formatSeconds(perStep)]);
     const total = first(stats, "seconds", "total_seconds");
