@@ -10,6 +10,7 @@ from . import bridge
 from .condition import IMAGE_LIMIT_WIDGETS, NEGATIVE_PROMPT_WIDGET
 from .sampler import (
     BATCH_SIZE_WIDGET, GUIDANCE_CACHE_WIDGETS, REFERENCE_ATTENTION_WIDGET, SEED_STEPS_WIDGETS, SIZE_WIDGETS,
+    STEP_CACHE_WIDGETS,
     sampling_options,
 )
 
@@ -55,6 +56,7 @@ class OmniGen2Chat:
                 **BATCH_SIZE_WIDGET,
                 **REFERENCE_ATTENTION_WIDGET,
                 **IMAGE_LIMIT_WIDGETS,
+                **STEP_CACHE_WIDGETS,
             },
             "optional": {name: ("IMAGE", {"tooltip": _IMAGE_TOOLTIP.format(i=i)}) for i, name in enumerate(IMAGE_INPUTS, 1)},
         }
