@@ -18,9 +18,11 @@ from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage, check_re
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import GuidedVelocity
 from .image_processing import ImageLike, check_output_size, image_array, postprocess, preprocess_reference, to_pil
-from .reference_cache import ReferenceFeatureCache
+from .judges import resolve_judge
+from .reference_cache import ConditionFeatureStore, ReferenceFeatureCache
 from .repaint import original_pixels, stitch_latents, stitch_pixels, to_mask, token_mask
 from .reference_passes import TransformerPasses
+from .reflection import ReflectionResult, RoundCallback, reflect
 from .sampler import sample_euler
 from .schedule import flow_timesteps
 from .text_encoder import TextEncoder
@@ -109,17 +111,25 @@ class OmniGen2:
             raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}.")
         images = list(images or [])
         check_reference_count(len(images))  # before any encoding work
-        references = []
-        for j, image in enumerate(images):
-            pixels = preprocess_reference(image, max_pixels, max_input_image_side_length, name=f"image {j + 1}")
-            latent = encode_to_latents(self.vae, pixels.to(self.device))[0]
-            references.append(ReferenceImage(latent=latent, pixel_size=tuple(pixels.shape[-2:]), pixels=pixels))
+        references = [
+            self.encode_reference(image, max_pixels, max_input_image_side_length, name=f"image {j + 1}")
+            for j, image in enumerate(images)
+        ]
         return Condition(
             positive=self.text_encoder.encode_prompt(prompt),
             negative=self.text_encoder.encode_negative(negative_prompt),
             references=tuple(references),
             max_pixels=max_pixels,
         )
+
+    @torch.no_grad()
+    def encode_reference(
+        self, image: ImageLike, max_pixels: int = 1024 * 1024, max_input_image_side_length: int = 1024, name: str = "image"
+    ) -> ReferenceImage:
+        """One reference image, resized by the official rules and encoded with the VAE (posterior mean)."""
+        pixels = preprocess_reference(image, max_pixels, max_input_image_side_length, name=name)
+        latent = encode_to_latents(self.vae, pixels.to(self.device))[0]
+        return ReferenceImage(latent=latent, pixel_size=tuple(pixels.shape[-2:]), pixels=pixels)
 
     @torch.no_grad()
     def compact_condition(self, condition: Condition, condition_scale: float = 1.0, prune_ratio: float = 0.0) -> Condition:
@@ -163,6 +173,7 @@ class OmniGen2:
         cache_per_n_steps: int | None = None,
         independent_condition: bool | None = None,
         condition_timestep: float = 1.0,
+        condition_features: ConditionFeatureStore | None = None,
     ) -> GenerationResult:
         """Denoise `num_images` latents from seeded noise under `condition` and decode them.
 
@@ -170,7 +181,8 @@ class OmniGen2:
         cache_per_n_steps: compute reference features on steps 0, n, 2n, ... and reuse them in between (None: no
         reuse; n > steps: once). independent_condition: references attend only to themselves at
         `condition_timestep` (OminiControl2's asymmetric mask; exact to reuse); default: what the model was trained
-        with (`transformer.config.independent_condition`).
+        with (`transformer.config.independent_condition`). condition_features: with caching and the independent
+        condition, keeps each reference image's condition-branch features across calls (see `reflect`).
         """
         max_pixels = condition.max_pixels if max_pixels is None else max_pixels
         (sample_h, sample_w), delivered = self.output_size(condition, width, height, max_pixels, align_res)
@@ -178,7 +190,8 @@ class OmniGen2:
             steps, text_guidance_scale, image_guidance_scale, tuple(cfg_range), seed, num_images,
             cache_per_n_steps, independent_condition, condition_timestep,
         )
-        latents, stats = self._denoise(condition, (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR), options, progress)
+        latent_size = (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR)
+        latents, stats = self._denoise(condition, latent_size, options, progress, store=condition_features)
         images = postprocess(decode_latents(self.vae, latents), delivered)
         return GenerationResult(images=images, latents=latents, stats={**stats, "sampled_size": [sample_h, sample_w]})
 
@@ -244,6 +257,7 @@ class OmniGen2:
         options: SamplingOptions,
         progress: Progress | None,
         noise_token_index: torch.Tensor | None = None,
+        store: ConditionFeatureStore | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The sampling loop shared by `sample` and `repaint`: seeded noise to final latents, and the run's figures."""
         cfg_range = _check_guidance(options.text_guidance_scale, options.image_guidance_scale, options.cfg_range)
@@ -261,7 +275,7 @@ class OmniGen2:
         noise = initial_noise(options.seed, num_images, self.transformer.config.in_channels, latent_size).to(self.device)
         cache = ReferenceFeatureCache(cache_per_n_steps) if cache_per_n_steps is not None else None
         passes = TransformerPasses(
-            self.transformer, condition, cache, independent_condition, options.condition_timestep, noise_token_index
+            self.transformer, condition, cache, independent_condition, options.condition_timestep, noise_token_index, store
         )
         velocity = GuidedVelocity(
             passes,
@@ -345,3 +359,18 @@ class OmniGen2:
             cache_per_n_steps=cache_per_n_steps,
             independent_condition=independent_condition,
         )
+
+    def reflect(
+        self,
+        prompt: str | Condition,
+        images: Sequence[ImageLike] | None = None,
+        max_rounds: int = 3,
+        judge: Any = None,
+        on_round: RoundCallback | None = None,
+        **settings: Any,
+    ) -> ReflectionResult:
+        """Generate, let a judge look at the result, regenerate with its correction until it is satisfied or
+        `max_rounds` ran (see reflection.py). judge: None (this model's MLLM through `chat`), a local
+        vision-language model folder, or a callable judge(question, images) -> str. settings: `generate`'s."""
+        return reflect(self, prompt, images, max_rounds, resolve_judge(self, judge), on_round=on_round, **settings)
+
