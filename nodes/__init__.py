@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import bridge
 from .condition import OmniGen2CompactCondition, OmniGen2ConditionEncode
 from .loader import LoadOmniGen2, LoadOmniGen2SingleFiles
+from .reflect import OmniGen2Reflect
 from .sampler import OmniGen2CachedSampler, OmniGen2Repaint
 
 NODE_CONFIG = {
@@ -17,6 +18,7 @@ NODE_CONFIG = {
     "OmniGen2CompactCondition": {"class": OmniGen2CompactCondition},
     "OmniGen2CachedSampler": {"class": OmniGen2CachedSampler},
     "OmniGen2Repaint": {"class": OmniGen2Repaint},
+    "OmniGen2Reflect": {"class": OmniGen2Reflect},
 }
 
 

@@ -32,6 +32,15 @@ GUIDANCE_CACHE_WIDGETS = {
         "tooltip": "Reference-feature cache: recompute the reference images' keys/values every n steps and "
                    "reuse them in between (n >= steps: compute once). 0 = off, exact official results."}),
 }
+SIZE_WIDGETS = {
+    "width": ("INT", {
+        "default": 0, "min": 0, "max": 8192, "step": 16,
+        "tooltip": "Output width; 0 = automatic: one reference image sets the size (edits), otherwise "
+                   "1024 scaled to max_pixels."}),
+    "height": ("INT", {
+        "default": 0, "min": 0, "max": 8192, "step": 16,
+        "tooltip": "Output height; 0 = automatic (see width)."}),
+}
 BATCH_SIZE_WIDGET = {
     "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Images per run (seeds seed, seed+1, ...)."}),
 }
@@ -73,13 +82,7 @@ class OmniGen2CachedSampler:
                 "model": (bridge.MODEL_TYPE, {"tooltip": "The model from Load OmniGen2."}),
                 "condition": (bridge.CONDITION_TYPE, {"tooltip": "From OmniGen2 Condition Encode (or Compact)."}),
                 **SEED_STEPS_WIDGETS,
-                "width": ("INT", {
-                    "default": 0, "min": 0, "max": 8192, "step": 16,
-                    "tooltip": "Output width; 0 = automatic: one reference image sets the size (edits), otherwise "
-                               "1024 scaled to max_pixels."}),
-                "height": ("INT", {
-                    "default": 0, "min": 0, "max": 8192, "step": 16,
-                    "tooltip": "Output height; 0 = automatic (see width)."}),
+                **SIZE_WIDGETS,
                 **GUIDANCE_CACHE_WIDGETS,
                 **BATCH_SIZE_WIDGET,
                 **REFERENCE_ATTENTION_WIDGET,

@@ -5,6 +5,7 @@ limit, the features kept across rounds, and cancel."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,15 @@ def picture(seed: int, height: int = 48, width: int = 64) -> torch.Tensor:
 class ScriptedJudge:
     """A judge that answers from a script and records what it was shown."""
 
-    def __init__(self, *answers: str) -> None:
+    def __init__(self, *answers: str, on_call=None) -> None:
         self.answers = list(answers)
         self.calls: list[tuple[str, list[Image.Image]]] = []
+        self.on_call = on_call
 
     def __call__(self, question, images):
         self.calls.append((question, list(images)))
+        if self.on_call is not None:
+            self.on_call(len(self.calls))
         return self.answers[min(len(self.calls), len(self.answers)) - 1]
 
 
@@ -331,3 +335,140 @@ def test_judge_folder_errors_name_what_is_missing(tmp_path, layout):
     message = {"missing": "does not exist", "no_config": "no config.json", "no_safetensors": "no .safetensors"}[layout]
     with pytest.raises(ModelFileError, match=message):
         load_judge_folder(folder)
+
+
+# --- the OmniGen2 Reflect node ---------------------------------------------------------------------------------------
+
+NODE_WIDGETS = dict(negative_prompt="", seed=3, steps=2, width=64, height=48, text_guidance=4.0, image_guidance=2.0,
+                    cfg_range_start=0.0, cfg_range_end=1.0, cache_per_n_steps=100, reference_attention="independent")
+
+
+@pytest.fixture(scope="module")
+def pack():
+    from test_nodes import load_pack
+
+    return load_pack()
+
+
+@pytest.fixture(scope="module")
+def bridge(pack):
+    return sys.modules[f"{pack.__name__}.nodes.bridge"]
+
+
+@pytest.fixture(scope="module")
+def node_model(pack):
+    (loaded,) = pack.NODE_CLASS_MAPPINGS["LoadOmniGen2"]().load(str(FIXTURES), "fp32")
+    return loaded
+
+
+@pytest.fixture()
+def own_judge(monkeypatch):
+    """Puts a scripted judge in place of the model's own MLLM (an outside model's answers; the loop, the sampling and
+    the node are the real ones)."""
+    pipeline = sys.modules["omni_core.pipeline"]
+    real = pipeline.resolve_judge
+
+    def install(judge):
+        monkeypatch.setattr(pipeline, "resolve_judge", lambda model, choice: judge if choice is None else real(model, choice))
+        return judge
+
+    return install
+
+
+def run_node(pack, node_model, **overrides):
+    inputs = {"prompt": "a red circle", "max_rounds": 3, "judge": "own MLLM", **NODE_WIDGETS, **overrides}
+    return pack.NODE_CLASS_MAPPINGS["OmniGen2Reflect"]().reflect(node_model, **inputs)
+
+
+def test_reflect_node_outputs_every_round_and_shows_the_round(pack, node_model, bridge, own_judge, monkeypatch):
+    judge = own_judge(ScriptedJudge("No\n- a bigger circle", "No\n- a darker red", "Yes"))
+    texts, bar = [], []
+    real_progress = bridge.progress_callback
+    monkeypatch.setattr(bridge, "show_text", texts.append)
+    monkeypatch.setattr(bridge, "progress_callback",
+                        lambda total, device=None, on_step=None: real_progress(total, device, lambda s, t: bar.append((s, t))))
+    out = run_node(pack, node_model, image_1=picture(1).unsqueeze(0))
+    image, rounds, transcript = out["result"]
+    assert image.shape == (1, 48, 64, 3) and rounds.shape == (3, 48, 64, 3) and torch.equal(rounds[-1:], image)
+    assert len(judge.calls) == 3 and transcript.endswith(f"Stopped after round 3: {STOP_SATISFIED}.")
+    assert texts == ["round 1 of up to 3", "round 2 of up to 3", "round 3 of up to 3"]
+    assert bar == [(step, 6) for step in range(1, 7)]  # one bar over every round's steps
+    stats = out["ui"]["omnigen2_stats"][0]
+    assert stats["rounds"] == 3 and stats["steps"] == 2 and stats["reference_tokens_computed"] == 12
+    engine = node_model.engine.reflect("a red circle", images=[picture(1)], max_rounds=3, steps=2, seed=3,
+                                       width=64, height=48, text_guidance_scale=4.0, cache_per_n_steps=100,
+                                       independent_condition=True,
+                                       judge=ScriptedJudge("No\n- a bigger circle", "No\n- a darker red", "Yes"))
+    assert torch.equal(rounds, torch.cat([r.image for r in engine.rounds]).movedim(1, -1))  # the node adds nothing
+
+
+def test_reflect_node_takes_a_condition(pack, node_model, own_judge):
+    own_judge(ScriptedJudge("Yes"))
+    (condition,) = pack.NODE_CLASS_MAPPINGS["OmniGen2ConditionEncode"]().encode(
+        node_model, "a red circle", "", 64 * 64, 64, image_1=picture(1).unsqueeze(0))
+    image, rounds, _ = run_node(pack, node_model, prompt="", condition=condition)["result"]
+    assert rounds.shape[0] == 1 and image.shape == (1, 48, 64, 3)
+    with pytest.raises(InvalidInputError, match="clear 'prompt'"):
+        run_node(pack, node_model, condition=condition)
+    with pytest.raises(InvalidInputError, match="enter a prompt"):
+        run_node(pack, node_model, prompt="  ")
+
+
+def test_reflect_node_judges_with_a_folder(pack, node_model, bridge, monkeypatch):
+    monkeypatch.setenv(bridge.JUDGE_DIRS_ENV, str(FIXTURES.parent))
+    assert "omnigen2-tiny" in bridge.list_judge_folders()  # a release root: its mllm/ judges
+    assert pack.NODE_CLASS_MAPPINGS["OmniGen2Reflect"].INPUT_TYPES()["required"]["judge"][0] == ["own MLLM", *bridge.list_judge_folders()]
+    _, rounds, transcript = run_node(pack, node_model, judge="omnigen2-tiny")["result"]
+    assert rounds.shape[0] == 1 and STOP_UNCLEAR in transcript  # the tiny random MLLM answers garbage
+    with pytest.raises(ModelFileError, match="not found under models/vlm"):
+        run_node(pack, node_model, judge="no-such-judge")
+
+
+@pytest.fixture()
+def created_caches(monkeypatch):
+    """Every per-run reference-feature cache the engine creates during the test (the real class, recorded)."""
+    caches = []
+    pipeline = sys.modules["omni_core.pipeline"]
+    original = pipeline.ReferenceFeatureCache
+
+    def recording(*args, **kwargs):
+        caches.append(original(*args, **kwargs))
+        return caches[-1]
+
+    monkeypatch.setattr(pipeline, "ReferenceFeatureCache", recording)
+    return caches
+
+
+@pytest.mark.parametrize("where", ["between rounds", "inside a round"])
+def test_reflect_node_cancel_leaves_nothing_behind(pack, node_model, bridge, own_judge, monkeypatch, where,
+                                                   created_stores, created_caches):
+    """ComfyUI's cancel (here `request_interrupt`, what the bridge checks) during the judge of round 1 stops before
+    round 2; during round 2's first step it stops inside it. No cached features are left, and the next run equals one
+    on a freshly loaded model."""
+    real_progress = bridge.progress_callback
+    if where == "between rounds":
+        own_judge(ScriptedJudge("No\n- x", on_call=lambda n: bridge.request_interrupt()))
+        steps = []
+    else:
+        own_judge(ScriptedJudge("No\n- x"))
+        steps = []
+
+        def on_step(step, total):
+            steps.append(step)
+            if step == 3:  # round 2, step 1
+                bridge.request_interrupt()
+
+        monkeypatch.setattr(bridge, "progress_callback",
+                            lambda total, device=None, on_step_=None: real_progress(total, device, on_step))
+    with pytest.raises(bridge.Interrupted):
+        run_node(pack, node_model, image_1=picture(2).unsqueeze(0))
+    assert len(created_caches) == (1 if where == "between rounds" else 2)
+    assert all(cache.entries == {} for cache in created_caches) and all(s.entries == {} for s in created_stores)
+    assert steps == ([] if where == "between rounds" else [1, 2, 3])
+    monkeypatch.setattr(bridge, "progress_callback", real_progress)
+    own_judge(ScriptedJudge("No\n- x", "Yes"))
+    _, after, _ = run_node(pack, node_model, image_1=picture(2).unsqueeze(0))["result"]
+    fresh = omni_core.load_model(FIXTURES).reflect(
+        "a red circle", images=[picture(2)], max_rounds=3, judge=ScriptedJudge("No\n- x", "Yes"), steps=2, seed=3,
+        width=64, height=48, text_guidance_scale=4.0, cache_per_n_steps=100, independent_condition=True)
+    assert torch.equal(after, torch.cat([r.image for r in fresh.rounds]).movedim(1, -1))

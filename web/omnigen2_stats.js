@@ -1,4 +1,5 @@
-// OmniGen2 front-end extension: after a run, show on the sampler nodes (Cached Sampler, Repaint) what the run did.
+// OmniGen2 front-end extension: after a run, show on the sampler nodes (Cached Sampler, Repaint, Reflect: its last
+// round) what the run did.
 //
 // The sampler node returns {"ui": {"omnigen2_stats": [stats]}}; ComfyUI hands that object to the node's
 // onExecuted(message). We render it as a small table in a DOM widget: steps, reference tokens computed vs reused,
@@ -6,7 +7,7 @@
 
 import { app } from "../../scripts/app.js";
 
-const SAMPLER_TYPES = new Set(["OmniGen2CachedSampler", "OmniGen2Repaint"]);
+const SAMPLER_TYPES = new Set(["OmniGen2CachedSampler", "OmniGen2Repaint", "OmniGen2Reflect"]);
 const STATS_KEY = "omnigen2_stats"; // keep in sync with nodes/bridge.py STATS_KEY
 const WIDGET_NAME = "omnigen2_run_stats";
 const ROW_HEIGHT = 18;
