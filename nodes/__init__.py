@@ -6,6 +6,7 @@ Imported relatively by the pack's root `__init__.py` (never as a top-level `node
 from __future__ import annotations
 
 from . import bridge
+from .chat import OmniGen2Chat
 from .condition import OmniGen2CompactCondition, OmniGen2ConditionEncode
 from .loader import LoadOmniGen2, LoadOmniGen2SingleFiles
 from .reflect import OmniGen2Reflect
@@ -18,6 +19,7 @@ NODE_CONFIG = {
     "OmniGen2CompactCondition": {"class": OmniGen2CompactCondition},
     "OmniGen2CachedSampler": {"class": OmniGen2CachedSampler},
     "OmniGen2Repaint": {"class": OmniGen2Repaint},
+    "OmniGen2Chat": {"class": OmniGen2Chat},
     "OmniGen2Reflect": {"class": OmniGen2Reflect},
 }
 

@@ -366,8 +366,10 @@ def collect_images(**inputs: Any) -> list[torch.Tensor] | None:
             raise InvalidInputError(f"'{name}' is empty: {width}x{height} pixels. Give an image of at least 16x16.")
         images.extend(value.unbind(0))
     if len(images) > MAX_REFERENCE_IMAGES:
+        given = ", ".join(f"{name}: {len(value) if value.ndim == 4 else 1}" for name, value in inputs.items()
+                          if value is not None)
         raise InvalidInputError(
-            f"{len(images)} reference images given (batches count image by image); OmniGen2 takes at most "
+            f"{len(images)} reference images given ({given}; batches count image by image); OmniGen2 takes at most "
             f"{MAX_REFERENCE_IMAGES}. Remove some or combine them into one picture."
         )
     return images or None

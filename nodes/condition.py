@@ -9,6 +9,22 @@ _IMAGE_TOOLTIP = (
     "images in total."
 )
 
+# Shared with the Chat node (saved workflows list widget values by order: keep it).
+NEGATIVE_PROMPT_WIDGET = {
+    "negative_prompt": ("STRING", {
+        "multiline": True, "dynamicPrompts": True, "default": "",
+        "tooltip": "What to avoid. Empty is the official default."}),
+}
+IMAGE_LIMIT_WIDGETS = {
+    "max_pixels": ("INT", {
+        "default": 1024 * 1024, "min": 256, "max": 4096 * 4096, "step": 256,
+        "tooltip": "Reference images larger than this many pixels are scaled down (aspect kept); also "
+                   "caps the automatic output size."}),
+    "max_input_image_side_length": ("INT", {
+        "default": 1024, "min": 16, "max": 4096, "step": 16,
+        "tooltip": "Reference images whose longer side exceeds this are scaled down."}),
+}
+
 
 class OmniGen2ConditionEncode:
     TITLE = "OmniGen2 Condition Encode"
@@ -21,16 +37,8 @@ class OmniGen2ConditionEncode:
                 "prompt": ("STRING", {
                     "multiline": True, "dynamicPrompts": True, "default": "",
                     "tooltip": "What to generate, or the edit instruction; refer to references as 'image 1' ..."}),
-                "negative_prompt": ("STRING", {
-                    "multiline": True, "dynamicPrompts": True, "default": "",
-                    "tooltip": "What to avoid. Empty is the official default."}),
-                "max_pixels": ("INT", {
-                    "default": 1024 * 1024, "min": 256, "max": 4096 * 4096, "step": 256,
-                    "tooltip": "Reference images larger than this many pixels are scaled down (aspect kept); also "
-                               "caps the automatic output size."}),
-                "max_input_image_side_length": ("INT", {
-                    "default": 1024, "min": 16, "max": 4096, "step": 16,
-                    "tooltip": "Reference images whose longer side exceeds this are scaled down."}),
+                **NEGATIVE_PROMPT_WIDGET,
+                **IMAGE_LIMIT_WIDGETS,
             },
             "optional": {f"image_{i}": ("IMAGE", {"tooltip": _IMAGE_TOOLTIP.format(i=i)}) for i in range(1, 6)},
         }

@@ -7,7 +7,7 @@ import torch
 from omni_core.errors import InvalidInputError
 
 from . import bridge
-from .condition import _IMAGE_TOOLTIP
+from .condition import _IMAGE_TOOLTIP, IMAGE_LIMIT_WIDGETS, NEGATIVE_PROMPT_WIDGET
 from .sampler import GUIDANCE_CACHE_WIDGETS, REFERENCE_ATTENTION_WIDGET, SEED_STEPS_WIDGETS, SIZE_WIDGETS, sampling_options
 
 OWN_MLLM = "own MLLM"  # the judge choice that means the loaded model's Qwen2.5-VL, through the chat path
@@ -26,9 +26,7 @@ class OmniGen2Reflect:
                     "multiline": True, "dynamicPrompts": True, "default": "",
                     "tooltip": "The instruction (refer to the image inputs as 'image 1' ...). Leave it empty when a "
                                "condition is connected: the condition's prompt is the instruction then."}),
-                "negative_prompt": ("STRING", {
-                    "multiline": True, "dynamicPrompts": True, "default": "",
-                    "tooltip": "What to avoid (with a prompt; a condition brings its own)."}),
+                **NEGATIVE_PROMPT_WIDGET,
                 "max_rounds": ("INT", {
                     "default": 3, "min": 1, "max": 10,
                     "tooltip": "At most this many generations. Each round is judged; the loop stops early when the "
@@ -42,6 +40,7 @@ class OmniGen2Reflect:
                 **SIZE_WIDGETS,
                 **GUIDANCE_CACHE_WIDGETS,
                 **REFERENCE_ATTENTION_WIDGET,
+                **IMAGE_LIMIT_WIDGETS,
             },
             "optional": {
                 "condition": (bridge.CONDITION_TYPE, {
@@ -65,17 +64,19 @@ class OmniGen2Reflect:
         "or max_rounds. Each round costs one generation plus one judge answer."
     )
 
-    def reflect(self, model, prompt, negative_prompt, max_rounds, judge, width, height, condition=None, **inputs):
+    def reflect(self, model, prompt, negative_prompt, max_rounds, judge, width, height, max_pixels,
+                max_input_image_side_length, condition=None, **inputs):
         model = bridge.check_model(model)
         images = bridge.collect_images(**{name: inputs.pop(name, None) for name in IMAGE_INPUTS})
         source = _source(condition, prompt, negative_prompt, images)
+        limits = bridge.image_limits(max_pixels, max_input_image_side_length)
         judge_folder = None if judge == OWN_MLLM else bridge.resolve_judge_folder(judge)
         with model.on_device("transformer", "vae", "text_encoder") as device:
             options = sampling_options(device, batch_size=1, **inputs)
             on_round, options["progress"] = bridge.round_progress(max_rounds, inputs["steps"], device)
             result = bridge.engine_call(
                 model.engine.reflect, max_rounds=max_rounds, judge=judge_folder, on_round=on_round,
-                **source, **bridge.output_size(width, height), **options,
+                **source, **limits, **bridge.output_size(width, height), **options,
             )
         stats = {**result.rounds[-1].stats, "rounds": len(result.rounds), "stop_reason": result.stop_reason}
         rounds = torch.cat([r.image for r in result.rounds])

@@ -13,6 +13,15 @@ SEED_STEPS_WIDGETS = {
                    "device."}),
     "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Sampling steps (official: 50)."}),
 }
+SIZE_WIDGETS = {
+    "width": ("INT", {
+        "default": 0, "min": 0, "max": 8192, "step": 16,
+        "tooltip": "Output width; 0 = automatic: one reference image sets the size (edits), otherwise "
+                   "1024 scaled to max_pixels."}),
+    "height": ("INT", {
+        "default": 0, "min": 0, "max": 8192, "step": 16,
+        "tooltip": "Output height; 0 = automatic (see width)."}),
+}
 GUIDANCE_CACHE_WIDGETS = {
     "text_guidance": ("FLOAT", {
         "default": 5.0, "min": 1.0, "max": 20.0, "step": 0.1, "round": 0.01,
@@ -31,15 +40,6 @@ GUIDANCE_CACHE_WIDGETS = {
         "default": 0, "min": 0, "max": 1000,
         "tooltip": "Reference-feature cache: recompute the reference images' keys/values every n steps and "
                    "reuse them in between (n >= steps: compute once). 0 = off, exact official results."}),
-}
-SIZE_WIDGETS = {
-    "width": ("INT", {
-        "default": 0, "min": 0, "max": 8192, "step": 16,
-        "tooltip": "Output width; 0 = automatic: one reference image sets the size (edits), otherwise "
-                   "1024 scaled to max_pixels."}),
-    "height": ("INT", {
-        "default": 0, "min": 0, "max": 8192, "step": 16,
-        "tooltip": "Output height; 0 = automatic (see width)."}),
 }
 BATCH_SIZE_WIDGET = {
     "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Images per run (seeds seed, seed+1, ...)."}),

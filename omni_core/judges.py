@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import PIL.Image
 
+from .chat import answer_text
 from .errors import InvalidInputError
 from .loading.judge_loader import load_judge_folder
 from .reflection import Judge
@@ -32,7 +33,7 @@ def encoder_judge(encoder: TextEncoder, max_new_tokens: int = MAX_ANSWER_TOKENS)
     """A loaded vision-language model (`load_judge_folder`) answering greedily, as the chat path does."""
 
     def judge(question: str, images: Sequence[PIL.Image.Image]) -> str:
-        return encoder.generate(question, list(images), max_new_tokens).text
+        return answer_text(encoder.generate(question, list(images), max_new_tokens).text)
 
     return judge
 

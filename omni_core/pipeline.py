@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .chat import ChatResult, run_chat
 from .compact import compact_condition
 from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage, check_reference_count
 from .errors import InvalidInputError, OmniGen2Error
@@ -109,27 +110,40 @@ class OmniGen2:
         """Encode the prompts with the MLLM and each reference image with the VAE (posterior mean)."""
         if not isinstance(prompt, str):
             raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}.")
-        images = list(images or [])
-        check_reference_count(len(images))  # before any encoding work
-        references = [
-            self.encode_reference(image, max_pixels, max_input_image_side_length, name=f"image {j + 1}")
-            for j, image in enumerate(images)
-        ]
+        references = self.encode_references(images, max_pixels, max_input_image_side_length)
         return Condition(
             positive=self.text_encoder.encode_prompt(prompt),
             negative=self.text_encoder.encode_negative(negative_prompt),
-            references=tuple(references),
+            references=references,
             max_pixels=max_pixels,
         )
 
     @torch.no_grad()
-    def encode_reference(
-        self, image: ImageLike, max_pixels: int = 1024 * 1024, max_input_image_side_length: int = 1024, name: str = "image"
-    ) -> ReferenceImage:
-        """One reference image, resized by the official rules and encoded with the VAE (posterior mean)."""
-        pixels = preprocess_reference(image, max_pixels, max_input_image_side_length, name=name)
-        latent = encode_to_latents(self.vae, pixels.to(self.device))[0]
-        return ReferenceImage(latent=latent, pixel_size=tuple(pixels.shape[-2:]), pixels=pixels)
+    def encode_references(
+        self, images: Sequence[ImageLike] | None, max_pixels: int, max_input_image_side_length: int
+    ) -> tuple[ReferenceImage, ...]:
+        """Each reference image resized by the official rule and VAE-encoded (posterior mean)."""
+        images = list(images or [])
+        check_reference_count(len(images))  # before any encoding work
+        references = []
+        for j, image in enumerate(images):
+            pixels = preprocess_reference(image, max_pixels, max_input_image_side_length, name=f"image {j + 1}")
+            latent = encode_to_latents(self.vae, pixels.to(self.device))[0]
+            references.append(ReferenceImage(latent=latent, pixel_size=tuple(pixels.shape[-2:]), pixels=pixels))
+        return tuple(references)
+
+    def chat(
+        self,
+        prompt: str,
+        images: Sequence[ImageLike] | None = None,
+        negative_prompt: str | None = "",
+        respond: str = "auto",
+        max_new_tokens: int = 256,
+        **settings: Any,
+    ) -> ChatResult:
+        """The dual path: the MLLM, shown the images, answers; it draws when the answer starts with `<|img|>`
+        (respond "auto"), never ("text") or always ("image"). `settings` are `generate`'s (see chat.py)."""
+        return run_chat(self, prompt, images, negative_prompt, respond, max_new_tokens, **settings)
 
     @torch.no_grad()
     def compact_condition(self, condition: Condition, condition_scale: float = 1.0, prune_ratio: float = 0.0) -> Condition:

@@ -273,7 +273,7 @@ def reflect(
             if settings.get("width") is None and settings.get("height") is None:
                 height, width = image.shape[-2:]
                 settings = {**settings, "width": int(width), "height": int(height), "align_res": False}
-            previous = model.encode_reference(image[0], base.max_pixels, max_input_image_side_length, name="the result")
+            (previous,) = model.encode_references([image[0]], base.max_pixels, max_input_image_side_length)
             references, previous_slot = round_references(originals, previous)
             text = fold_correction(instruction, judgement.correction, previous_slot)
             condition = dataclasses.replace(

@@ -20,8 +20,10 @@ from .errors import InvalidInputError
 
 SYSTEM_PROMPT = "You are a helpful assistant that generates high-quality images based on user instructions."
 IMAGE_PAD = "<|image_pad|>"
+IMAGE_REQUEST = "<|img|>"  # the token OmniGen2's tokenizer adds: the MLLM asks the transformer to draw
+END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 # The chat pipeline stops at the end of a turn or where the MLLM asks for an image.
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|img|>")
+STOP_TOKENS = (*END_TOKENS, IMAGE_REQUEST)
 
 
 @dataclass(frozen=True)

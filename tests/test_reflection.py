@@ -17,6 +17,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 import omni_core
 from omni_core import reflection
 from omni_core.errors import InvalidInputError, ModelFileError
+from omni_core.image_processing import to_pil
 from omni_core.judges import encoder_judge
 from omni_core.loading.judge_loader import load_judge_folder
 from omni_core.reflection import (
@@ -105,8 +106,8 @@ def test_stopping_rule():
 
 
 def test_references_keep_the_originals_and_respect_the_five_image_limit(model):
-    originals = [model.encode_reference(picture(i), **LIMITS) for i in range(5)]
-    previous = model.encode_reference(picture(9), **LIMITS)
+    originals = model.encode_references([picture(i) for i in range(5)], **LIMITS)
+    (previous,) = model.encode_references([picture(9)], **LIMITS)
     assert round_references(originals[:2], previous) == ((*originals[:2], previous), 3)
     assert round_references([], previous) == ((previous,), 1)
     assert round_references(originals, previous) == (tuple(originals), None)  # no free slot: the result is dropped
@@ -299,9 +300,19 @@ def test_a_vision_language_folder_judges_like_the_models_own_mllm(model):
     assert type(judge.mllm).__name__ == "Qwen2_5_VLForConditionalGeneration"
     shown = [Image.new("RGB", (64, 48), (200, 30, 30))]
     answer = encoder_judge(judge, max_new_tokens=8)("Is the image red?", shown)
-    assert answer == model.text_encoder.generate("Is the image red?", shown, 8).text
+    assert answer == model.chat("Is the image red?", images=shown, respond="text", max_new_tokens=8).text
     result = model.reflect("a red circle", max_rounds=2, judge=str(FIXTURES), width=64, height=48, **SETTINGS)
     assert len(result.rounds) == 1 and result.stop_reason == STOP_UNCLEAR and result.rounds[0].judge_text
+
+
+def test_the_default_judge_is_the_models_own_mllm_on_the_chat_path(model):
+    result = model.reflect("a red circle", images=[picture(1)], max_rounds=2, **SETTINGS)
+    first = result.rounds[0]
+    shown = [to_pil((model.encode_condition("x", images=[picture(1)], **LIMITS).references[0].pixels[0] + 1) / 2),
+             to_pil(first.image[0])]
+    expected = model.chat(judge_prompt("a red circle", 1), images=shown, respond="text").text
+    assert first.judge_text == expected
+    assert result.stop_reason == STOP_UNCLEAR  # the tiny random MLLM's answer says nothing
 
 
 def test_a_text_only_model_folder_is_rejected(tmp_path):
@@ -340,7 +351,8 @@ def test_judge_folder_errors_name_what_is_missing(tmp_path, layout):
 # --- the OmniGen2 Reflect node ---------------------------------------------------------------------------------------
 
 NODE_WIDGETS = dict(negative_prompt="", seed=3, steps=2, width=64, height=48, text_guidance=4.0, image_guidance=2.0,
-                    cfg_range_start=0.0, cfg_range_end=1.0, cache_per_n_steps=100, reference_attention="independent")
+                    cfg_range_start=0.0, cfg_range_end=1.0, cache_per_n_steps=100, reference_attention="independent",
+                    max_pixels=64 * 64, max_input_image_side_length=64)
 
 
 @pytest.fixture(scope="module")
@@ -472,3 +484,20 @@ def test_reflect_node_cancel_leaves_nothing_behind(pack, node_model, bridge, own
         "a red circle", images=[picture(2)], max_rounds=3, judge=ScriptedJudge("No\n- x", "Yes"), steps=2, seed=3,
         width=64, height=48, text_guidance_scale=4.0, cache_per_n_steps=100, independent_condition=True)
     assert torch.equal(after, torch.cat([r.image for r in fresh.rounds]).movedim(1, -1))
+
+
+def test_the_example_workflow_runs_on_the_bundled_model(pack):
+    """example_workflows/omnigen2_reflect.json as ComfyUI would run it (API form), on the bundled model with its own
+    MLLM judging, shrunk to few steps: every widget value is one the node takes."""
+    from comfy_workflow import node_signatures, to_api_prompt
+    import json
+
+    workflow = json.loads((Path(__file__).parents[1] / "example_workflows" / "omnigen2_reflect.json").read_text())
+    prompt = to_api_prompt(workflow, node_signatures(pack))
+    (reflect_id, node), = ((k, n) for k, n in prompt.items() if n["class_type"] == "OmniGen2Reflect")
+    inputs = {**node["inputs"], "steps": 2}
+    assert inputs.pop("model") == ["1", 0] and inputs.pop("image_1") == ["2", 0]
+    (bundled,) = pack.NODE_CLASS_MAPPINGS["LoadOmniGen2"]().load(str(omni_core.DEFAULT_MODEL_DIR), "auto")
+    image, rounds, transcript = pack.NODE_CLASS_MAPPINGS["OmniGen2Reflect"]().reflect(
+        bundled, image_1=picture(3, 72, 96).unsqueeze(0), **inputs)["result"]
+    assert image.shape == (1, 64, 96, 3) and rounds.shape[0] >= 1 and transcript.startswith("Round 1")

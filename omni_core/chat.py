@@ -1,0 +1,188 @@
+"""OmniGen2's dual path: the MLLM answers in text, and when its answer begins with `<|img|>` the transformer draws.
+
+As the official chat pipeline: the MLLM is shown the images (Qwen2.5-VL image processor) in the conversation of
+`text_encoder.chat_template` and answers greedily up to its end of turn or `<|img|>`. A drawing is conditioned on
+the last hidden states of that conversation with the image pads removed (the template alone: an answer that draws
+starts with `<|img|>`, so none of it precedes the request), on a text-only negative prompt in the same template, and
+on the images through the VAE as in `generate`. `OmniGen2.sample` then draws with the settings given unchanged, so
+every sampling option (guidance, reference reuse, previews, cancel, ...) works in a chat as in the Cached Sampler.
+
+A turn is two calls so that a host can hold only the models each needs: `take_turn` (MLLM, VAE) and `finish_turn`
+(transformer, VAE). `run_chat` (`OmniGen2.chat`) is both.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from .condition import MAX_REFERENCE_IMAGES, Condition
+from .errors import InvalidInputError
+from .image_processing import ImageLike, to_pil
+from .text_encoder import END_TOKENS, IMAGE_REQUEST, ChatReply
+
+if TYPE_CHECKING:
+    from .pipeline import OmniGen2
+
+log = logging.getLogger(__name__)
+
+RESPONSES = ("auto", "text", "image")
+# The settings `take_turn` uses (how the images are encoded and compacted); every other one is `sample`'s.
+TURN_SETTINGS = ("max_pixels", "max_input_image_side_length", "condition_scale", "prune_ratio")
+TOKENIZER_FIX = (
+    "Load the tokenizer from the OmniGen2 release's processor/ folder, which has it (Load OmniGen2 (single files): "
+    "tokenizer = a models/omnigen2 folder with processor/; omni_core: tokenizer_path=<release>/processor)."
+)
+
+
+@dataclass
+class ChatResult:
+    """One chat turn.
+
+    text: the answer with its end-of-turn token removed (an answer that asks to draw starts with `<|img|>`);
+    token_ids [N]: the answer's tokens; images [B, 3, H, W] in [0, 1] and latents (as `GenerationResult`), or None
+    when the turn did not draw; stats: the turn's figures, and the sampler's when it drew.
+    """
+
+    text: str
+    token_ids: torch.Tensor
+    images: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """What the MLLM answered and, when the turn draws, the condition to draw from."""
+
+    reply: ChatReply
+    condition: Condition | None
+    stats: dict[str, Any]
+
+
+def run_chat(
+    model: OmniGen2,
+    prompt: str,
+    images: Sequence[ImageLike] | None = None,
+    negative_prompt: str | None = "",
+    respond: str = "auto",
+    max_new_tokens: int = 256,
+    **settings: Any,
+) -> ChatResult:
+    """A whole turn (see `take_turn`); `settings` are `generate`'s, plus `condition_scale` / `prune_ratio` (compact
+    reference tokens, as `OmniGen2.compact_condition`). Unknown settings fail before the MLLM runs."""
+    turn_settings = {name: settings.pop(name) for name in TURN_SETTINGS if name in settings}
+    check_sample_settings(model, settings)
+    turn = take_turn(model, prompt, images, negative_prompt, respond, max_new_tokens, **turn_settings)
+    return finish_turn(model, turn, **settings)
+
+
+@torch.no_grad()
+def take_turn(
+    model: OmniGen2,
+    prompt: str,
+    images: Sequence[ImageLike] | None = None,
+    negative_prompt: str | None = "",
+    respond: str = "auto",
+    max_new_tokens: int = 256,
+    max_pixels: int = 1024 * 1024,
+    max_input_image_side_length: int = 1024,
+    condition_scale: float = 1.0,
+    prune_ratio: float = 0.0,
+) -> ChatTurn:
+    """The MLLM's answer to `prompt` with `images` (0..5) shown, and the condition to draw from when the turn draws.
+
+    respond: "auto" draws exactly when the answer starts with `<|img|>`, "text" never, "image" always.
+    max_new_tokens bounds the answer; 0 (only with "image") draws without asking the MLLM for one.
+    """
+    if not isinstance(prompt, str):
+        raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}.")
+    if respond not in RESPONSES:
+        raise InvalidInputError(f"respond={respond!r}: choose one of {', '.join(RESPONSES)}.")
+    least = 0 if respond == "image" else 1
+    if not isinstance(max_new_tokens, int) or max_new_tokens < least:
+        raise InvalidInputError(
+            f"max_new_tokens={max_new_tokens!r}: use a whole number >= 1 (0 only with respond='image', which then "
+            "draws without an answer)."
+        )
+    images = [] if images is None else list(images)
+    if len(images) > MAX_REFERENCE_IMAGES:
+        raise InvalidInputError(
+            f"images: {len(images)} given; a conversation shows OmniGen2 at most {MAX_REFERENCE_IMAGES} (one image "
+            "slot each). Remove some or combine them into one picture."
+        )
+    encoder = model.text_encoder
+    check_image_request(encoder.tokenizer, respond)
+    shown = [to_pil(image, f"images[{i}]") for i, image in enumerate(images)]
+    start = time.perf_counter()
+    if max_new_tokens:
+        reply = encoder.generate(prompt, shown, max_new_tokens)
+    else:
+        reply = ChatReply(torch.zeros(0, dtype=torch.int64), "")
+    stats = {"respond": respond, "answer_tokens": len(reply.token_ids), "answer_seconds": time.perf_counter() - start}
+    if not draws(respond, reply.text):
+        return ChatTurn(reply, None, {**stats, "drew": False})
+    condition = Condition(
+        positive=encoder.encode_chat(prompt, shown),
+        negative=encoder.encode_chat("" if negative_prompt is None else negative_prompt),
+        references=model.encode_references(shown, max_pixels, max_input_image_side_length),
+        max_pixels=max_pixels,
+    )
+    if condition_scale != 1.0 or prune_ratio:
+        condition = model.compact_condition(condition, condition_scale, prune_ratio)
+    return ChatTurn(reply, condition, {**stats, "drew": True})
+
+
+def finish_turn(model: OmniGen2, turn: ChatTurn, **settings: Any) -> ChatResult:
+    """The turn's result: `model.sample(turn.condition, **settings)` when it draws, the answer alone otherwise."""
+    text = answer_text(turn.reply.text)
+    if turn.condition is None:
+        return ChatResult(text, turn.reply.token_ids, stats=dict(turn.stats))
+    drawn = model.sample(turn.condition, **settings)
+    return ChatResult(text, turn.reply.token_ids, drawn.images, drawn.latents, {**turn.stats, **drawn.stats})
+
+
+def draws(respond: str, answer: str) -> bool:
+    """Whether a turn draws: always for "image", never for "text", for "auto" when the answer asks with `<|img|>`."""
+    return respond == "image" or (respond == "auto" and answer.startswith(IMAGE_REQUEST))
+
+
+def answer_text(answer: str) -> str:
+    """The decoded answer without the end-of-turn token it stopped at."""
+    for token in END_TOKENS:
+        if answer.endswith(token):
+            return answer[: -len(token)]
+    return answer
+
+
+def check_image_request(tokenizer: Any, respond: str) -> None:
+    """Refuse "auto" with a tokenizer that has no `<|img|>` (ComfyUI's qwen25_tokenizer): it could never tell that
+    the model asks to draw. "text" and "image" still work; their answers are not cut where the model asks."""
+    if IMAGE_REQUEST in tokenizer.get_vocab():
+        return
+    if respond == "auto":
+        raise InvalidInputError(
+            f"respond='auto' draws when the answer starts with {IMAGE_REQUEST}, but this tokenizer has no such token "
+            f"(ComfyUI's qwen25_tokenizer lacks it: the model's request reads as another token there). {TOKENIZER_FIX} "
+            "Or choose respond='text' (answer only) or respond='image' (always draw)."
+        )
+    log.warning(
+        "The tokenizer has no %s token, so an answer is not cut where the model asks to draw. %s", IMAGE_REQUEST,
+        TOKENIZER_FIX,
+    )
+
+
+def check_sample_settings(model: OmniGen2, settings: dict[str, Any]) -> None:
+    """Fail on a setting `sample` does not take, before any model work (also when the turn would not draw)."""
+    parameters = inspect.signature(model.sample).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(name for name in settings if name not in parameters or name == "condition")
+    if unknown:
+        takes = sorted((*TURN_SETTINGS, *(name for name in parameters if name != "condition")))
+        raise InvalidInputError(f"chat got unknown settings {unknown}; it takes {takes}.")
