@@ -16,6 +16,7 @@ from .sampler import (
 # What the IMAGE output holds when the turn only answered: a black 64 x 64 picture. Every IMAGE consumer (Save
 # Image, Preview Image, ...) needs at least one row, and a copy of an input image would pass for a drawing.
 TEXT_ONLY_IMAGE_SIZE = 64
+IMAGE_INPUTS = tuple(f"image_{i}" for i in range(1, 6))
 
 _IMAGE_TOOLTIP = (
     "Optional image {i}: the MLLM sees it as <img{i}>, and a drawing uses it as reference image {i} ('image {i}' "
@@ -55,9 +56,10 @@ class OmniGen2Chat:
                 **REFERENCE_ATTENTION_WIDGET,
                 **IMAGE_LIMIT_WIDGETS,
             },
-            "optional": {f"image_{i}": ("IMAGE", {"tooltip": _IMAGE_TOOLTIP.format(i=i)}) for i in range(1, 6)},
+            "optional": {name: ("IMAGE", {"tooltip": _IMAGE_TOOLTIP.format(i=i)}) for i, name in enumerate(IMAGE_INPUTS, 1)},
         }
 
+    OUTPUT_NODE = True  # its answer shows on the node (web/omnigen2_stats.js), so it runs with nothing downstream
     RETURN_TYPES = ("STRING", "IMAGE")
     RETURN_NAMES = ("answer", "image")
     OUTPUT_TOOLTIPS = (
@@ -76,7 +78,7 @@ class OmniGen2Chat:
     def chat(self, model, prompt, negative_prompt, respond, max_new_tokens, width, height, max_pixels,
              max_input_image_side_length, **widgets):
         model = bridge.check_model(model)
-        images = {name: widgets.pop(name) for name in sorted(widgets) if name.startswith("image_")}
+        images = {name: widgets.pop(name) for name in IMAGE_INPUTS if name in widgets}
         shown = bridge.collect_images(**images)
         limits = bridge.image_limits(max_pixels, max_input_image_side_length)
         with model.on_device("text_encoder", "vae"):

@@ -36,7 +36,7 @@ RESPONSES = ("auto", "text", "image")
 TURN_SETTINGS = ("max_pixels", "max_input_image_side_length", "condition_scale", "prune_ratio")
 TOKENIZER_FIX = (
     "Load the tokenizer from the OmniGen2 release's processor/ folder, which has it (Load OmniGen2 (single files): "
-    "tokenizer = a models/omnigen2 folder with processor/; omni_core: tokenizer_path=<release>/processor)."
+    "tokenizer = a models/omnigen2 folder with processor/; omni_core.load_model: tokenizer=<release>/processor)."
 )
 
 

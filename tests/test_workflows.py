@@ -35,8 +35,10 @@ EXPECTED = {
     "omnigen2_in_context_3_images_fast.json": 3,
     "omnigen2_repaint.json": 1,
     "omnigen2_reflect.json": 1,
+    "omnigen2_chat.json": 1,
 }
 SAMPLERS = ("OmniGen2CachedSampler", "OmniGen2Repaint", "OmniGen2Reflect")
+CHAT = "OmniGen2Chat"  # samples itself when it draws; the chat example has two and no sampler
 ANY = "*"  # an input that takes every type (PreviewAny's source)
 
 
@@ -119,8 +121,12 @@ def test_workflow_shape(path, signatures):
     types = [node["type"] for node in workflow["nodes"]]
     assert types.count("LoadImage") == EXPECTED[path.name]
     assert "SaveImage" in types or "PreviewImage" in types
-    assert types.count("LoadOmniGen2") == 1 and sum(types.count(name) for name in SAMPLERS) == 1
+    assert types.count("LoadOmniGen2") == 1 and sum(types.count(name) for name in SAMPLERS) == (CHAT not in types)
     prompt = to_api_prompt(workflow, signatures)
+    if CHAT in types:  # one turn that answers about the picture, one that may draw it, saved
+        chats = [node["inputs"] for node in prompt.values() if node["class_type"] == CHAT]
+        assert sorted(chat["respond"] for chat in chats) == ["auto", "text"]
+        return
     sampler = next(n for n in prompt.values() if n["class_type"] in SAMPLERS)
     if path.name.endswith("_fast.json"):
         assert "OmniGen2CompactCondition" in types
@@ -168,9 +174,13 @@ def _tiny(prompt: dict) -> dict:
         inputs = node["inputs"]
         if node["class_type"] == "LoadOmniGen2":
             inputs.update(model_folder="omnigen2-tiny", weight_dtype="auto")
-        if node["class_type"] == "OmniGen2ConditionEncode":
+        if node["class_type"] in ("OmniGen2ConditionEncode", "OmniGen2Reflect"):
             inputs.update(max_pixels=64 * 64, max_input_image_side_length=64)
-        if node["class_type"] in SAMPLERS:
+        if node["class_type"] == CHAT:  # the tiny MLLM never asks to draw: the turn that may draw is made to
+            inputs.update(max_pixels=64 * 64, max_input_image_side_length=64, max_new_tokens=4)
+            if inputs["respond"] == "auto":
+                inputs.update(respond="image")
+        if node["class_type"] in SAMPLERS or node["class_type"] == CHAT:
             inputs.update(steps=3, seed=1)
             if inputs.get("width"):
                 inputs.update(width=64, height=48)
@@ -271,9 +281,11 @@ def test_examples_run_in_a_real_comfyui(comfyui_server, signatures):
         for image in images:
             folder = base / image["type"] / image.get("subfolder", "")
             assert (folder / image["filename"]).stat().st_size > 0
-        sampler_id = next(k for k, n in prompt.items() if n["class_type"] in SAMPLERS)
-        stats = outputs[sampler_id]["omnigen2_stats"][0]
+        drawing = (k for k, n in prompt.items() if n["class_type"] in SAMPLERS or n["inputs"].get("respond") == "image")
+        stats = outputs[next(drawing)]["omnigen2_stats"][0]
         assert stats["steps"] == 3
+        for chat_id in (k for k, n in prompt.items() if n["class_type"] == CHAT):
+            assert isinstance(outputs[chat_id]["omnigen2_stats"][0]["answer"], str)
         if path.name == "omnigen2_repaint.json":
             _check_repainted(base / images[0]["type"] / images[0].get("subfolder", "") / images[0]["filename"])
 
