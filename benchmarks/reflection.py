@@ -15,7 +15,9 @@ reference features depend on the images alone):
 Both give the same images (float32 round-off: the new image's branch runs in a batch of its own). Seconds are the
 median over repeats of the whole run (all rounds); GMAC counts the transformer's multiply-accumulates from the
 architecture (`_work.py`; VAE and MLLM work not included), so `saved` has a ceiling that does not depend on the
-machine. Prints a table; `--json PATH` writes the figures.
+machine. A second table does the same arithmetic for the released 4B transformer at 1024 x 1024 and 50 steps, with
+and without compute-once (a folded instruction is taken as 40 tokens longer than the prompt). Prints the tables;
+`--json PATH` writes the figures.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ import torch
 
 from _common import PATCH, bench_config, build_ours, environment, median, print_table, time_interleaved
 from _work import RunShape, condition_branch_macs, run_macs
+from ceilings import NEGATIVE_LEN, PROMPT_LEN
+
+from omni_core.config import TransformerConfig  # noqa: E402
 
 import omni_core  # noqa: E402
 from omni_core.pipeline import OmniGen2  # noqa: E402
@@ -36,6 +41,7 @@ from omni_core.pipeline import OmniGen2  # noqa: E402
 TEXT_FEAT_DIM = 32  # the bundled MLLM's hidden size
 PROMPT = "the cat of image 1 wearing the hat of image 2"
 ANSWER = "No.\n- make the hat red\n- the cat should look at the viewer"
+RELEASED_SIDE, RELEASED_STEPS = 1024, 50  # the arithmetic table: OmniGen2's default size and steps
 
 
 def build_model(args: argparse.Namespace) -> OmniGen2:
@@ -68,18 +74,44 @@ def run_separate(model: OmniGen2, args, images, side, loop) -> list:
     return results
 
 
-def work(model: OmniGen2, loop, originals: int, tokens: int, steps: int) -> dict[str, int]:
-    """Transformer MACs of the rounds as separate runs and as the loop (the originals' branch once)."""
-    config = model.transformer.config
-    negative = model.text_encoder.encode_negative(None).embeds.shape[1]
-    separate = kept = 0
-    for r in loop.rounds:
-        text = model.text_encoder.encode_prompt(r.instruction).embeds.shape[1]
-        refs = (tokens,) * r.references
-        cost = run_macs(config, RunShape(text, negative, tokens, refs, steps), "condition")
+def loop_macs(config, rounds: list[tuple[int, int, bool]], negative: int, tokens: int, steps: int, reuse: str) -> dict[str, int]:
+    """Transformer MACs of reflection rounds, given per round (prompt length, references, previous result among them),
+    as separate runs and as the loop, which with the condition branch ("condition") computes the originals' once."""
+    separate = loop = 0
+    for number, (text, references, with_previous) in enumerate(rounds, 1):
+        refs = (tokens,) * references
+        cost = run_macs(config, RunShape(text, negative, tokens, refs, steps), reuse)
         separate += cost
-        kept += cost if r.number == 1 else cost - condition_branch_macs(config, refs) + condition_branch_macs(config, (tokens,))
-    return {"separate": separate, "loop": kept}
+        if reuse == "condition" and number > 1 and refs:
+            cost += condition_branch_macs(config, (tokens,)) if with_previous else 0
+            cost -= condition_branch_macs(config, refs)
+        loop += cost
+    return {"separate": separate, "loop": loop}
+
+
+def measured_macs(model: OmniGen2, loop, tokens: int, steps: int) -> dict[str, int]:
+    encode = model.text_encoder.encode_prompt
+    rounds = [(encode(r.instruction).embeds.shape[1], r.references, r.previous_as_reference) for r in loop.rounds]
+    negative = model.text_encoder.encode_negative(None).embeds.shape[1]
+    return loop_macs(model.transformer.config, rounds, negative, tokens, steps, "condition")
+
+
+def released_costs(rounds: int, references: int, side: int, steps: int) -> list[dict]:
+    """Arithmetic only: the released 4B transformer at side x side, the official sampling (no reuse) and compute-once
+    (independent condition): the TMAC of round 1 and of each later round (one more reference), and the loop against
+    its rounds as separate generations."""
+    tokens = (side // 16) ** 2
+    plan = [(PROMPT_LEN, references, False)] + [(PROMPT_LEN + 40, references + 1, True)] * (rounds - 1)
+    rows = []
+    for reuse, label in (("none", "official (no reuse)"), ("condition", "computed once (independent)")):
+        config = TransformerConfig()
+        first = loop_macs(config, plan[:1], NEGATIVE_LEN, tokens, steps, reuse)["loop"]
+        total = loop_macs(config, plan, NEGATIVE_LEN, tokens, steps, reuse)
+        later = (total["loop"] - first) / max(rounds - 1, 1)
+        rows.append({"mode": label, "round_1": first / 1e12, "later_round": later / 1e12,
+                     "separate": total["separate"] / 1e12, "loop": total["loop"] / 1e12,
+                     "saved": 1 - total["loop"] / total["separate"]})
+    return rows
 
 
 def main(argv=None) -> int:
@@ -115,7 +147,7 @@ def main(argv=None) -> int:
         "loop": [r.stats["reference_tokens_computed"] for r in rounds],
         "separate": [s.stats["reference_tokens_computed"] for s in outcome["separate"]],
     }
-    macs = work(model, outcome["loop"], args.references, args.noise_tokens, args.steps)
+    macs = measured_macs(model, outcome["loop"], args.noise_tokens, args.steps)
     t = {name: median(values) for name, values in seconds.items()}
     result = {
         "seconds": t,
@@ -137,6 +169,12 @@ def main(argv=None) -> int:
     )
     print(f"saved by the loop: {result['saved_seconds_share']:.3f} of the seconds, {result['saved_work_share']:.3f} "
           f"of the work (ceiling); max abs diff {diff:.2g}")
+    released = released_costs(len(rounds), args.references, RELEASED_SIDE, RELEASED_STEPS)
+    result["released_4b_tmac"] = released
+    print(f"\nreleased 4B transformer, {RELEASED_SIDE}x{RELEASED_SIDE}, {RELEASED_STEPS} steps, {args.references} original "
+          f"reference(s), {len(rounds)} rounds (arithmetic, TMAC):")
+    print_table(released, [("mode", "mode", "s"), ("round_1", "round 1", ".1f"), ("later_round", "each later round", ".1f"),
+                           ("separate", "rounds as separate runs", ".1f"), ("loop", "loop", ".1f"), ("saved", "saved", ".3f")])
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -75,10 +75,11 @@ _MARKUP = re.compile(r"[*_`#>]+")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+(.*\S)")
 _LEADING = re.compile(
     r"^\W*(?:(?:answer|verdict|satisfied|result)\s*[:=-]?\s*)?"
-    r"(yes|yeah|yep|correct|no|nope|not quite|not really|partially|partly|incorrect)\b",
+    r"(yes|yeah|yep|no|nope|not quite|not really|partially|partly|incorrect)\b",
     re.IGNORECASE,
 )
-_YES_WORDS = {"yes", "yeah", "yep", "correct"}
+_YES_WORDS = {"yes", "yeah", "yep"}
+_IMPERATIVE = re.compile(r"^\W*(make|change|add|remove|replace|correct|fix|move|turn)\b", re.IGNORECASE)  # a bare fix
 _BUT = re.compile(r"^\W*(but|however|except|although|though)\b", re.IGNORECASE)
 _NEGATIVE_CUES = re.compile(
     r"\b(does not|doesn't|do not|don't|is not|isn't|are not|aren't|not satisf\w*|fails?|missing|lacks?|wrong|"
@@ -95,8 +96,9 @@ def parse_judgement(text: str) -> Judgement:
     """Read a judge's free-form answer.
 
     The verdict is the first word when it is one (yes / no and their variants, also after "Answer:" or markdown); a
-    "yes, but ..." is a no. Without one, the text decides by its cues: any sign of a fault ("does not", "missing",
-    "should", ...) is a no with the whole text as the correction, an approval without such signs a yes, anything
+    "yes, but ..." is a no. Without one, the text decides by its cues: an answer that starts with a fix ("Make ...",
+    "Remove ...") or any sign of a fault ("does not", "missing", "should", ...) is a no with the whole text as the
+    correction, an approval without such signs a yes, anything
     else (empty, garbage) unclear. The correction of a no is its list items joined by "; ", or else the text after
     the verdict, on one line, at most `MAX_CORRECTION_CHARS`.
     """
@@ -111,7 +113,7 @@ def parse_judgement(text: str) -> Judgement:
                 return Judgement("yes")
             rest = rest[_BUT.match(rest).end():]
         return Judgement("no", _correction(rest))
-    if _NEGATIVE_CUES.search(cleaned):
+    if _IMPERATIVE.match(cleaned) or _NEGATIVE_CUES.search(cleaned):
         return Judgement("no", _correction(cleaned))
     if _POSITIVE_CUES.search(cleaned):
         return Judgement("yes")
@@ -228,7 +230,9 @@ def reflect(
     """The loop of the module docstring. `prompt` is the instruction, or a `Condition` (then `images` must be None:
     its references are the originals, its prompt text the instruction). `settings` go to `model.sample` unchanged,
     except that later rounds keep round 1's size when none was given (one more reference would change the
-    automatic size). `on_round(round, max_rounds)` runs before each round and may raise to cancel.
+    automatic size). The previous result enters as encoded at the condition's max_pixels and
+    `max_input_image_side_length` (not compacted, even when the condition's own references are).
+    `on_round(round, max_rounds)` runs before each round and may raise to cancel.
     """
     if not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1:
         raise InvalidInputError(f"max_rounds must be a whole number >= 1, got {max_rounds!r}.")

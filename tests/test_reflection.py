@@ -74,6 +74,8 @@ ANSWERS = [
      "The image does not satisfy the instruction: the hat is blue instead of red"),
     ("No<|im_end|>", "no", ""),
     ("Nope", "no", ""),
+    ("Correct the colour of the hat to red.", "no", "Correct the colour of the hat to red"),
+    ("Make the sky purple and remove the tree", "no", "Make the sky purple and remove the tree"),
     ("", "unclear", ""),
     ("<|im_end|><|endoftext|>", "unclear", ""),
     ("\x1f\x1f\x1f\x1f", "unclear", ""),
