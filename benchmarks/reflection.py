@@ -123,11 +123,12 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--refiner-layers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="64-token images, 2 layers, 3 steps, 1 repeat")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each way first")
+    parser.add_argument("--quick", action="store_true", help="64-token images, 2 layers, 3 steps, 1 repeat, no warm-up")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.quick:
-        args.noise_tokens, args.layers, args.steps, args.repeats = 64, 2, 3, 1
+        args.noise_tokens, args.layers, args.steps, args.repeats, args.warmup = 64, 2, 3, 1, 0
     side = int(round(args.noise_tokens**0.5)) * PATCH * 8
     torch.manual_seed(0)
     model = build_model(args)
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     def separate():
         outcome["separate"] = run_separate(model, args, images, side, outcome["loop"])
 
-    seconds = time_interleaved({"loop": loop, "separate": separate}, args.repeats)
+    seconds = time_interleaved({"loop": loop, "separate": separate}, args.repeats, args.warmup)
     rounds = outcome["loop"].rounds
     diff = max((r.image - s.images).abs().max().item() for r, s in zip(rounds, outcome["separate"]))
     computed = {

@@ -503,3 +503,38 @@ def test_the_example_workflow_runs_on_the_bundled_model(pack):
     image, rounds, transcript = pack.NODE_CLASS_MAPPINGS["OmniGen2Reflect"]().reflect(
         bundled, image_1=picture(3, 72, 96).unsqueeze(0), **inputs)["result"]
     assert image.shape == (1, 64, 96, 3) and rounds.shape[0] >= 1 and transcript.startswith("Round 1")
+
+
+# --- the benchmark and the README's figures --------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_reflection_benchmark_quick_run(tmp_path):
+    """benchmarks/reflection.py runs end to end: the loop gives the separate runs' images, computes the originals'
+    reference tokens in round 1 only, and saves work."""
+    import json
+    import subprocess
+
+    out = tmp_path / "reflection.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reflection.py"), "--quick", "--json", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["max_abs_diff_loop_vs_separate"] < ROUND_OFF
+    assert result["reference_tokens_computed_per_round"] == {"loop": [128, 64, 64], "separate": [128, 192, 192]}
+    assert 0 < result["saved_work_share"] < 1 and result["work_gmac"]["loop"] < result["work_gmac"]["separate"]
+
+
+def test_readme_cost_table_is_the_benchmarks_arithmetic():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import reflection as benchmark
+
+    readme = (ROOT / "README.md").read_text()
+    official, once = benchmark.released_costs(3, 1, 1024, 50)
+    for row in (official, once):
+        cells = f"{row['round_1']:,.0f} TMAC | {row['later_round']:,.0f} TMAC"
+        assert cells in readme, cells
+        assert f"{row['loop']:,.0f} TMAC |" in readme
+    assert f"{once['saved']:.1%} of the work above" in readme
+    two = benchmark.released_costs(3, 2, 1024, 50)[1]
+    assert f"{two['saved']:.1%} with\ntwo input images" in readme
