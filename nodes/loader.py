@@ -52,7 +52,8 @@ class LoadOmniGen2SingleFiles(LoadOmniGen2):
                     "tooltip": "The FLUX VAE in models/vae (ae.safetensors; BFL or diffusers key layout)."}),
                 "tokenizer": (bridge.list_tokenizers(), {
                     "tooltip": "Where the Qwen2.5 tokenizer comes from (the single text encoder file has none): a "
-                               "models/omnigen2 folder with processor/, or the copy ComfyUI ships."}),
+                               "models/omnigen2 folder with processor/, or the copy ComfyUI ships (it has no <|img|> "
+                               "token, so OmniGen2 Chat's respond = auto needs the processor/ folder)."}),
                 "weight_dtype": (bridge.WEIGHT_DTYPES, {"default": "auto", "tooltip": _DTYPE_TOOLTIP}),
             }
         }

@@ -26,9 +26,15 @@ from omni_core.text_encoder import IMAGE_PAD, IMAGE_REQUEST, TextEncoder, chat_t
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "omnigen2-tiny"
 COMFY_TOKENIZER = Path("/work/shared/comfyui/comfy/text_encoders/qwen25_tokenizer")
-# The tiny MLLM's greedy answer to this conversation (no images) starts with <|img|>: found by a greedy token search
-# over prompts for the largest <|img|> logit margin; test_the_drawing_prompt_asks_to_draw checks it still does.
-DRAWING_PROMPT = None
+# The tiny MLLM's greedy answer to this conversation (no images) starts with <|img|>, by a logit margin of 0.065: a
+# prompt found by a greedy token search (gradient-ranked token swaps, then swaps on the re-tokenized string) for the
+# largest <|img|> margin. It is an input, not an expected output; test_the_drawing_prompt_asks_to_draw checks it.
+DRAWING_PROMPT = (
+    'tomstructionmagetommageatestructionog$mage t. bottom assistant.og leftAinstructions bstructiontom.to'
+    'm squarek high highogatelack lefthiteinstructionsquainstructionsqatehite highmageis. pinstructions h'
+    'ighq pis.. watercolor b.(you$(Wate bintoriangle p bmageategleq b binstructions7ateatequaquamage b ti'
+    'nstructionsofgle bquauateu\\$ bmage6ate pate'
+)
 SMALL = dict(width=64, height=48, steps=2, max_pixels=64 * 64, max_input_image_side_length=64)
 
 

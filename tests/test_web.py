@@ -119,3 +119,15 @@ def test_extension_leaves_other_nodes_and_empty_messages_alone(site, tmp_path_fa
     assert result["emptyWidgets"] == 0
     assert result["formatEmpty"] == []
     assert result["formatPartial"] == [["steps", "4"], ["time per step", "50 ms"]]
+
+
+def test_extension_shows_the_chat_answer_on_the_chat_node(site, tmp_path_factory):
+    result = _run_page(f"{site}/index.html", tmp_path_factory.mktemp("chromium-profile"))
+
+    assert result["errors"] == []
+    assert result["chatAnswer"] == "A red square\non white."
+    assert result["chatRows"] == []  # an answer only: no sampling figures
+    assert result["chatHeight"] == 2 * 18 + 8  # two lines of answer
+    assert result["chatDrawnAnswer"] == ["<|img|>"]  # replaced by the next run, not added
+    assert result["chatDrawnRows"] == ["steps: 20", "time per step: 500 ms"]
+    assert result["answerRows"] == [0, 1, 2, 3, 8]

@@ -1,5 +1,5 @@
-// OmniGen2 front-end extension: after a run, show on the sampler nodes (Cached Sampler, Repaint, Reflect: its last
-// round) what the run did.
+// OmniGen2 front-end extension: after a run, show on the sampler nodes (Cached Sampler, Repaint, Chat, Reflect: its
+// last round) what the run did, and on the Chat node the model's answer.
 //
 // The sampler node returns {"ui": {"omnigen2_stats": [stats]}}; ComfyUI hands that object to the node's
 // onExecuted(message). We render it as a small table in a DOM widget: steps, reference tokens computed vs reused,
@@ -7,10 +7,12 @@
 
 import { app } from "../../scripts/app.js";
 
-const SAMPLER_TYPES = new Set(["OmniGen2CachedSampler", "OmniGen2Repaint", "OmniGen2Reflect"]);
+const SAMPLER_TYPES = new Set(["OmniGen2CachedSampler", "OmniGen2Repaint", "OmniGen2Chat", "OmniGen2Reflect"]);
 const STATS_KEY = "omnigen2_stats"; // keep in sync with nodes/bridge.py STATS_KEY
 const WIDGET_NAME = "omnigen2_run_stats";
 const ROW_HEIGHT = 18;
+const ANSWER_CHARS_PER_ROW = 48; // about what a default-width node fits in 12px monospace
+const ANSWER_MAX_ROWS = 8; // longer answers scroll
 
 function first(stats, ...keys) {
     for (const key of keys) {
@@ -54,8 +56,25 @@ export function formatStats(stats) {
     return rows;
 }
 
-function renderInto(element, rows) {
+// How many rows the Chat node's answer takes (wrapped lines, at most ANSWER_MAX_ROWS); 0 when there is none.
+export function answerRows(answer) {
+    if (typeof answer !== "string") return 0;
+    const lines = answer.split("\n").map((line) => Math.max(1, Math.ceil(line.length / ANSWER_CHARS_PER_ROW)));
+    return Math.min(ANSWER_MAX_ROWS, lines.reduce((a, b) => a + b, 0));
+}
+
+function renderInto(element, rows, answer) {
     element.replaceChildren();
+    const answerHeight = answerRows(answer);
+    if (answerHeight) {
+        const text = document.createElement("div");
+        text.className = "omnigen2-answer";
+        text.style.cssText = `white-space: pre-wrap; overflow-wrap: anywhere; overflow-y: auto; max-height: ${
+            ANSWER_MAX_ROWS * ROW_HEIGHT}px; margin-bottom: 4px;`;
+        text.textContent = answer;
+        element.append(text);
+    }
+    element.dataset.rows = String(rows.length + answerHeight);
     for (const [label, text] of rows) {
         const row = document.createElement("div");
         row.className = "omnigen2-stats-row";
@@ -83,8 +102,8 @@ function statsElement(node) {
         node.addDOMWidget(WIDGET_NAME, "omnigen2-stats", element, {
             serialize: false,
             hideOnZoom: false,
-            getMinHeight: () => Math.max(1, element.childElementCount) * ROW_HEIGHT + 8,
-            getMaxHeight: () => Math.max(1, element.childElementCount) * ROW_HEIGHT + 8,
+            getMinHeight: () => Math.max(1, Number(element.dataset.rows) || 0) * ROW_HEIGHT + 8,
+            getMaxHeight: () => Math.max(1, Number(element.dataset.rows) || 0) * ROW_HEIGHT + 8,
         });
     }
     return element;
@@ -93,7 +112,7 @@ function statsElement(node) {
 export function showStats(node, stats) {
     const rows = formatStats(stats);
     node.omnigen2Stats = stats;
-    renderInto(statsElement(node), rows);
+    renderInto(statsElement(node), rows, stats?.answer);
     if (typeof node.computeSize === "function" && typeof node.setSize === "function") {
         const [w, h] = node.computeSize();
         node.setSize([Math.max(node.size?.[0] ?? 0, w), Math.max(node.size?.[1] ?? 0, h)]);
