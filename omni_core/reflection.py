@@ -247,6 +247,10 @@ def reflect(
     else:
         base = model.encode_condition(prompt, negative_prompt, images, max_pixels, max_input_image_side_length)
     instruction = base.positive.text
+    if not instruction.strip():
+        raise InvalidInputError(
+            "the condition holds no prompt text for the judge to check against; build it with encode_condition."
+        )
     originals = base.references
     shown = [_reference_pil(ref, j) for j, ref in enumerate(originals)]
     question = judge_prompt(instruction, len(originals))

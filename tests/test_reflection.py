@@ -4,6 +4,7 @@ limit, the features kept across rounds, and cancel."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -200,6 +201,9 @@ def test_a_condition_can_be_reflected_on(model):
     assert all(torch.equal(a.image, b.image) for a, b in zip(from_condition.rounds, from_prompt.rounds))
     with pytest.raises(InvalidInputError, match="either in the condition or as images"):
         model.reflect(condition, images=[picture(4)], judge=judge)
+    textless = dataclasses.replace(condition, positive=omni_core.TextCondition(condition.positive.embeds, condition.positive.mask))
+    with pytest.raises(InvalidInputError, match="no prompt text"):
+        model.reflect(textless, judge=judge)
 
 
 def test_bad_inputs_are_named(model):
