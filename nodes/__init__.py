@@ -10,6 +10,7 @@ from .chat import OmniGen2Chat
 from .condition import OmniGen2CompactCondition, OmniGen2ConditionEncode
 from .loader import LoadOmniGen2, LoadOmniGen2SingleFiles
 from .lora import OmniGen2LoRA
+from .reflect import OmniGen2Reflect
 from .sampler import OmniGen2CachedSampler, OmniGen2Repaint
 
 NODE_CONFIG = {
@@ -21,6 +22,7 @@ NODE_CONFIG = {
     "OmniGen2CachedSampler": {"class": OmniGen2CachedSampler},
     "OmniGen2Repaint": {"class": OmniGen2Repaint},
     "OmniGen2Chat": {"class": OmniGen2Chat},
+    "OmniGen2Reflect": {"class": OmniGen2Reflect},
 }
 
 

@@ -59,23 +59,25 @@ VAE_FOLDER_KEY = "vae"
 LORA_FOLDER_KEY = "loras"
 # Outside ComfyUI, extra model roots come from this variable (os.pathsep-separated), e.g. for scripts.
 MODEL_DIRS_ENV = "OMNIGEN2_MODEL_DIRS"
+JUDGE_FOLDER_KEY = "vlm"  # models/vlm: vision-language model folders (e.g. Qwen2.5-VL-Instruct) the Reflect node can judge with
+JUDGE_DIRS_ENV = "OMNIGEN2_JUDGE_DIRS"  # outside ComfyUI, as MODEL_DIRS_ENV
 # The tokenizer choice that means "the tokenizer ComfyUI ships for its own Qwen2.5 text encoders".
 COMFY_TOKENIZER_CHOICE = "comfyui: qwen25_tokenizer"
 
 
 def register_folders() -> None:
-    """Register `models/omnigen2` with ComfyUI (once; a no-op outside ComfyUI). The standard folders exist already."""
+    """Register `models/omnigen2` and `models/vlm` with ComfyUI (once; a no-op outside ComfyUI). The standard
+    folders exist already."""
     if not IN_COMFYUI:
         return
-    folder_paths.add_model_folder_path(
-        MODEL_FOLDER_KEY, os.path.join(folder_paths.models_dir, MODEL_FOLDER_KEY), is_default=True
-    )
+    for key in (MODEL_FOLDER_KEY, JUDGE_FOLDER_KEY):
+        folder_paths.add_model_folder_path(key, os.path.join(folder_paths.models_dir, key), is_default=True)
 
 
-def _model_roots() -> list[str]:
+def _roots(key: str = MODEL_FOLDER_KEY, env: str = MODEL_DIRS_ENV) -> list[str]:
     if IN_COMFYUI:
-        return list(folder_paths.get_folder_paths(MODEL_FOLDER_KEY))
-    return [p for p in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep) if p]
+        return list(folder_paths.get_folder_paths(key))
+    return [p for p in os.environ.get(env, "").split(os.pathsep) if p]
 
 
 def is_model_folder(path: str) -> bool:
@@ -86,7 +88,7 @@ def is_model_folder(path: str) -> bool:
 def list_model_folders() -> list[str]:
     """Names of the diffusers-layout folders found directly under every registered `omnigen2` root."""
     names = set()
-    for root in _model_roots():
+    for root in _roots():
         if os.path.isdir(root):
             names.update(n for n in os.listdir(root) if is_model_folder(os.path.join(root, n)))
     return sorted(names)
@@ -98,14 +100,41 @@ def resolve_model_folder(name: str) -> str:
         raise ModelFileError("No OmniGen2 model folder chosen. Put a diffusers-layout folder under models/omnigen2.")
     if os.path.isabs(name) and os.path.isdir(name):
         return name
-    for root in _model_roots():
+    for root in _roots():
         candidate = os.path.join(root, name)
         if os.path.isdir(candidate):
             return candidate
-    roots = _model_roots() or [f"(none: set {MODEL_DIRS_ENV})"]
+    roots = _roots() or [f"(none: set {MODEL_DIRS_ENV})"]
     raise ModelFileError(
         f"OmniGen2 model folder '{name}' not found in {roots}. Download OmniGen2/OmniGen2 (diffusers layout) into "
         "models/omnigen2/<name>/ or pick single files with 'Load OmniGen2 (single files)'."
+    )
+
+
+def is_judge_folder(path: str) -> bool:
+    """A transformers model folder (config.json), or an OmniGen2-style root with mllm/ (its MLLM judges)."""
+    return os.path.isfile(os.path.join(path, "config.json")) or os.path.isdir(os.path.join(path, "mllm"))
+
+
+def list_judge_folders() -> list[str]:
+    """Names of the model folders directly under every registered `vlm` root."""
+    names = set()
+    for root in _roots(JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV):
+        if os.path.isdir(root):
+            names.update(n for n in os.listdir(root) if is_judge_folder(os.path.join(root, n)))
+    return sorted(names)
+
+
+def resolve_judge_folder(name: str) -> str:
+    """The full path of a judge folder chosen by name (or given as an existing absolute path, for scripts)."""
+    if os.path.isabs(name) and os.path.isdir(name):
+        return name
+    for root in _roots(JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV):
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise ModelFileError(
+        f"Judge folder '{name}' not found under models/{JUDGE_FOLDER_KEY}. Put a vision-language model folder (e.g. "
+        f"Qwen2.5-VL-7B-Instruct, safetensors with its processor files) into models/{JUDGE_FOLDER_KEY}/<name>/."
     )
 
 
@@ -530,6 +559,37 @@ def progress_callback(
         check_interrupted()
 
     return progress
+
+
+def show_text(text: str) -> None:
+    """A line of progress text on the running node (ComfyUI's progress text; a no-op outside ComfyUI)."""
+    if not IN_COMFYUI:
+        return
+    from comfy_execution.utils import get_executing_context
+    from server import PromptServer
+
+    context = get_executing_context()
+    if context is not None and PromptServer.instance is not None:
+        PromptServer.instance.send_progress_text(text, context.node_id)
+
+
+def round_progress(
+    rounds: int, steps: int, device: torch.device | None = None
+) -> tuple[Callable[[int, int], None], Callable[[int, int, torch.Tensor | None], None]]:
+    """(on_round, progress) for a loop of up to `rounds` sampling runs of `steps` each: one progress bar over all of
+    them, the round shown as text on the node, cancel checked between rounds and at every step."""
+    current = [1]
+    bar = progress_callback(rounds * steps, device)
+
+    def on_round(number: int, total: int) -> None:
+        check_interrupted()
+        current[0] = number
+        show_text(f"round {number} of up to {total}")
+
+    def progress(step: int, total: int, latents: torch.Tensor | None) -> None:
+        bar((current[0] - 1) * steps + step, rounds * steps, latents)
+
+    return on_round, progress
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -85,12 +85,19 @@ def tensor_fingerprint(tensor: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def reference_fingerprint(reference: ReferenceImage) -> str:
+    """Hash of everything that determines one reference image's tokens: latent, pixel size, position scale, kept
+    tokens (not its slot: callers that key per image add it)."""
+    digest = hashlib.sha1(tensor_fingerprint(reference.latent).encode())
+    digest.update(f"{reference.pixel_size}|{reference.position_scale}".encode())
+    if reference.keep_index is not None:
+        digest.update(tensor_fingerprint(reference.keep_index).encode())
+    return digest.hexdigest()
+
+
 def condition_fingerprint(condition: Condition) -> str:
     """Hash of everything that determines the reference tokens' content (not the prompts: refs never see text)."""
     digest = hashlib.sha1()
     for ref in condition.references:
-        digest.update(tensor_fingerprint(ref.latent).encode())
-        digest.update(f"{ref.pixel_size}|{ref.position_scale}".encode())
-        if ref.keep_index is not None:
-            digest.update(tensor_fingerprint(ref.keep_index).encode())
+        digest.update(reference_fingerprint(ref).encode())
     return digest.hexdigest()

@@ -20,9 +20,11 @@ from .errors import InvalidInputError, OmniGen2Error
 from .guidance import GuidedVelocity
 from .lora import LoraSpec, apply_loras
 from .image_processing import ImageLike, check_output_size, image_array, postprocess, preprocess_reference, to_pil
-from .reference_cache import ReferenceFeatureCache
+from .judges import resolve_judge
+from .reference_cache import ConditionFeatureStore, ReferenceFeatureCache
 from .repaint import original_pixels, stitch_latents, stitch_pixels, to_mask, token_mask
 from .reference_passes import TransformerPasses
+from .reflection import ReflectionResult, RoundCallback, reflect
 from .sampler import sample_euler
 from .step_cache import StepCache, StepCacheRun
 from .schedule import flow_timesteps
@@ -195,6 +197,7 @@ class OmniGen2:
         independent_condition: bool | None = None,
         condition_timestep: float = 1.0,
         step_cache: StepCache | None = None,
+        condition_features: ConditionFeatureStore | None = None,
     ) -> GenerationResult:
         """Denoise `num_images` latents from seeded noise under `condition` and decode them.
 
@@ -202,7 +205,8 @@ class OmniGen2:
         cache_per_n_steps: compute reference features on steps 0, n, 2n, ... and reuse them in between (None: no
         reuse; n > steps: once). independent_condition: references attend only to themselves at
         `condition_timestep` (OminiControl2's asymmetric mask; exact to reuse); default: what the model was trained
-        with (`transformer.config.independent_condition`).
+        with (`transformer.config.independent_condition`). condition_features: with caching and the independent
+        condition, keeps each reference image's condition-branch features across calls (see `reflect`).
         step_cache: None (every step computes), `TeaCache(...)` or `TaylorSeer(...)` from omni_core.step_cache: guidance
         passes skip the joint blocks on some steps and estimate them (see step_cache.py); composes with the above.
         """
@@ -212,7 +216,8 @@ class OmniGen2:
             steps, text_guidance_scale, image_guidance_scale, tuple(cfg_range), seed, num_images,
             cache_per_n_steps, independent_condition, condition_timestep, step_cache,
         )
-        latents, stats = self._denoise(condition, (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR), options, progress)
+        latent_size = (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR)
+        latents, stats = self._denoise(condition, latent_size, options, progress, store=condition_features)
         images = postprocess(decode_latents(self.vae, latents), delivered)
         return GenerationResult(images=images, latents=latents, stats={**stats, "sampled_size": [sample_h, sample_w]})
 
@@ -279,6 +284,7 @@ class OmniGen2:
         options: SamplingOptions,
         progress: Progress | None,
         noise_token_index: torch.Tensor | None = None,
+        store: ConditionFeatureStore | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The sampling loop shared by `sample` and `repaint`: seeded noise to final latents, and the run's figures."""
         cfg_range = _check_guidance(options.text_guidance_scale, options.image_guidance_scale, options.cfg_range)
@@ -298,7 +304,7 @@ class OmniGen2:
         step_cache = StepCacheRun(options.step_cache, steps) if options.step_cache is not None else None
         passes = TransformerPasses(
             self.transformer, condition, cache, independent_condition, options.condition_timestep, noise_token_index,
-            step_cache,
+            step_cache, store,
         )
         velocity = GuidedVelocity(
             passes,
@@ -387,3 +393,18 @@ class OmniGen2:
             independent_condition=independent_condition,
             step_cache=step_cache,
         )
+
+    def reflect(
+        self,
+        prompt: str | Condition,
+        images: Sequence[ImageLike] | None = None,
+        max_rounds: int = 3,
+        judge: Any = None,
+        on_round: RoundCallback | None = None,
+        **settings: Any,
+    ) -> ReflectionResult:
+        """Generate, let a judge look at the result, regenerate with its correction until it is satisfied or
+        `max_rounds` ran (see reflection.py). judge: None (this model's MLLM through `chat`), a local
+        vision-language model folder, or a callable judge(question, images) -> str. settings: `generate`'s."""
+        return reflect(self, prompt, images, max_rounds, resolve_judge(self, judge), on_round=on_round, **settings)
+

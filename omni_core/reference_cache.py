@@ -109,3 +109,45 @@ class ReferenceFeatureCache:
     def clear(self) -> None:
         self.entries.clear()
         self.refreshed_at.clear()
+
+
+@dataclass
+class ConditionFeatureStore:
+    """Condition-branch features of single reference images, kept across sampling runs: a reflection loop samples
+    again with the same original images plus a new one each round, and the independent condition makes each image's
+    features depend on nothing but the image, its slot and the model.
+
+    Entries are keyed by (slot, image fingerprint); `metadata` (model, dtype, device, condition timestep) drops them
+    all when it changes. The owner clears the store when its loop ends, also on cancel.
+    """
+
+    metadata: tuple = ()
+    entries: dict[tuple[int, str], ConditionFeatures] = field(default_factory=dict)
+
+    def check_metadata(self, *metadata) -> None:
+        if metadata != self.metadata:
+            self.entries.clear()
+            self.metadata = metadata
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+def split_condition_features(features: ConditionFeatures) -> list[ConditionFeatures]:
+    """The features of a set of images as one `ConditionFeatures` per image (their keys/values are joined along the
+    token axis in image order)."""
+    sizes = [grid.num_tokens for grid in features.grids]
+    parts = [[] for _ in sizes]
+    for layer in features.layers:
+        for part, key, value in zip(parts, layer.key.split(sizes, dim=2), layer.value.split(sizes, dim=2)):
+            part.append(LayerKV(key, value))
+    return [ConditionFeatures((grid,), layers) for grid, layers in zip(features.grids, parts)]
+
+
+def join_condition_features(parts: list[ConditionFeatures]) -> ConditionFeatures:
+    """Per-image features as the features of the whole set, in the given order (the inverse of the split)."""
+    layers = [
+        LayerKV(torch.cat([p.layers[l].key for p in parts], dim=2), torch.cat([p.layers[l].value for p in parts], dim=2))
+        for l in range(len(parts[0].layers))
+    ]
+    return ConditionFeatures(tuple(grid for p in parts for grid in p.grids), layers)

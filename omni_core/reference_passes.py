@@ -12,7 +12,8 @@ Three modes for the joint layers of passes that see the reference images:
   between; entries are per pass, because without the asymmetric mask reference features depend on the prompt;
 - independent condition: reference features come from the condition branch (each image alone, clean timestep),
   computed on refresh steps only (they are step-invariant, so n > steps computes them once and is exact) and shared
-  by every pass: each text length gets the same keys turned to its sequence ids.
+  by every pass: each text length gets the same keys turned to its sequence ids. With a `ConditionFeatureStore` as
+  well, they are kept per image across runs, and a run computes only the images the store does not hold yet.
 
 A step cache (`step_cache.py`) composes with all three: a pass it skips runs no joint blocks on that step (and so
 needs no references; a reuse refresh falls to the pass's next computed step) and gets its estimate of the last
@@ -26,10 +27,13 @@ from typing import Sequence
 
 import torch
 
-from .condition import Condition, ReferenceImage, TextCondition
+from .condition import Condition, ReferenceImage, TextCondition, reference_fingerprint
 from .guidance import GuidancePass, batchable_groups
 from .lora import lora_fingerprint
-from .reference_cache import KVReuse, KVStore, LayerKV, ReferenceFeatureCache
+from .reference_cache import (
+    ConditionFeatures, ConditionFeatureStore, KVReuse, KVStore, LayerKV, ReferenceFeatureCache,
+    join_condition_features, split_condition_features,
+)
 from .step_cache import StepCacheRun
 from .transformer import OmniGen2Transformer
 
@@ -48,7 +52,10 @@ class TransformerPasses:
         condition_timestep: float = 1.0,
         noise_token_index: torch.Tensor | None = None,
         step_cache: StepCacheRun | None = None,
+        store: ConditionFeatureStore | None = None,
     ) -> None:
+        """store: per-image condition-branch features kept across runs; used only with a cache and the independent
+        condition (without a cache every step recomputes, as asked)."""
         self.transformer = transformer
         self.step_cache = step_cache
         parameter = next(transformer.parameters())
@@ -66,6 +73,11 @@ class TransformerPasses:
             cache.check_metadata(
                 condition.fingerprint, self.dtype, self.device, independent_condition, condition_timestep,
                 lora_fingerprint(transformer),
+            )
+        self.store = store if cache is not None and independent_condition else None
+        if self.store is not None:
+            self.store.check_metadata(
+                id(transformer), lora_fingerprint(transformer), self.dtype, self.device, condition_timestep
             )
 
     @torch.no_grad()
@@ -195,8 +207,9 @@ class TransformerPasses:
         if features is None and self.cache is not None and not self.cache.refresh_due(step, [CONDITION_KEY]):
             features = self.cache.entries[CONDITION_KEY]
         if features is None:
-            features = self.transformer.condition_branch(self.references, self.condition_timestep)
-            self.tokens_computed += self.reference_len
+            features, computed = self._condition_branch()
+            self.tokens_computed += computed
+            self.tokens_reused += self.reference_len - computed
             if self.cache is not None:
                 self.cache.store(CONDITION_KEY, features, step)
         else:
@@ -205,6 +218,22 @@ class TransformerPasses:
         if text_len not in features.placed:
             features.placed[text_len] = self.transformer.place_condition(features, text_len)
         return features.placed[text_len]
+
+    def _condition_branch(self) -> tuple[ConditionFeatures, int]:
+        """The condition branch's features of this run's images and how many tokens were computed for them: all of
+        them, or with a store only the images (at their slots) it does not hold yet."""
+        if self.store is None:
+            return self.transformer.condition_branch(self.references, self.condition_timestep), self.reference_len
+        keys = [(slot, reference_fingerprint(ref)) for slot, ref in enumerate(self.references)]
+        missing = [slot for slot, key in enumerate(keys) if key not in self.store.entries]
+        if missing:
+            computed = self.transformer.condition_branch(
+                [self.references[slot] for slot in missing], self.condition_timestep, missing
+            )
+            for slot, part in zip(missing, split_condition_features(computed)):
+                self.store.entries[keys[slot]] = part
+        features = join_condition_features([self.store.entries[key] for key in keys])
+        return features, sum(self.references[slot].num_tokens for slot in missing)
 
     def stats(self) -> dict[str, int]:
         return {"reference_tokens_computed": self.tokens_computed, "reference_tokens_reused": self.tokens_reused}

@@ -452,31 +452,38 @@ class OmniGen2Transformer(nn.Module):
 
     @torch.no_grad()
     def condition_branch(
-        self, references: Sequence[torch.Tensor | ReferenceImage], condition_timestep: float = 1.0
+        self,
+        references: Sequence[torch.Tensor | ReferenceImage],
+        condition_timestep: float = 1.0,
+        slots: Sequence[int] | None = None,
     ) -> ConditionFeatures:
         """The condition branch of the asymmetric mask: each joint layer's keys/values of the reference tokens when
         every image attends only to itself at the fixed `condition_timestep` (1 = clean).
 
         They depend on the images alone, so one computation serves every step and every pass: each image runs at
         sequence id 0 here (its tokens share that id, so it cancels in their attention) and `place_condition` turns
-        the keys to where the images sit after a given text.
+        the keys to where the images sit after a given text. `slots`: each image's place among the sample's
+        references (its image index embedding; default 0, 1, ...), so some images of a set can be computed alone.
         """
         config, p = self.config, self.config.patch_size
         refs = [_as_reference(ref, f"references[{j}]", config.in_channels, p) for j, ref in enumerate(references)]
-        return self.condition_features([refs], condition_timestep)[0]
+        return self.condition_features([refs], condition_timestep, slots)[0]
 
     def condition_features(
-        self, references: Sequence[Sequence[tuple[torch.Tensor, TokenGrid]]], condition_timestep: float = 1.0
+        self,
+        references: Sequence[Sequence[tuple[torch.Tensor, TokenGrid]]],
+        condition_timestep: float = 1.0,
+        slots: Sequence[int] | None = None,
     ) -> list[ConditionFeatures]:
         """`condition_branch` for a batch, differentiably (training): per sample its images (latent, grid) as `plan`
         returns them -> per sample its ConditionFeatures (no layers for a sample without images). Every image of
-        every sample is one row of a single batch."""
+        every sample is one row of a single batch; `slots[j]` is the j-th image's slot in every sample."""
         images = [image for sample in references for image in sample]
         if not images:
             return [ConditionFeatures((), []) for _ in references]
         device, dtype = images[0][0].device, images[0][0].dtype
         temb = self.embed_time(torch.full((1,), condition_timestep, device=device), dtype)
-        x, mask, rotation = self._embed_references(references)
+        x, mask, rotation = self._embed_references(references, slots)
         temb = temb.expand(x.shape[0], -1)
         for layer in self.ref_image_refiner:
             x = layer(x, rotation, mask, temb)
@@ -550,16 +557,17 @@ class OmniGen2Transformer(nn.Module):
             references.append(refs)
         return layouts, references
 
-    def _embed_references(self, references: Sequence[Sequence[tuple[torch.Tensor, TokenGrid]]]):
+    def _embed_references(self, references: Sequence[Sequence[tuple[torch.Tensor, TokenGrid]]], slots=None):
         """Reference images (latent, grid), grouped per sample (the j-th of a sample takes slot j of the image index
-        embedding), as one padded batch of embedded tokens (one row per image), its key mask and row/column rotations
-        (sequence id 0, see `refine_references`)."""
+        embedding, or slots[j] when given), as one padded batch of embedded tokens (one row per image), its key mask
+        and row/column rotations (sequence id 0, see `refine_references`)."""
         tokens, positions = [], []
         for j, (latent, grid) in ((j, image) for sample in references for j, image in enumerate(sample)):
             patches = patchify(latent, self.config.patch_size)
             if grid.keep_index is not None:
                 patches = patches[list(grid.keep_index)]
-            tokens.append(self.ref_image_patch_embedder(patches) + self.image_index_embedding[j])
+            slot = j if slots is None else slots[j]
+            tokens.append(self.ref_image_patch_embedder(patches) + self.image_index_embedding[slot])
             positions.append(grid.positions(0.0, latent.device))
         x, mask = pad_sequences(tokens)
         return x, mask, self.rope(pad_sequences(positions)[0])

@@ -27,6 +27,7 @@ CORE_NODES = {
     "LoadImage": Signature({"image": "COMBO"}, ("IMAGE", "MASK"), ["image", None]),
     "SaveImage": Signature({"images": "IMAGE", "filename_prefix": "STRING"}, (), ["filename_prefix"]),
     "PreviewImage": Signature({"images": "IMAGE"}, (), []),
+    "PreviewAny": Signature({"source": "*"}, (), []),  # comfy_extras/nodes_preview_any.py: shows any value as text
 }
 
 

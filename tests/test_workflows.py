@@ -34,10 +34,12 @@ EXPECTED = {
     "omnigen2_in_context_3_images.json": 3,
     "omnigen2_in_context_3_images_fast.json": 3,
     "omnigen2_repaint.json": 1,
+    "omnigen2_reflect.json": 1,
     "omnigen2_chat.json": 1,
 }
-SAMPLERS = ("OmniGen2CachedSampler", "OmniGen2Repaint")
+SAMPLERS = ("OmniGen2CachedSampler", "OmniGen2Repaint", "OmniGen2Reflect")
 CHAT = "OmniGen2Chat"  # samples itself when it draws; the chat example has two and no sampler
+ANY = "*"  # an input that takes every type (PreviewAny's source)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_workflow_uses_only_known_nodes_inputs_and_types(path, signatures):
         assert signatures[source["type"]].outputs[from_slot] == kind, (path.name, link_id)
         assert link_id in source["outputs"][from_slot]["links"], (path.name, link_id)
         target_slot = target["inputs"][to_slot]
-        assert target_slot["link"] == link_id and signatures[target["type"]].inputs[target_slot["name"]] == kind
+        assert target_slot["link"] == link_id and signatures[target["type"]].inputs[target_slot["name"]] in (kind, ANY)
 
 
 def _declared(node_type: str) -> dict:
@@ -173,7 +175,7 @@ def _tiny(prompt: dict) -> dict:
         inputs = node["inputs"]
         if node["class_type"] == "LoadOmniGen2":
             inputs.update(model_folder="omnigen2-tiny", weight_dtype="auto")
-        if node["class_type"] == "OmniGen2ConditionEncode":
+        if node["class_type"] in ("OmniGen2ConditionEncode", "OmniGen2Reflect"):
             inputs.update(max_pixels=64 * 64, max_input_image_side_length=64)
         if node["class_type"] == CHAT:  # the tiny MLLM never asks to draw: the turn that may draw is made to
             inputs.update(max_pixels=64 * 64, max_input_image_side_length=64, max_new_tokens=4)

@@ -1,5 +1,5 @@
-// OmniGen2 front-end extension: after a run, show on the sampler nodes (Cached Sampler, Repaint, Chat) what the run
-// did, and on the Chat node the model's answer.
+// OmniGen2 front-end extension: after a run, show on the sampler nodes (Cached Sampler, Repaint, Chat, Reflect: its
+// last round) what the run did, and on the Chat node the model's answer.
 //
 // The sampler node returns {"ui": {"omnigen2_stats": [stats]}}; ComfyUI hands that object to the node's
 // onExecuted(message). We render it as a small table in a DOM widget: steps, reference tokens computed vs reused,
@@ -8,7 +8,7 @@
 
 import { app } from "../../scripts/app.js";
 
-const SAMPLER_TYPES = new Set(["OmniGen2CachedSampler", "OmniGen2Repaint", "OmniGen2Chat"]);
+const SAMPLER_TYPES = new Set(["OmniGen2CachedSampler", "OmniGen2Repaint", "OmniGen2Chat", "OmniGen2Reflect"]);
 const STATS_KEY = "omnigen2_stats"; // keep in sync with nodes/bridge.py STATS_KEY
 const WIDGET_NAME = "omnigen2_run_stats";
 const ROW_HEIGHT = 18;
