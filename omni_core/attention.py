@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from .cpu_gemm import onednn_gemm_applies, onednn_linear
 from .kernel_choice import current_kernels
 
+SDPA_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa argument
 ONEDNN_ROWS = 256  # query rows (all heads of a group) per score block: 256 x S_k floats stay near the L2 cache
 
 
@@ -65,8 +66,14 @@ def attention(
 def sdpa_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """torch's SDPA with key/value heads repeated to the query heads; mask None or SDPA-broadcastable boolean."""
+    """torch's SDPA over grouped heads; mask None or SDPA-broadcastable boolean.
+
+    On the CPU the flash kernel reads shared key/value heads itself (`enable_gqa`, torch >= 2.5): no repeated copies.
+    Elsewhere key/value heads are repeated to the query heads, as some GPU kernels fall back to the math path with
+    `enable_gqa`."""
     groups = query.shape[1] // key.shape[1]
+    if groups > 1 and query.device.type == "cpu" and SDPA_GQA:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=True)
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
