@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     bench_config,
     build_ours,
     environment,
+    kernels_line,
     latent_side,
     max_rss_mb,
     median,
@@ -233,6 +234,7 @@ def main(argv=None) -> int:
         return 0
     dtypes = ", ".join(args.dtypes)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {dtypes}, random weights; {repeats} repeats")
+    print(kernels_line())
     rows = []
     for bench in benches:
         threads = ["--threads", str(args.threads)] if args.threads else []
