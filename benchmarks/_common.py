@@ -163,12 +163,29 @@ def run_worker(script: Path, args: Sequence[str], timeout: float | None = None) 
 
 
 def environment() -> dict:
+    """What the figures depend on, including the CPU and the float32 kernels chosen for it (kernel_choice.py)."""
+    import dataclasses
+
+    from omni_core.kernel_choice import cpu_description, current_kernels
+
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_description()[0],
+        "cpu_kernels": dataclasses.asdict(current_kernels()),
         "python": sys.version.split()[0],
     }
+
+
+def kernels_line() -> str:
+    """The CPU and the float32 kernel paths in force, for a benchmark's header."""
+    env = environment()
+    kernels = env["cpu_kernels"]
+    return (
+        f"CPU {env['cpu']}; float32 kernels: linear {kernels['linear']}, attention {kernels['attention']} "
+        f"({kernels['source']}; override with OMNI_CORE_CPU_GEMM=onednn|mkl)"
+    )
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:

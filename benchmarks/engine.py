@@ -1,8 +1,11 @@
 """Speed and memory of our engine on the CPU, over a list of named configurations.
 
-    python benchmarks/engine.py [--quick] [--only NAME ...] [--repeats N] [--threads N] [--json PATH] [--list]
+    python benchmarks/engine.py [--quick] [--only NAME ...] [--repeats N] [--threads N] [--dtypes D ...] [--json PATH]
+                                [--list]
 
-The model is the released OmniGen2 transformer scaled down (see `_common.bench_config`) with random weights, float32.
+The model is the released OmniGen2 transformer scaled down (see `_common.bench_config`) with random weights, float32
+unless `--dtypes` names others (`--dtypes float32 bfloat16` runs every configuration in both, transformer and VAE
+alike, and adds the ratio of their CPU times, "/fp32").
 Two kinds of configuration:
 
 * `step`: one denoising step, i.e. one call of `omni_core.guidance.GuidedVelocity` running 1, 2 or 3 guidance
@@ -41,6 +44,7 @@ from _common import (  # noqa: E402
     bench_config,
     build_ours,
     environment,
+    kernels_line,
     latent_side,
     max_rss_mb,
     median,
@@ -50,6 +54,7 @@ from _common import (  # noqa: E402
 
 TINY_VAE = REPO_ROOT / "tests" / "fixtures" / "omnigen2-tiny" / "vae"
 PASS_SCALES = {1: (1.0, 1.0), 2: (5.0, 1.0), 3: (5.0, 2.0)}  # passes -> (text_guidance_scale, image_guidance_scale)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +125,13 @@ def _condition(bench: Bench, text_feat_dim: int, seed: int = 1):
     return Condition(positive=text(bench.text_len), negative=text(bench.negative_text_len), references=references)
 
 
-def _tiny_vae():
+def _tiny_vae(dtype: torch.dtype):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(TINY_VAE).eval()
+    return AutoencoderKL.from_pretrained(TINY_VAE).to(dtype).eval()
 
 
-def _runner(bench: Bench):
+def _runner(bench: Bench, dtype: torch.dtype):
     """Build everything for `bench`; return (a function doing the timed work once, RSS MiB after building)."""
     from omni_core.guidance import GuidedVelocity
     from omni_core.reference_passes import TransformerPasses
@@ -135,7 +140,7 @@ def _runner(bench: Bench):
     from omni_core.vae import decode_latents
 
     config = bench_config(bench.num_layers, bench.num_refiner_layers)
-    transformer = build_ours(config)
+    transformer = build_ours(config, dtype=dtype)
     condition = _condition(bench, config.text_feat_dim)
     text_scale, image_scale = PASS_SCALES[bench.passes]
     steps = bench.steps if bench.kind == "sample" else 50
@@ -154,7 +159,7 @@ def _runner(bench: Bench):
 
     if bench.kind == "sample":
         # OmniGen2.sample without its argument checks: time grid, guided Euler loop, VAE decode
-        vae = _tiny_vae()
+        vae = _tiny_vae(dtype)
         timesteps = flow_timesteps(steps, side * side)
 
         def run():
@@ -172,9 +177,9 @@ def _runner(bench: Bench):
     return run, max_rss_mb()
 
 
-def worker(name: str, repeats: int) -> dict:
+def worker(name: str, repeats: int, dtype: str) -> dict:
     bench = next(b for b in CONFIGS + QUICK_CONFIGS if b.name == name)
-    run, built_rss = _runner(bench)
+    run, built_rss = _runner(bench, DTYPES[dtype])
     run()  # warm-up
     seconds, cpu_seconds = [], []
     for _ in range(bench.repeats or repeats):
@@ -187,6 +192,7 @@ def worker(name: str, repeats: int) -> dict:
     s = median(seconds)
     return {
         **dataclasses.asdict(bench),
+        "dtype": dtype,
         "tokens": tokens,
         "seconds": s,
         "seconds_all": seconds,
@@ -204,6 +210,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every worker")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["float32"], help="run each in these")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -212,7 +219,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker(args.worker, repeats)))
+        print(json.dumps(worker(args.worker, repeats, args.dtypes[0])))
         return 0
     benches = QUICK_CONFIGS if args.quick else CONFIGS
     if args.only:
@@ -225,18 +232,25 @@ def main(argv=None) -> int:
         for b in benches:
             print(b.name)
         return 0
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, random weights; {repeats} repeats")
+    dtypes = ", ".join(args.dtypes)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {dtypes}, random weights; {repeats} repeats")
+    print(kernels_line())
     rows = []
     for bench in benches:
         threads = ["--threads", str(args.threads)] if args.threads else []
-        row = run_worker(Path(__file__), ["--worker", bench.name, "--repeats", str(repeats), *threads])
-        rows.append(row)
-        print(f"  {bench.name}: {row['seconds']:.3f}s", flush=True)
+        for dtype in args.dtypes:
+            worker_args = ["--worker", bench.name, "--repeats", str(repeats), "--dtypes", dtype, *threads]
+            row = run_worker(Path(__file__), worker_args)
+            fp32 = next((r for r in rows if r["name"] == bench.name and r["dtype"] == "float32"), None)
+            row["cpu_over_fp32"] = None if fp32 is None else row["cpu_seconds"] / fp32["cpu_seconds"]
+            rows.append(row)
+            print(f"  {bench.name} {dtype}: {row['seconds']:.3f}s", flush=True)
     print()
     print_table(
         rows,
         [
             ("name", "configuration", "s"),
+            ("dtype", "dtype", "s"),
             ("num_layers", "layers", "d"),
             ("noise_tokens", "noise tok", "d"),
             ("num_refs", "refs", "d"),
@@ -246,6 +260,7 @@ def main(argv=None) -> int:
             ("seconds", "seconds", ".3f"),
             ("s_per_1k_tokens", "s/1k tok", ".3f"),
             ("cpu_seconds", "CPU s", ".3f"),
+            ("cpu_over_fp32", "/fp32", ".2f"),
             ("peak_rss_mib", "peak MiB", ".0f"),
             ("peak_over_model_mib", "+MiB", ".0f"),
         ],

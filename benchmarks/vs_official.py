@@ -1,6 +1,6 @@
 """Our transformer against the official OmniGen2 one: same random weights, same inputs, outputs and speed compared.
 
-    python benchmarks/vs_official.py [--quick] [--repeats N] [--official-repo PATH] [--json PATH]
+    python benchmarks/vs_official.py [--quick] [--repeats N] [--official-repo PATH] [--compare-kernels] [--json PATH]
 
 The official code is imported from a checkout of github.com/VectorSpaceLab/OmniGen2 (default /tmp/official-omnigen2;
 it needs `einops` and `diffusers`, both in our venv; without triton or flash_attn it falls back to torch RMSNorm and
@@ -8,6 +8,8 @@ SDPA, which is its CPU path). Both models get identical float32 weights (the sta
 are compared (max abs diff), then one forward of each is timed in interleaved rounds (ours, official, ours, ...);
 the table shows medians of wall and process CPU time and the ratios ours / official (target <= 0.8). On a
 shared machine use --threads 1 and read the CPU-time ratio, which other processes disturb least.
+--compare-kernels adds ours with each float32 kernel path forced (oneDNN, and torch's own = MKL + SDPA) to the same
+interleaved rounds, so one run shows whether the machine's automatic choice (kernel_choice.py) is the faster one.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from _common import (  # noqa: E402
     bench_config,
     build_ours,
     environment,
+    kernels_line,
     make_inputs,
     median,
     print_table,
     time_interleaved_with_cpu,
 )
+from omni_core.kernel_choice import set_cpu_gemm  # noqa: E402
 
 DEFAULT_OFFICIAL_REPO = "/tmp/official-omnigen2"
 TOLERANCE = 1e-4
@@ -105,6 +109,19 @@ def forwards(ours, official, freqs_cis, inputs: dict):
     return run_ours, run_official
 
 
+def forced(run, path: str):
+    """`run` with the float32 CPU kernels forced to `path` ("onednn" or "mkl"), the automatic choice restored after."""
+
+    def run_forced():
+        set_cpu_gemm(path)
+        try:
+            return run()
+        finally:
+            set_cpu_gemm(None)
+
+    return run_forced
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official-repo", default=DEFAULT_OFFICIAL_REPO)
@@ -112,6 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default 5, quick 3)")
     parser.add_argument("--layers", type=int, default=None, help="joint layers (default 8, quick 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--compare-kernels", action="store_true", help="also time ours with each kernel path forced")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -125,12 +143,16 @@ def main(argv=None) -> int:
         f"{config.head_dim}, {config.num_layers} layers + {config.num_refiner_layers} refiner layers, float32; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {repeats} interleaved rounds"
     )
+    print(kernels_line())
     rows = []
     for case in cases(args.quick):
         inputs = make_inputs(case.batch, case.noise_tokens, case.num_refs, case.ref_tokens, case.text_len, config.text_feat_dim)
         run_ours, run_official = forwards(ours, official, freqs_cis, inputs)
         diff = (run_ours() - run_official()).abs().max().item()
-        wall, cpu = time_interleaved_with_cpu({"ours": run_ours, "official": run_official}, repeats, warmup=0)
+        candidates = {"ours": run_ours, "official": run_official}
+        if args.compare_kernels:
+            candidates.update({f"ours_{path}": forced(run_ours, path) for path in ("onednn", "mkl")})
+        wall, cpu = time_interleaved_with_cpu(candidates, repeats, warmup=0)
         ref_tokens = case.num_refs * (case.ref_tokens or case.noise_tokens)
         row = {
             "case": case.name,
@@ -146,6 +168,8 @@ def main(argv=None) -> int:
             "ours_all_s": wall["ours"],
             "official_all_s": wall["official"],
         }
+        for path in ("onednn", "mkl") if args.compare_kernels else ():
+            row[f"ours_{path}_cpu_ratio"] = median(cpu[f"ours_{path}"]) / median(cpu["official"])
         rows.append(row)
         print(
             f"  {case.name}: ours {row['ours_s']:.3f}s official {row['official_s']:.3f}s ratio {row['ratio']:.2f} "
@@ -166,6 +190,8 @@ def main(argv=None) -> int:
             ("ours_cpu_s", "ours CPU s", ".3f"),
             ("official_cpu_s", "official CPU s", ".3f"),
             ("cpu_ratio", "CPU ratio", ".2f"),
+            ("ours_onednn_cpu_ratio", "CPU ratio onednn", ".2f"),
+            ("ours_mkl_cpu_ratio", "CPU ratio mkl", ".2f"),
         ],
     )
     worst = max(row["max_abs_diff"] for row in rows)

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_gemm import onednn_gemm_applies, onednn_linear
+from .kernel_choice import current_kernels
 
+SDPA_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa argument
 ONEDNN_ROWS = 256  # query rows (all heads of a group) per score block: 256 x S_k floats stay near the L2 cache
 
 
@@ -53,18 +55,32 @@ def attention(
     query [B, H, S_q, D], key/value [B, H_kv, S_k, D] -> [B, H, S_q, D].
     """
     _check_shapes(query, key, value)
-    B, H, S_q, _ = query.shape
+    B, _, S_q, _ = query.shape
     mask = normalize_mask(mask, B, S_q, key.shape[2])
-    if (mask is None or mask.shape[2] == 1) and onednn_gemm_applies(query, key, value):
-        return _attention_onednn(query, key, value, mask)
-    groups = H // key.shape[1]
+    blockable = mask is None or mask.shape[2] == 1
+    if blockable and onednn_gemm_applies(query, key, value) and current_kernels().attention == "onednn":
+        return blocked_attention_onednn(query, key, value, mask)
+    return sdpa_attention(query, key, value, mask)
+
+
+def sdpa_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """torch's SDPA over grouped heads; mask None or SDPA-broadcastable boolean.
+
+    On the CPU the flash kernel reads shared key/value heads itself (`enable_gqa`, torch >= 2.5): no repeated copies.
+    Elsewhere key/value heads are repeated to the query heads, as some GPU kernels fall back to the math path with
+    `enable_gqa`."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1 and query.device.type == "cpu" and SDPA_GQA:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=True)
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
 
 
-def _attention_onednn(
+def blocked_attention_onednn(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
     """The same attention with both products as oneDNN GEMMs, in blocks of query rows (float32 CPU inference).

@@ -1,26 +1,22 @@
-"""Fast float32 GEMMs on x86 CPUs: oneDNN instead of MKL's sgemm, for inference.
+"""Float32 CPU GEMMs for inference on the faster of oneDNN and MKL, as measured on the machine that runs them.
 
-PyTorch sends float32 CPU matmuls to MKL's sgemm, which on the AMD EPYC CPUs measured here runs at about half the
-speed of oneDNN's kernels for every linear shape of the model (2-2.9x; see benchmarks/README.md); bfloat16 matmuls
-already go to oneDNN. `linear` picks oneDNN where it applies and falls back to F.linear everywhere else (GPU,
-other dtypes, autograd, builds without the op). The op is private to PyTorch, so it is checked for at import.
+PyTorch sends float32 CPU matmuls to MKL's sgemm; oneDNN (`torch.ops.mkldnn._linear_pointwise`, the op inductor
+uses) runs the same products too. Neither is faster everywhere: on the AMD EPYC (Zen 4) measured here oneDNN is
+2-2.9x faster for every linear shape of the model, while on an Intel Xeon with AMX a user measured the engine
+slower than the official one with oneDNN always on. The rule (kernel_choice.py): a micro-benchmark of both paths,
+run once per machine and cached on disk under the CPU model and flags, torch version, thread count and dtype,
+decides; `OMNI_CORE_CPU_GEMM=auto|onednn|mkl` or `kernel_choice.set_cpu_gemm` overrides it. That the measured
+choice also fixes the Intel figures is still to be verified on an Intel machine (benchmarks/README.md says how).
+
+`linear` takes the chosen path where it applies and F.linear everywhere else (GPU, bfloat16 and other dtypes, which
+torch already sends to oneDNN, autograd, builds without the op, which is private to PyTorch and checked for).
 """
-
-import platform
 
 import torch
 
+from .kernel_choice import current_kernels, onednn_available
 
-def _has_onednn_gemm() -> bool:
-    """oneDNN's dense GEMM is reachable: an x86 build of PyTorch with mkldnn (all official x86 wheels)."""
-    return (
-        platform.machine().lower() in ("x86_64", "amd64")
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
-
-
-ONEDNN_GEMM = _has_onednn_gemm()
+ONEDNN_GEMM = onednn_available()
 
 
 def onednn_gemm_applies(*tensors: torch.Tensor) -> bool:
@@ -41,9 +37,13 @@ def onednn_linear(
     return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, activation, [], "")
 
 
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return onednn_gemm_applies(x, weight) and current_kernels().linear == "onednn"
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, through oneDNN where `onednn_gemm_applies`."""
-    if onednn_gemm_applies(x, weight):
+    """F.linear, through oneDNN where it applies and is this machine's faster path."""
+    if _use_onednn(x, weight):
         return onednn_linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
@@ -51,6 +51,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """silu(F.linear(x, weight, bias)); through oneDNN the activation is applied inside the GEMM (no extra pass over
     the [S, ffn] output, ~10% of a feed-forward's first product on CPU)."""
-    if onednn_gemm_applies(x, weight):
+    if _use_onednn(x, weight):
         return onednn_linear(x, weight, bias, "swish")
     return torch.nn.functional.silu(torch.nn.functional.linear(x, weight, bias))

@@ -1,7 +1,8 @@
 """The layer constructors models are built from, injectable so a host can swap them.
 
 Every weight-owning module takes `operations`: a namespace with `Linear`, `RMSNorm` and `LayerNorm`. The default is
-torch's layers (with float32 CPU inference of Linear routed to oneDNN, see cpu_gemm.py); ComfyUI passes its `comfy.ops` classes (no random init, weight casting, quantised storage) through the
+torch's layers with faster float32 CPU inference (Linear on this machine's faster GEMM, see cpu_gemm.py; RMSNorm in
+fewer passes); ComfyUI passes its `comfy.ops` classes (no random init, weight casting, quantised storage) through the
 same seam, as it does for its own models.
 """
 
@@ -23,7 +24,21 @@ class Linear(torch.nn.Linear):
         return linear_silu(x, self.weight, self.bias)
 
 
-default_operations = SimpleNamespace(Linear=Linear, RMSNorm=torch.nn.RMSNorm, LayerNorm=torch.nn.LayerNorm)
+class RMSNorm(torch.nn.RMSNorm):
+    """torch.nn.RMSNorm (same parameters and state dict) whose float32 CPU inference reads x once for its statistic
+    (a vector norm) and scales it in place: 3 passes instead of torch's ~6 (pow, mean, add, rsqrt, mul, mul), ~1.8x
+    faster, equal to round-off."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+        if not fast or len(self.normalized_shape) != 1 or self.weight is None or self.weight.dtype != x.dtype:
+            return super().forward(x)
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        inverse_rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        return (x * inverse_rms).mul_(self.weight)
+
+
+default_operations = SimpleNamespace(Linear=Linear, RMSNorm=RMSNorm, LayerNorm=torch.nn.LayerNorm)
 
 
 class StorageCastLinear(torch.nn.Linear):

@@ -60,7 +60,7 @@ class TransformerPasses:
         self.step_cache = step_cache
         parameter = next(transformer.parameters())
         self.dtype, self.device = parameter.dtype, parameter.device
-        self.references = [_to_device(ref, self.device) for ref in condition.references]
+        self.references = [_to_device(ref, self.device, self.dtype) for ref in condition.references]
         self.reference_len = sum(ref.num_tokens for ref in condition.references)
         self.cache = cache
         self.independent = independent_condition
@@ -239,6 +239,7 @@ class TransformerPasses:
         return {"reference_tokens_computed": self.tokens_computed, "reference_tokens_reused": self.tokens_reused}
 
 
-def _to_device(reference: ReferenceImage, device: torch.device) -> ReferenceImage:
+def _to_device(reference: ReferenceImage, device: torch.device, dtype: torch.dtype) -> ReferenceImage:
+    """The reference on the transformer's device, its latent in the transformer's dtype (the VAE gives float32)."""
     keep = None if reference.keep_index is None else reference.keep_index.to(device)
-    return dataclasses.replace(reference, latent=reference.latent.to(device), keep_index=keep)
+    return dataclasses.replace(reference, latent=reference.latent.to(device, dtype), keep_index=keep)

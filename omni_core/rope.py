@@ -42,14 +42,13 @@ def grid_positions(
 
 @dataclass(frozen=True)
 class Rotation:
-    """cos and sin of every rotated pair, [B, S, 1, head_dim / 2] float32, broadcast over heads."""
+    """cos + i sin of every rotated pair, [B, S, 1, head_dim / 2] complex64, broadcast over heads."""
 
-    cos: torch.Tensor
-    sin: torch.Tensor
+    cis: torch.Tensor
 
     def select(self, index: slice | torch.Tensor) -> "Rotation":
         """The rotations of a subset of token positions (dim 1)."""
-        return Rotation(self.cos[:, index], self.sin[:, index])
+        return Rotation(self.cis[:, index])
 
 
 class OmniRoPE(torch.nn.Module):
@@ -68,7 +67,7 @@ class OmniRoPE(torch.nn.Module):
         ]
 
     def forward(self, positions: torch.Tensor) -> Rotation:
-        """positions [B, S, 3] (any float or int dtype) -> Rotation with cos/sin [B, S, 1, head_dim / 2]."""
+        """positions [B, S, 3] (any float or int dtype) -> Rotation with cis [B, S, 1, head_dim / 2]."""
         B, S, n_axes = positions.shape
         assert n_axes == len(self.axes_dim), f"positions need {len(self.axes_dim)} axes, got shape {tuple(positions.shape)}"
         # float64 angles where the device has it (MPS does not), like diffusers' FluxPosEmbed
@@ -78,13 +77,13 @@ class OmniRoPE(torch.nn.Module):
             [positions[..., axis, None] * freqs.to(compute_dtype) for axis, freqs in enumerate(self.frequencies(positions.device))],
             dim=-1,
         )  # (B, S, head_dim / 2)
-        return Rotation(angles.cos().float()[:, :, None, :], angles.sin().float()[:, :, None, :])
+        return Rotation(torch.complex(angles.cos().float(), angles.sin().float())[:, :, None, :])
 
 
 def apply_rotation(x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
-    """Rotate adjacent pairs (2i, 2i + 1) of x [B, S, H, head_dim] by the token's angles, in float32."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, S, H, head_dim / 2, 2)
-    even, odd = pairs[..., 0], pairs[..., 1]
-    cos, sin = rotation.cos, rotation.sin
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+    """Rotate adjacent pairs (2i, 2i + 1) of x [B, S, H, head_dim] by the token's angles, in float32.
+
+    As one complex product: a single pass over x (the real form, even * cos - odd * sin and even * sin + odd * cos
+    stacked, took 7 passes and ~10x the time on CPU)."""
+    pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))  # (B, S, H, head_dim / 2)
+    return torch.view_as_real(pairs * rotation.cis).flatten(-2).to(x.dtype)

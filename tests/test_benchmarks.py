@@ -32,7 +32,7 @@ def _counted_macs(model, mode, steps, noise_side):
     import math
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     import conditioning
 
@@ -40,7 +40,14 @@ def _counted_macs(model, mode, steps, noise_side):
         return 2 * math.prod(x_shape[:-1]) * weight_shape[0] * weight_shape[1]
 
     run, _ = conditioning.make_run(model, mode, steps, noise_side)
-    mapping = {torch.ops.mkldnn._linear_pointwise: onednn_linear_flops}
+    def cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query_shape, key_shape, value_shape)  # torch registers the GPU kernels only
+
+    # whichever float32 kernels this machine chose (kernel_choice.py): oneDNN GEMMs or torch's CPU SDPA
+    mapping = {
+        torch.ops.mkldnn._linear_pointwise: onednn_linear_flops,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flops,
+    }
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         _, stats, _ = run()
     return counter.get_total_flops() // 2, stats

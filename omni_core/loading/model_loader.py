@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
+from ..device_dtype import cpu_has_bf16_instructions, default_dtype
 from ..errors import ModelFileError
 from ..lora import LoraSpec
 from ..lora.apply import resolve_loras
@@ -19,6 +21,7 @@ from .vae_loader import load_vae
 
 COMPONENTS = ("transformer", "vae", "text_encoder")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
+log = logging.getLogger(__name__)
 
 
 def _release_files(root: Path) -> dict[str, Path]:
@@ -37,7 +40,7 @@ def _release_files(root: Path) -> dict[str, Path]:
 def load_model(
     path_or_files: str | Path | Mapping[str, str | Path] | None = None,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     text_encoder_dtype: torch.dtype | None = None,
     vae_dtype: torch.dtype | None = None,
     transformer_storage_dtype: torch.dtype | None = None,
@@ -48,10 +51,15 @@ def load_model(
     `path_or_files` is a release folder (transformer/ vae/ mllm/ processor/ scheduler/), or a mapping with
     'transformer', 'vae' and 'text_encoder' files or folders and an optional 'tokenizer' folder (required for a
     single-file text encoder). None loads the small default model bundled with the package.
-    The MLLM and VAE use `dtype` unless given their own; `transformer_storage_dtype` (torch.float8_e4m3fn) stores
+    `dtype` None takes the device's default (`device_dtype.default_dtype`: float32 on the CPU, bfloat16 on recent
+    GPUs). The MLLM and VAE use `dtype` unless given their own; `transformer_storage_dtype` (torch.float8_e4m3fn) stores
     the transformer's projection matrices narrower, computed in `dtype`. `loras` [(path, strength), ...] are
     merged into the transformer (see `OmniGen2.with_loras`); their files are checked before the models load.
     """
+    if dtype is None:
+        dtype = default_dtype(device)
+        if dtype == torch.float32 and torch.device(device).type == "cpu" and cpu_has_bf16_instructions():
+            log.info("this CPU computes bfloat16 natively: dtype=torch.bfloat16 may run faster (see device_dtype.py)")
     check_dtype(dtype, "model")
     loras = resolve_loras(loras)  # bad LoRA files fail before minutes of loading
     if path_or_files is None:

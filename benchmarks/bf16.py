@@ -1,0 +1,126 @@
+"""bfloat16 against float32 for whole generations: PSNR of the images and time, on the pipeline fixtures.
+
+    python benchmarks/bf16.py [--model PATH ...] [--repeats N] [--threads N] [--json PATH]
+
+Loads each model twice (float32 and bfloat16: transformer, VAE and text encoder alike), runs the official pipeline
+cases recorded in tests/fixtures/omnigen2-tiny/pipeline_cases.json (text-to-image, edit, in-context) with both, and
+prints per case the PSNR of the bfloat16 images against the float32 ones (and against the official float32 outputs
+recorded in the fixtures), and the median CPU time of each dtype over interleaved rounds. Models default to the
+fixtures' tiny model and the bundled default model. Peak signal is 1 (images in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, environment, median, print_table  # noqa: E402
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "omnigen2-tiny"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1] (inf when equal)."""
+    mse = (image.float() - reference.float()).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def pipeline_cases() -> tuple[dict, dict]:
+    return load_file(FIXTURES / "pipeline_cases.safetensors"), json.loads((FIXTURES / "pipeline_cases.json").read_text())
+
+
+def run_case(model, tensors: dict, spec: dict, case: str, progress=None) -> torch.Tensor:
+    """One recorded pipeline case: encode the prompts and images, sample, return the images [B, 3, H, W]."""
+    images = [tensors[f"{case}.input_image.{j}"].numpy() for j in range(len(spec["input_image_sizes"]))]
+    condition = model.encode_condition(
+        spec["prompt"], spec["negative_prompt"], images, spec["max_pixels"], spec["max_input_image_side_length"]
+    )
+    return model.sample(
+        condition,
+        width=spec["width"],
+        height=spec["height"],
+        steps=spec["steps"],
+        text_guidance_scale=spec["text_guidance_scale"],
+        image_guidance_scale=spec["image_guidance_scale"],
+        cfg_range=spec["cfg_range"],
+        seed=spec["seed"],
+        max_pixels=spec["max_pixels"],
+        progress=progress,
+    ).images
+
+
+def compare(model_path: Path, repeats: int) -> list[dict]:
+    import omni_core
+
+    models = {name: omni_core.load_model(model_path, dtype=dtype) for name, dtype in DTYPES.items()}
+    tensors, meta = pipeline_cases()
+    rows = []
+    for case, spec in meta["cases"].items():
+        outputs = {name: run_case(model, tensors, spec, case) for name, model in models.items()}  # also a warm-up
+        cpu: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.process_time()
+                run_case(model, tensors, spec, case)
+                cpu[name].append(time.process_time() - start)
+        official = tensors[f"{case}.output"] if model_path.resolve() == FIXTURES.resolve() else None
+        rows.append(
+            {
+                "model": model_path.name,
+                "case": case,
+                "psnr_db": psnr(outputs["bfloat16"], outputs["float32"]),
+                "psnr_vs_official_db": None if official is None else psnr(outputs["bfloat16"], official),
+                "float32_max_diff_official": None if official is None else (outputs["float32"] - official).abs().max().item(),
+                "float32_cpu_s": median(cpu["float32"]),
+                "bfloat16_cpu_s": median(cpu["bfloat16"]),
+                "bf16_over_fp32": median(cpu["bfloat16"]) / median(cpu["float32"]),
+            }
+        )
+        print(f"  {model_path.name} {case}: PSNR {rows[-1]['psnr_db']:.1f} dB", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, nargs="+", default=None, help="model folders (default: fixtures, bundled)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds per case")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from omni_core import DEFAULT_MODEL_DIR
+
+    paths = args.model or [FIXTURES, DEFAULT_MODEL_DIR]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; bfloat16 vs float32, {args.repeats} rounds")
+    rows = [row for path in paths for row in compare(path, args.repeats)]
+    print()
+    print_table(
+        rows,
+        [
+            ("model", "model", "s"),
+            ("case", "case", "s"),
+            ("psnr_db", "PSNR bf16 vs fp32 dB", ".1f"),
+            ("psnr_vs_official_db", "PSNR bf16 vs official dB", ".1f"),
+            ("float32_max_diff_official", "fp32 max|diff| official", ".1e"),
+            ("float32_cpu_s", "fp32 CPU s", ".3f"),
+            ("bfloat16_cpu_s", "bf16 CPU s", ".3f"),
+            ("bf16_over_fp32", "bf16/fp32", ".2f"),
+        ],
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The dtype OmniGen2 loads in when none is given: per device, by ComfyUI's `model_management` rules.
+
+ComfyUI's rule (`unet_dtype` / `should_use_bf16` / `should_use_fp16`, summarised): on the CPU models run in float32
+(bfloat16 "works but is extremely slow" there by its note); on a CUDA/ROCm GPU of compute capability >= 8 (or one
+torch reports bfloat16 support for) half precision is used; on Apple MPS from macOS 14 bfloat16; on Intel XPU
+bfloat16 where the device supports it; anything else float32. OmniGen2's transformer overflows float16 (like
+FLUX), so of the half-precision types only bfloat16 is offered, which is also what the official pipeline runs in.
+
+On the CPU float32 stays the default here too: it is what matches the official outputs to round-off. bfloat16 is
+an opt-in (`load_model(dtype=torch.bfloat16)`): on the AMD EPYC (Zen 4, AVX512-BF16, no AMX) measured here it takes
+0.5-0.7x the float32 time at ~50 dB PSNR against float32 on the pipeline fixtures (benchmarks/README.md), and
+`load_model` says so in its log on CPUs that have bfloat16 instructions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kernel_choice import cpu_description
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16_instructions() -> bool:
+    """The CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16), where bfloat16 GEMMs beat float32 ones."""
+    return any(flag in cpu_description()[1] for flag in BF16_CPU_FLAGS)
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bfloat16 where ComfyUI would run a bfloat16-capable model in half precision, else float32 (see above)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        capable = torch.cuda.get_device_capability(index)[0] >= 8 or torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if capable else torch.float32
+    if device.type == "mps":
+        return torch.bfloat16 if torch.backends.mps.is_macos_or_newer(14, 0) else torch.float32
+    if device.type == "xpu":
+        return torch.bfloat16 if torch.xpu.is_bf16_supported() else torch.float32
+    return torch.float32

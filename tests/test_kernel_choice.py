@@ -1,0 +1,91 @@
+"""The float32 CPU kernel choice: overrides force each path (seen in the profiler), both agree to round-off, and the
+per-machine cache survives round trips, misses on another key and shrugs off corrupt or unwritable files."""
+
+import json
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from omni_core import InvalidInputError, kernel_choice
+from omni_core.attention import attention
+from omni_core.ops import Linear
+
+pytestmark = pytest.mark.skipif(not kernel_choice.onednn_available(), reason="no oneDNN GEMM in this PyTorch build")
+
+
+@pytest.fixture(autouse=True)
+def restore_setting():
+    yield
+    kernel_choice.set_cpu_gemm(None)
+
+
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return tmp_path
+
+
+def ops_run(fn) -> set[str]:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+@torch.no_grad()
+def test_override_forces_each_path_and_both_agree():
+    layer = Linear(96, 80)
+    x = torch.randn(2, 37, 96)
+    q, k, v = torch.randn(1, 6, 50, 24), torch.randn(1, 2, 50, 24), torch.randn(1, 2, 50, 24)
+    outputs = {}
+    for setting in ("onednn", "mkl"):
+        kernel_choice.set_cpu_gemm(setting)
+        assert kernel_choice.current_kernels() == kernel_choice.KernelChoice(setting, setting, "override")
+        linear_ops, attention_ops = ops_run(lambda: layer(x)), ops_run(lambda: attention(q, k, v))
+        onednn = setting == "onednn"
+        assert ("mkldnn::_linear_pointwise" in linear_ops) == onednn and ("aten::addmm" in linear_ops) != onednn
+        assert ("mkldnn::_linear_pointwise" in attention_ops) == onednn
+        assert ("aten::scaled_dot_product_attention" in attention_ops) != onednn
+        outputs[setting] = layer(x), layer.forward_silu(x), attention(q, k, v)
+    for fast, plain in zip(outputs["onednn"], outputs["mkl"]):
+        assert (fast - plain).abs().max() < 1e-5
+
+
+def test_environment_variable_overrides_and_bad_values_name_it(monkeypatch):
+    monkeypatch.setenv(kernel_choice.ENV_VAR, "mkl")
+    kernel_choice.set_cpu_gemm(None)
+    assert kernel_choice.current_kernels().linear == "mkl"
+    monkeypatch.setenv(kernel_choice.ENV_VAR, "fastest")
+    kernel_choice.set_cpu_gemm(None)
+    with pytest.raises(InvalidInputError, match=kernel_choice.ENV_VAR):
+        kernel_choice.current_kernels()
+    with pytest.raises(InvalidInputError, match="set_cpu_gemm"):
+        kernel_choice.set_cpu_gemm("cublas")
+
+
+def test_measured_choice_is_cached_per_key(cache_home):
+    first = kernel_choice.choose_kernels("auto", threads=1)
+    assert first.source == "measured" and first.linear in ("onednn", "mkl") and first.linear_ratio > 0
+    entries = json.loads(kernel_choice.cache_file().read_text())["entries"]
+    assert list(entries) == [kernel_choice.cache_key(1)]
+    assert "torch " + torch.__version__ in kernel_choice.cache_key(1)
+    again = kernel_choice.choose_kernels("auto", threads=1)
+    assert again.source == "cache" and (again.linear, again.attention) == (first.linear, first.attention)
+    # another key (here: thread count) is not served the cached entry; both are kept
+    assert kernel_choice.choose_kernels("auto", threads=3).source == "measured"
+    assert len(json.loads(kernel_choice.cache_file().read_text())["entries"]) == 2
+
+
+def test_corrupt_or_unwritable_cache_is_ignored(cache_home, monkeypatch):
+    path = kernel_choice.cache_file()
+    path.parent.mkdir(parents=True)
+    path.write_text('{"format": 1, "entries": {"')  # cut-off file
+    assert kernel_choice.choose_kernels("auto", threads=1).source == "measured"
+    assert kernel_choice.choose_kernels("auto", threads=1).source == "cache"  # rewritten whole
+    key = kernel_choice.cache_key(1)
+    path.write_text(json.dumps({"format": 1, "entries": {key: {"linear": "cublas", "attention": 3}}}))
+    assert kernel_choice.choose_kernels("auto", threads=1).source == "measured"
+    blocked = cache_home / "not-a-dir"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # the cache folder cannot be created
+    assert kernel_choice.choose_kernels("auto", threads=1).source == "measured"
