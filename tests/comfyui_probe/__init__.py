@@ -8,7 +8,7 @@ sampler. They always run (IS_CHANGED is NaN, never equal to itself), so ComfyUI'
 
 import comfy.model_management as model_management
 
-CATEGORY = "OmniGen2 tests"
+CATEGORY = "_for_testing"
 
 
 def _report(models: dict) -> list[dict]:
