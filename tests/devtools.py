@@ -8,7 +8,9 @@ for release notes and the like) reaches nothing beyond this machine.
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -32,29 +34,32 @@ class Browser:
 
     def __init__(self, chromium: str, flags: list[str], profile: Path, timeout: float = 60) -> None:
         self.process = subprocess.Popen([chromium, *flags, *ISOLATION_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True)  # its own process group: close() ends all of it
         self.log: list[str] = []
-        deadline = time.monotonic() + timeout
-        endpoint = None
-        while endpoint is None:
-            line = self.process.stderr.readline()
-            if not line and (self.process.poll() is not None or time.monotonic() > deadline):
-                raise RuntimeError("Chromium did not start:\n" + "".join(self.log[-40:]))
-            self.log.append(line)
-            found = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
-            endpoint = found and int(found.group(1))
-        threading.Thread(target=self._drain, daemon=True).start()  # a full stderr pipe would stall Chromium
+        self._endpoint: int | None = None
+        self._listening = threading.Event()
+        threading.Thread(target=self._drain, daemon=True).start()  # also: a full stderr pipe would stall Chromium
+        if not self._listening.wait(timeout) or self._endpoint is None:
+            self._stop()
+            raise RuntimeError("Chromium did not start:\n" + "".join(self.log[-40:]))
+        endpoint = self._endpoint
         pages = [t for t in request_json(f"http://127.0.0.1:{endpoint}/json/list") if t["type"] == "page"]
         self.socket = WebSocket(pages[0]["webSocketDebuggerUrl"], timeout=timeout)
         self._next_id = 0
-        self.events: list[dict] = []
 
     def _drain(self) -> None:
+        """Keep Chromium's stderr; note the DevTools port it announces (or that it exited without one)."""
         for line in self.process.stderr:
             self.log.append(line)
+            found = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
+            if found and self._endpoint is None:
+                self._endpoint = int(found.group(1))
+                self._listening.set()
+        self._listening.set()
 
     def call(self, method: str, **params: Any) -> dict:
-        """One CDP command; its result (events that arrive meanwhile are kept in `events`)."""
+        """One CDP command; its result (no domain is enabled for events, so anything else that arrives is dropped)."""
         self._next_id += 1
         self.socket.send({"id": self._next_id, "method": method, "params": params})
         while True:
@@ -63,7 +68,6 @@ class Browser:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return message.get("result", {})
-            self.events.append(message)
 
     def evaluate(self, expression: str) -> Any:
         """Evaluate JavaScript in the page (promises awaited); its value, or an error with the page's exception."""
@@ -103,13 +107,18 @@ class Browser:
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
         return path
 
+    def _stop(self) -> None:
+        """SIGTERM to Chromium's process group (its helpers too), SIGKILL if it has not exited within 20 s."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=20)
+
     def close(self) -> None:
         try:
             self.socket.close()
         finally:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=20)
+            self._stop()

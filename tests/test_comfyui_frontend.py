@@ -42,8 +42,6 @@ def browser(comfyui, tmp_path_factory):
         pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium)")
     page = Browser(CHROMIUM, CHROMIUM_FLAGS, tmp_path_factory.mktemp("chromium-profile"))
     try:
-        page.call("Page.enable")
-        page.call("Runtime.enable")
         page.call("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False)
         # Not a first visit: a new user's first visit opens the templates dialog by itself, at a moment of its own.
         comfyui.post("/settings/Comfy.TutorialCompleted", True)
