@@ -11,8 +11,8 @@ lists a node's inputs by hand: a node someone adds, or a widget added to a sampl
 `tests/test_comfyui_api.py::test_recorded_core_object_info_is_the_servers` (which fails when they differ).
 
 `run_directly(prompt, classes, input_dir)` executes an API prompt by calling the node classes in this process, without
-ComfyUI: our nodes run on the CPU through the engine, Load Image / Save Image are replaced by what they compute. The
-server tests compare ComfyUI's saved images with it.
+ComfyUI: our nodes run on the CPU through the engine; Load Image, Save / Preview Image and Preview Any are replaced by
+what they compute. The server tests compare ComfyUI's saved images with it.
 """
 
 from __future__ import annotations
@@ -163,6 +163,8 @@ def run_directly(prompt: dict, classes: dict[str, type], input_dir: Path) -> dic
                 outputs[node_id] = load_image(input_dir / inputs["image"])
             elif kind in ("SaveImage", "PreviewImage"):
                 saved[node_id] = saved_pixels(inputs["images"])
+                outputs[node_id] = ()
+            elif kind == "PreviewAny":  # shows a value as text: nothing to compare
                 outputs[node_id] = ()
             elif kind in classes:
                 cls = classes[kind]
