@@ -18,7 +18,7 @@ import stat
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ class ComfyUI:
     url: str
     home: Path
     log: Path
-    history_ids: list[str] = field(default_factory=list)
 
     @property
     def models(self) -> Path:

@@ -10,6 +10,7 @@ test sizes (setting `widget.value`), go through the page's JavaScript. Screensho
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def by_text(text: str, inside: str = "document") -> str:
 @pytest.fixture(scope="module")
 def browser(comfyui, tmp_path_factory):
     if CHROMIUM is None:
-        if __import__("os").environ.get("CI"):
+        if os.environ.get("CI"):
             pytest.fail("CI must run the front-end test: Chromium is not installed", pytrace=False)
         pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium)")
     page = Browser(CHROMIUM, CHROMIUM_FLAGS, tmp_path_factory.mktemp("chromium-profile"))
