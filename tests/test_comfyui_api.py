@@ -106,8 +106,9 @@ def test_example_runs_in_comfyui_as_on_the_engine(path, comfyui, object_info, di
     assert saved, (path.name, entry["outputs"])
     assert_same_pictures(saved, direct(prompt))
     for node_id, output in entry["outputs"].items():
-        for stats in output.get("omnigen2_stats", []):
-            assert stats["steps"] == prompt[node_id]["inputs"]["steps"]
+        for stats in output.get("omnigen2_stats", []):  # a node that sampled reports the prompt's steps
+            if "steps" in stats:
+                assert stats["steps"] == prompt[node_id]["inputs"]["steps"]
     for pictures in saved.values():
         assert all(picture.std() > 0 for picture in pictures), "a flat picture says nothing about the model"
 
