@@ -99,6 +99,19 @@ def test_nodes_are_in_the_node_library_under_omnigen2(browser):
     browser.click_element("document.querySelector('button[aria-label^=\"Node Library\"]')", "the Node Library button")
 
 
+def _history_of_the_run(comfyui, timeout: float = 60) -> dict:
+    """The /history entry of the run the front end queued (its seed is SEED); ComfyUI writes it once the whole
+    prompt is done, a moment after the sampler's "executed" message reached the page."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in comfyui.get("/history").values():
+            seeds = [n["inputs"].get("seed") for n in entry["prompt"][2].values()]
+            if SEED in seeds and entry.get("status", {}).get("completed") is not None:
+                return entry
+        time.sleep(0.25)
+    raise AssertionError("the front end's run is not in /history")
+
+
 def _run_and_check_the_stats_widget(browser, comfyui) -> None:
     """Shrink the loaded example, press Run, and read the figures the stats widget shows against /history's."""
     shrink = (f"(() => {{ const small = {json.dumps(SMALL)}; for (const node of app.graph._nodes) for (const w of node.widgets || []) {{"
@@ -111,11 +124,9 @@ def _run_and_check_the_stats_widget(browser, comfyui) -> None:
     sampler = "app.graph._nodes.find(n => n.type === 'OmniGen2CachedSampler')"
     text = browser.wait_for(f"(() => {{ const n = {sampler}; return n && n.omnigen2StatsElement && n.omnigen2StatsElement.innerText; }})()",
                             300, "the stats on the sampler node")
-    history = comfyui.get("/history")
-    entry = max(history.values(), key=lambda e: e["prompt"][0])
+    entry = _history_of_the_run(comfyui)
     assert entry["status"]["status_str"] == "success"
     (sampler_id,) = [k for k, n in entry["prompt"][2].items() if n["class_type"] == "OmniGen2CachedSampler"]
-    assert entry["prompt"][2][sampler_id]["inputs"]["seed"] == SEED
     stats = entry["outputs"][sampler_id]["omnigen2_stats"][0]
     rows = dict(line.split(": ", 1) for line in text.splitlines())
     assert rows["steps"] == str(stats["steps"]) == str(SMALL["steps"])
