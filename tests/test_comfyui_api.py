@@ -191,7 +191,9 @@ def test_interrupt_stops_within_a_step_and_leaves_no_stale_state(comfyui, object
     alone = comfyui.saved_images(comfyui.run(prompt))
 
     long = copy.deepcopy(prompt)  # the same condition (ComfyUI reuses it from its cache), reference caching on
-    long[sampler]["inputs"].update(seed=8, steps=1000, width=256, height=256)
+    # Steps long next to loopback latencies (a batch of 16 at 512 x 512: about 0.5 s each on the bundled model), so
+    # the step the client saw is the one the server was in when the interrupt arrived.
+    long[sampler]["inputs"].update(seed=8, steps=1000, width=512, height=512, batch_size=16)
     client = str(uuid.uuid4())
     listener = comfyui.listen(client)
     try:
