@@ -24,7 +24,6 @@ ISOLATION_FLAGS = [
     "--remote-debugging-port=0",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
     "--proxy-server=http://127.0.0.1:9",  # loopback is never proxied; anything else meets a closed port
-    "--disable-quic",
     "--window-size=1400,900",
 ]
 
