@@ -33,6 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PACK_FOLDER = "comfyui-omnigen2"
 MODEL_NAME = "OmniGen2"  # what example_workflows/ choose in Load OmniGen2
 BROKEN_MODEL_NAME = "broken-model"  # a listed folder whose weights are missing: a load-time error
+FIXTURE_MODEL = Path(__file__).resolve().parent / "fixtures" / "omnigen2-tiny"
+# The single-file layout, as ComfyUI users have it (ComfyUI folder, file name, the fixture model's file).
+SINGLE_FILES = {
+    "transformer": ("diffusion_models", "tiny_omnigen2.safetensors", "transformer/diffusion_pytorch_model.safetensors"),
+    "text_encoder": ("text_encoders", "tiny_qwen_2.5_vl.safetensors", "mllm/model.safetensors"),
+    "vae": ("vae", "tiny_ae.safetensors", "vae_bfl/ae.safetensors"),
+}
 PROBE = Path(__file__).resolve().parent / "comfyui_probe"
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".comfyui-venv", "__pycache__", ".pytest_cache", "outputs", "*.pyc")
 
@@ -149,6 +156,10 @@ def _add_models_and_inputs(home: Path) -> None:
     for weights in broken.rglob("*.safetensors"):
         if weights.parent.name == "vae":
             weights.unlink()
+    (models / FIXTURE_MODEL.name).symlink_to(FIXTURE_MODEL, target_is_directory=True)  # its processor/: a tokenizer
+    for folder, name, source in SINGLE_FILES.values():
+        (home / "models" / folder).mkdir(parents=True, exist_ok=True)
+        (home / "models" / folder / name).symlink_to(FIXTURE_MODEL / source)
     (home / "input").mkdir(exist_ok=True)
     for name, picture in example_pictures().items():
         picture.save(home / "input" / name)

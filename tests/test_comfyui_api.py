@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from comfy_workflow import CORE_OBJECT_INFO, node_info, run_directly, to_api_prompt
-from comfyui_server import BROKEN_MODEL_NAME, MODEL_NAME, PACK_FOLDER
+from comfyui_server import BROKEN_MODEL_NAME, FIXTURE_MODEL, MODEL_NAME, PACK_FOLDER, SINGLE_FILES
 from loopback import HTTPError
 from test_nodes import load_pack
 
@@ -111,6 +111,25 @@ def test_example_runs_in_comfyui_as_on_the_engine(path, comfyui, object_info, di
                 assert stats["steps"] == prompt[node_id]["inputs"]["steps"]
     for pictures in saved.values():
         assert all(picture.std() > 0 for picture in pictures), "a flat picture says nothing about the model"
+
+
+def test_single_files_load_from_comfyuis_folders(comfyui, object_info, direct):
+    """Load OmniGen2 (single files) lists and loads files from ComfyUI's own model folders (the tokenizer from a
+    models/omnigen2 folder); the pictures are those of the same files loaded directly."""
+    listed = object_info["LoadOmniGen2SingleFiles"]["input"]["required"]
+    prompt = example("omnigen2_instruction_edit.json", object_info)
+    loader = node_of(prompt, "LoadOmniGen2")
+    files = {part: name for part, (_, name, _) in SINGLE_FILES.items()}
+    for part, name in files.items():
+        assert name in listed[part][0], (part, listed[part][0])
+    assert FIXTURE_MODEL.name in listed["tokenizer"][0]
+    prompt[loader] = {"class_type": "LoadOmniGen2SingleFiles",
+                      "inputs": {**files, "tokenizer": FIXTURE_MODEL.name, "weight_dtype": "auto"}}
+    saved = comfyui.saved_images(comfyui.run(prompt))
+    # Outside ComfyUI there are no model folders to choose from: the same files by path.
+    paths = {part: str(FIXTURE_MODEL / source) for part, (_, _, source) in SINGLE_FILES.items()}
+    prompt[loader]["inputs"].update(**paths, tokenizer=str(FIXTURE_MODEL / "processor"))
+    assert_same_pictures(saved, direct(prompt))
 
 
 def rejected(comfyui, prompt: dict) -> dict:
