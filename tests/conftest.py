@@ -42,3 +42,16 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_transformer(tiny_model):
     return tiny_model.transformer
+
+
+@pytest.fixture(scope="session")
+def comfyui(tmp_path_factory):
+    """One real ComfyUI server for the whole session (tests/comfyui_server.py): skipped locally without a ComfyUI,
+    a failure in CI."""
+    from comfyui_server import start_comfyui, stop
+
+    server, process = start_comfyui(tmp_path_factory.mktemp("comfyui"))
+    try:
+        yield server
+    finally:
+        stop(process)

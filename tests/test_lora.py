@@ -13,7 +13,6 @@ import omni_core
 import omni_core.lora
 from conftest import max_abs_diff
 from test_transformer import forward_inputs
-from test_workflows import comfyui_server  # noqa: F401  (fixture: a real ComfyUI server, skipped without COMFYUI_DIR)
 from omni_core.errors import CheckpointMismatchError, InvalidInputError, ModelFileError
 from omni_core.lora import read_lora, save_lora
 
@@ -310,7 +309,7 @@ def test_lora_node_leaves_its_input_alone_and_chains(fixture_dir, tmp_path):
         node("OmniGen2LoRA").apply(model, "no_such_lora.safetensors", 1.0)
 
 
-def test_lora_nodes_in_a_real_comfyui(comfyui_server, fixture_dir):
+def test_lora_nodes_in_a_real_comfyui(comfyui, fixture_dir):
     """Inside ComfyUI the LoRA goes in as ModelPatcher weight patches: two chained LoRA nodes and the base model
     sampled in one prompt give the images the engine's own merge gives outside ComfyUI (SaveImage's 8-bit rounding
     aside), and a later run of the base model is unaffected."""
@@ -318,14 +317,12 @@ def test_lora_nodes_in_a_real_comfyui(comfyui_server, fixture_dir):
     from PIL import Image
 
     from test_nodes import load_pack
-    from test_workflows import _get, _run
 
-    url, base, log_path = comfyui_server
-    folder = base / "models" / "loras"
+    folder = comfyui.home / "models" / "loras"
     folder.mkdir(parents=True, exist_ok=True)
     a = _saved(folder, "omnigen2_lora_a", seed=0)
     b = _saved(folder, "omnigen2_lora_b", seed=1, independent_condition=True)
-    choices = _get(f"{url}/object_info/OmniGen2LoRA")["OmniGen2LoRA"]["input"]["required"]["lora_name"][0]
+    choices = comfyui.get("/object_info/OmniGen2LoRA")["OmniGen2LoRA"]["input"]["required"]["lora_name"][0]
     assert {a.name, b.name} <= set(choices)
     encode = {"prompt": "a red square on blue", "negative_prompt": "", "max_pixels": 4096, "max_input_image_side_length": 64}
     settings = {"seed": 1, "steps": 3, "width": 64, "height": 48, "text_guidance": 5.0, "image_guidance": 2.0,
@@ -350,13 +347,13 @@ def test_lora_nodes_in_a_real_comfyui(comfyui_server, fixture_dir):
 
     def saved(outputs, key):
         image = outputs[key]["images"][0]
-        return np.asarray(Image.open(base / image["type"] / image.get("subfolder", "") / image["filename"]), dtype=np.int16)
+        return np.asarray(Image.open(comfyui.home / image["type"] / image.get("subfolder", "") / image["filename"]), dtype=np.int16)
 
     first = prompt_of(sampler("3", 1, "lora"), sampler("1", 1, "base"))
-    outputs = _run(url, first, log_path)["outputs"]
+    outputs = comfyui.run(first)["outputs"]
     assert outputs["s0"]["omnigen2_stats"][0]["independent_condition"] is True
     assert outputs["s1"]["omnigen2_stats"][0]["independent_condition"] is False
-    later = _run(url, prompt_of(sampler("1", 2, "base_later")), log_path)["outputs"]
+    later = comfyui.run(prompt_of(sampler("1", 2, "base_later")))["outputs"]
 
     pack = load_pack()  # the same nodes outside ComfyUI: the engine merges the LoRAs itself
     node = lambda name: pack.NODE_CLASS_MAPPINGS[name]()

@@ -495,11 +495,11 @@ def test_reflect_node_cancel_leaves_nothing_behind(pack, node_model, bridge, own
 def test_the_example_workflow_runs_on_the_bundled_model(pack):
     """example_workflows/omnigen2_reflect.json as ComfyUI would run it (API form), on the bundled model with its own
     MLLM judging, shrunk to few steps: every widget value is one the node takes."""
-    from comfy_workflow import node_signatures, to_api_prompt
+    from comfy_workflow import offline_object_info, to_api_prompt
     import json
 
     workflow = json.loads((Path(__file__).parents[1] / "example_workflows" / "omnigen2_reflect.json").read_text())
-    prompt = to_api_prompt(workflow, node_signatures(pack))
+    prompt = to_api_prompt(workflow, offline_object_info(pack.NODE_CLASS_MAPPINGS))
     (reflect_id, node), = ((k, n) for k, n in prompt.items() if n["class_type"] == "OmniGen2Reflect")
     inputs = {**node["inputs"], "steps": 2}
     assert inputs.pop("model") == ["1", 0] and inputs.pop("image_1") == ["2", 0]

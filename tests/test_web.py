@@ -34,6 +34,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    "--disable-quic",
     "--disable-dev-shm-usage",
 ]
 
