@@ -51,6 +51,9 @@ def direct(comfyui, classes, monkeypatch):
 
 def shrink(prompt: dict) -> dict:
     for node in prompt.values():
+        # the bundled MLLM (small, frozen, untrained for chat) never answers <|img|>: a turn that may draw is made to
+        if node["class_type"] == "OmniGen2Chat" and node["inputs"].get("respond") == "auto":
+            node["inputs"]["respond"] = "image"
         for name, small in SMALL.items():
             value = node["inputs"].get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > small:
