@@ -7,6 +7,7 @@ the official pipeline recorded for the same inputs, so the nodes are checked for
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import sys
@@ -100,6 +101,30 @@ def test_pack_registers_nodes_without_claiming_the_name_nodes(pack):
     assert ours is None or not str(getattr(ours, "__file__", "")).startswith(str(ROOT / "nodes")), (
         "the pack must never be importable as the top-level module `nodes` (ComfyUI's own)")
     assert {"OmniGen2CompactCondition", "OmniGen2Reflect"} <= set(pack.NODE_CLASS_MAPPINGS)
+
+
+# Top-level modules of a ComfyUI checkout (its comfy*/ packages and the host modules beside main.py).
+COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_api_nodes", "comfy_execution", "comfy_extras", "execution",
+                   "folder_paths", "latent_preview", "node_helpers", "nodes", "server"}
+
+
+def comfyui_imports(path: Path) -> set[str]:
+    """The ComfyUI modules a source file imports (absolute imports only; the pack's own are relative)."""
+    names = set()
+    for statement in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(statement, ast.Import):
+            names.update(alias.name for alias in statement.names)
+        elif isinstance(statement, ast.ImportFrom) and statement.level == 0:
+            names.add(statement.module)
+    return {name for name in names if name.split(".")[0] in COMFYUI_MODULES}
+
+
+def test_only_the_bridge_host_module_imports_comfyui():
+    shipped = [ROOT / "__init__.py", *sorted((ROOT / "nodes").rglob("*.py")), *sorted((ROOT / "omni_core").rglob("*.py"))]
+    importers = {str(path.relative_to(ROOT)): found for path in shipped if (found := comfyui_imports(path))}
+    assert list(importers) == ["nodes/bridge/host.py"], (
+        f"ComfyUI is imported outside nodes/bridge/host.py: {importers}; take the names from bridge.host instead")
+    assert {"comfy.model_management", "folder_paths", "latent_preview"} <= importers["nodes/bridge/host.py"]
 
 
 def test_every_node_is_declared_completely(pack, bridge):

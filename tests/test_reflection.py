@@ -402,8 +402,8 @@ def test_reflect_node_outputs_every_round_and_shows_the_round(pack, node_model, 
     judge = own_judge(ScriptedJudge("No\n- a bigger circle", "No\n- a darker red", "Yes"))
     texts, bar = [], []
     real_progress = bridge.progress_callback
-    monkeypatch.setattr(bridge, "show_text", texts.append)
-    monkeypatch.setattr(bridge, "progress_callback",
+    monkeypatch.setattr(bridge.progress, "show_text", texts.append)  # where round_progress looks them up
+    monkeypatch.setattr(bridge.progress, "progress_callback",
                         lambda total, device=None, on_step=None: real_progress(total, device, lambda s, t: bar.append((s, t))))
     out = run_node(pack, node_model, image_1=picture(1).unsqueeze(0))
     image, rounds, transcript = out["result"]
@@ -476,14 +476,14 @@ def test_reflect_node_cancel_leaves_nothing_behind(pack, node_model, bridge, own
             if step == 3:  # round 2, step 1
                 bridge.request_interrupt()
 
-        monkeypatch.setattr(bridge, "progress_callback",
+        monkeypatch.setattr(bridge.progress, "progress_callback",
                             lambda total, device=None, on_step_=None: real_progress(total, device, on_step))
     with pytest.raises(bridge.Interrupted):
         run_node(pack, node_model, image_1=picture(2).unsqueeze(0))
     assert len(created_caches) == (1 if where == "between rounds" else 2)
     assert all(cache.entries == {} for cache in created_caches) and all(s.entries == {} for s in created_stores)
     assert steps == ([] if where == "between rounds" else [1, 2, 3])
-    monkeypatch.setattr(bridge, "progress_callback", real_progress)
+    monkeypatch.setattr(bridge.progress, "progress_callback", real_progress)
     own_judge(ScriptedJudge("No\n- x", "Yes"))
     _, after, _ = run_node(pack, node_model, image_1=picture(2).unsqueeze(0))["result"]
     fresh = omni_core.load_model(FIXTURES).reflect(

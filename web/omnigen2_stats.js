@@ -9,7 +9,7 @@
 import { app } from "../../scripts/app.js";
 
 const SAMPLER_TYPES = new Set(["OmniGen2CachedSampler", "OmniGen2Repaint", "OmniGen2Chat", "OmniGen2Reflect"]);
-const STATS_KEY = "omnigen2_stats"; // keep in sync with nodes/bridge.py STATS_KEY
+const STATS_KEY = "omnigen2_stats"; // keep in sync with nodes/bridge/outputs.py STATS_KEY
 const WIDGET_NAME = "omnigen2_run_stats";
 const ROW_HEIGHT = 18;
 const ANSWER_CHARS_PER_ROW = 48; // about what a default-width node fits in 12px monospace

@@ -1,0 +1,160 @@
+"""Where model files come from: `models/omnigen2` (diffusers-layout folders) and `models/vlm` (judges) registered
+with ComfyUI next to its standard folders, or roots from environment variables outside ComfyUI.
+
+Loader, LoRA and Reflect nodes list their choices and resolve the chosen name to a path here, with an error that says
+where to put the files when it is not found.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omni_core.errors import ModelFileError
+
+from .host import IN_COMFYUI, folder_paths, model_management
+
+MODEL_FOLDER_KEY = "omnigen2"  # models/omnigen2: one diffusers-layout folder per model (transformer/ vae/ mllm/ ...)
+TRANSFORMER_FOLDER_KEY = "diffusion_models"  # ComfyUI's own folders for the single-file release
+TEXT_ENCODER_FOLDER_KEY = "text_encoders"
+VAE_FOLDER_KEY = "vae"
+LORA_FOLDER_KEY = "loras"
+# Outside ComfyUI, extra model roots come from this variable (os.pathsep-separated), e.g. for scripts.
+MODEL_DIRS_ENV = "OMNIGEN2_MODEL_DIRS"
+JUDGE_FOLDER_KEY = "vlm"  # models/vlm: vision-language model folders (e.g. Qwen2.5-VL-Instruct) the Reflect node can judge with
+JUDGE_DIRS_ENV = "OMNIGEN2_JUDGE_DIRS"  # outside ComfyUI, as MODEL_DIRS_ENV
+# The tokenizer choice that means "the tokenizer ComfyUI ships for its own Qwen2.5 text encoders".
+COMFY_TOKENIZER_CHOICE = "comfyui: qwen25_tokenizer"
+
+
+def register_folders() -> None:
+    """Register `models/omnigen2` and `models/vlm` with ComfyUI (once; a no-op outside ComfyUI). The standard
+    folders exist already."""
+    if not IN_COMFYUI:
+        return
+    for key in (MODEL_FOLDER_KEY, JUDGE_FOLDER_KEY):
+        folder_paths.add_model_folder_path(key, os.path.join(folder_paths.models_dir, key), is_default=True)
+
+
+def _roots(key: str = MODEL_FOLDER_KEY, env: str = MODEL_DIRS_ENV) -> list[str]:
+    if IN_COMFYUI:
+        return list(folder_paths.get_folder_paths(key))
+    return [p for p in os.environ.get(env, "").split(os.pathsep) if p]
+
+
+def is_model_folder(path: str) -> bool:
+    """A diffusers-layout OmniGen2 root: it has `model_index.json` or a `transformer/` folder."""
+    return os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isdir(os.path.join(path, "transformer"))
+
+
+def list_model_folders() -> list[str]:
+    """Names of the diffusers-layout folders found directly under every registered `omnigen2` root."""
+    names = set()
+    for root in _roots():
+        if os.path.isdir(root):
+            names.update(n for n in os.listdir(root) if is_model_folder(os.path.join(root, n)))
+    return sorted(names)
+
+
+def resolve_model_folder(name: str) -> str:
+    """The full path of a model folder chosen by name (or given as an existing absolute path, for scripts)."""
+    if not name:
+        raise ModelFileError("No OmniGen2 model folder chosen. Put a diffusers-layout folder under models/omnigen2.")
+    if os.path.isabs(name) and os.path.isdir(name):
+        return name
+    for root in _roots():
+        candidate = os.path.join(root, name)
+        if os.path.isdir(candidate):
+            return candidate
+    roots = _roots() or [f"(none: set {MODEL_DIRS_ENV})"]
+    raise ModelFileError(
+        f"OmniGen2 model folder '{name}' not found in {roots}. Download OmniGen2/OmniGen2 (diffusers layout) into "
+        "models/omnigen2/<name>/ or pick single files with 'Load OmniGen2 (single files)'."
+    )
+
+
+def is_judge_folder(path: str) -> bool:
+    """A transformers model folder (config.json), or an OmniGen2-style root with mllm/ (its MLLM judges)."""
+    return os.path.isfile(os.path.join(path, "config.json")) or os.path.isdir(os.path.join(path, "mllm"))
+
+
+def list_judge_folders() -> list[str]:
+    """Names of the model folders directly under every registered `vlm` root."""
+    names = set()
+    for root in _roots(JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV):
+        if os.path.isdir(root):
+            names.update(n for n in os.listdir(root) if is_judge_folder(os.path.join(root, n)))
+    return sorted(names)
+
+
+def resolve_judge_folder(name: str) -> str:
+    """The full path of a judge folder chosen by name (or given as an existing absolute path, for scripts)."""
+    if os.path.isabs(name) and os.path.isdir(name):
+        return name
+    for root in _roots(JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV):
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise ModelFileError(
+        f"Judge folder '{name}' not found under models/{JUDGE_FOLDER_KEY}. Put a vision-language model folder (e.g. "
+        f"Qwen2.5-VL-7B-Instruct, safetensors with its processor files) into models/{JUDGE_FOLDER_KEY}/<name>/."
+    )
+
+
+def list_files(folder_key: str) -> list[str]:
+    """Weight files ComfyUI lists for one of its folders (empty outside ComfyUI, where paths are given directly)."""
+    if IN_COMFYUI:
+        return [f for f in folder_paths.get_filename_list(folder_key) if f.endswith((".safetensors", ".sft"))]
+    return []
+
+
+def resolve_file(folder_key: str, name: str) -> str:
+    """The full path of a file chosen from a ComfyUI folder (or an existing absolute path, for scripts)."""
+    if name and os.path.isabs(name) and os.path.exists(name):
+        return name
+    if IN_COMFYUI and name:
+        path = folder_paths.get_full_path(folder_key, name)
+        if path is not None:
+            return path
+    raise ModelFileError(f"'{name}' not found in ComfyUI's models/{folder_key} folder. Put the file there and refresh.")
+
+
+def list_tokenizers() -> list[str]:
+    """Tokenizer sources for the single-file loader: model folders that hold `processor/`, then ComfyUI's own copy."""
+    choices = [n for n in list_model_folders() if _processor_dir_of(n) is not None]
+    if _comfy_tokenizer_dir() is not None:
+        choices.append(COMFY_TOKENIZER_CHOICE)
+    return choices
+
+
+def _processor_dir_of(name: str) -> str | None:
+    try:
+        folder = resolve_model_folder(name)
+    except ModelFileError:
+        return None
+    for sub in ("processor", "tokenizer"):
+        if os.path.isdir(os.path.join(folder, sub)):
+            return os.path.join(folder, sub)
+    return None
+
+
+def _comfy_tokenizer_dir() -> str | None:
+    if not IN_COMFYUI:
+        return None
+    # ComfyUI ships the Qwen2.5 tokenizer files for its own OmniGen2 / Qwen-Image text encoders, in comfy/.
+    comfy_dir = os.path.dirname(os.path.abspath(model_management.__file__))
+    path = os.path.join(comfy_dir, "text_encoders", "qwen25_tokenizer")
+    return path if os.path.isdir(path) else None
+
+
+def resolve_tokenizer(name: str) -> str:
+    """The tokenizer folder for a choice from `list_tokenizers()` (or an existing folder path, for scripts)."""
+    if name == COMFY_TOKENIZER_CHOICE and _comfy_tokenizer_dir() is not None:
+        return _comfy_tokenizer_dir()
+    if name and os.path.isabs(name) and os.path.isdir(name):
+        return name
+    found = _processor_dir_of(name) if name else None
+    if found is None:
+        raise ModelFileError(
+            f"No tokenizer for '{name}'. The single-file text encoder holds no tokenizer: choose a model folder with a "
+            "processor/ subfolder under models/omnigen2, or ComfyUI's qwen25_tokenizer."
+        )
+    return found
