@@ -56,6 +56,9 @@ VAE_FOLDER_KEY = "vae"
 LORA_FOLDER_KEY = "loras"
 # Outside ComfyUI, extra model roots come from this variable (os.pathsep-separated), e.g. for scripts.
 MODEL_DIRS_ENV = "OMNIGEN2_MODEL_DIRS"
+# The model choice that means the small OmniGen2 bundled with the pack (omni_core/default_model), offered first so a
+# fresh ComfyUI with no downloads draws something meaningful.
+BUNDLED_MODEL_CHOICE = "bundled: omnigen2-shapes"
 # The tokenizer choice that means "the tokenizer ComfyUI ships for its own Qwen2.5 text encoders".
 COMFY_TOKENIZER_CHOICE = "comfyui: qwen25_tokenizer"
 
@@ -81,18 +84,20 @@ def is_model_folder(path: str) -> bool:
 
 
 def list_model_folders() -> list[str]:
-    """Names of the diffusers-layout folders found directly under every registered `omnigen2` root."""
+    """The bundled model first, then the diffusers-layout folders found directly under every `omnigen2` root."""
     names = set()
     for root in _model_roots():
         if os.path.isdir(root):
             names.update(n for n in os.listdir(root) if is_model_folder(os.path.join(root, n)))
-    return sorted(names)
+    return [BUNDLED_MODEL_CHOICE, *sorted(names)]
 
 
 def resolve_model_folder(name: str) -> str:
     """The full path of a model folder chosen by name (or given as an existing absolute path, for scripts)."""
     if not name:
         raise ModelFileError("No OmniGen2 model folder chosen. Put a diffusers-layout folder under models/omnigen2.")
+    if name == BUNDLED_MODEL_CHOICE:
+        return str(omni_core.DEFAULT_MODEL_DIR)
     if os.path.isabs(name) and os.path.isdir(name):
         return name
     for root in _model_roots():
