@@ -12,7 +12,7 @@ pairs that no training image has) is regenerated in memory; every sample is read
 - in_context_accuracy: the same for the two objects of the two reference images, with the full (uncached) joint
   model; `_reused_joint`: the same model with reference features computed at step 0 and reused without the mask
   (cache_per_n_steps > steps, independent_condition False); `_independent_once`: the independent-condition model
-  (default: <model>/independent_condition/transformer) with its features computed once;
+  (the joint model with the LoRA <model>/loras/independent_condition.safetensors) with its features computed once;
 - speedup_independent_once: seconds of the full joint in-context runs over those of the independent-once runs
   (process CPU time, the modes interleaved per example; wall-clock ratio beside it).
 """
@@ -39,11 +39,6 @@ ONCE = 10**6  # cache_per_n_steps larger than any step count: reference features
 TILE_GAP = 4
 
 
-def load_independent(model_dir: Path, transformer_dir: Path) -> omni_core.OmniGen2:
-    return omni_core.load_model({"transformer": transformer_dir, "vae": model_dir / "vae",
-                                 "text_encoder": model_dir / "mllm", "tokenizer": model_dir / "processor"})
-
-
 def timed(run):
     wall, cpu = time.perf_counter(), time.process_time()
     result = run()
@@ -68,7 +63,7 @@ def grid(rows: list[list[Image.Image]], scale: int = 2) -> Image.Image:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     model = omni_core.load_model(args.model)
-    independent = load_independent(args.model, args.independent) if args.independent.is_dir() else None
+    independent = omni_core.load_model(args.model, loras=[(args.independent, 1.0)]) if args.independent.is_file() else None
     settings = dict(width=args.size, height=args.size, steps=args.steps, text_guidance_scale=args.text_guidance,
                     image_guidance_scale=args.image_guidance)
     held_out = list(examples(3 * args.count, args.seed, held_out=True))  # t2i, edit, in_context in turn
@@ -135,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=omni_core.DEFAULT_MODEL_DIR)
     parser.add_argument("--independent", type=Path, default=None,
-                        help="the independent-condition transformer folder (default <model>/independent_condition/transformer)")
+                        help="the independent-condition LoRA (default <model>/loras/independent_condition.safetensors)")
     parser.add_argument("--count", type=int, default=16, help="held-out examples per task")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=64, help="image side (the model trained at 64)")
@@ -148,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.independent is None:
-        args.independent = args.model / "independent_condition" / "transformer"
+        args.independent = args.model / "loras" / "independent_condition.safetensors"
     figures = run(args)
     width = max(len(k) for k in figures)
     for key, value in figures.items():

@@ -3,7 +3,7 @@
     python -m omni_core.training.shapes.make_default_model --output omni_core/default_model
 
 1. writes the seeded shapes dataset (train + held-out test) under `--work` (default runs/shapes/data);
-2. trains the small VAE on its images into <output>/vae;
+2. trains the small VAE on its images into <output>/vae (VAE_PHASES);
 3. copies the frozen text encoder (the tiny random-weight Qwen2.5-VL of tests/fixtures/omnigen2-tiny: mllm/,
    processor/) and the scheduler config into <output>;
 4. trains the transformer from random weights with `python -m omni_core.training` (configs/training/shapes/
@@ -29,6 +29,8 @@ from .vae import train_vae
 REPO = Path(__file__).resolve().parents[3]
 TEXT_ENCODER_SOURCE = REPO / "tests" / "fixtures" / "omnigen2-tiny"
 CONFIGS = REPO / "configs" / "training" / "shapes"
+# The VAE's training: cosine phases (steps, learning rate), each continuing from the previous one's weights.
+VAE_PHASES = ((1000, 2e-3), (1200, 1e-3), (1500, 1e-3))
 INDEPENDENT_LORA = Path("loras") / "independent_condition.safetensors"
 MODEL_INDEX = {
     "_class_name": "OmniGen2Pipeline",
@@ -76,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, required=True, help="the model folder to write (release layout)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "shapes", help="data, logs and checkpoints")
     parser.add_argument("--train-examples", type=int, default=4000)
-    parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=None, help="transformer steps (default: the configs')")
     parser.add_argument("--lora-steps", type=int, default=None, help="independent-condition LoRA steps (default: the config's)")
     args = parser.parse_args(argv)
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     train_jsonl, _ = write_dataset(args.work / "data", args.train_examples, 48, resolution=64, seed=0)
     print(f"data written ({time.perf_counter() - start:.0f} s)", flush=True)
-    train_vae(train_jsonl, args.output / "vae", steps=args.vae_steps)
+    for phase, (steps, learning_rate) in enumerate(VAE_PHASES):
+        start_from = args.output / "vae" if phase else None
+        train_vae(train_jsonl, args.output / "vae", steps, learning_rate=learning_rate, seed=phase, start=start_from)
     print(f"vae trained ({time.perf_counter() - start:.0f} s)", flush=True)
     copy_frozen_parts(args.output)
     train_transformers(args.output, args.work, args.steps, args.lora_steps)

@@ -96,6 +96,10 @@ def train_vae(data: Path, output: Path, steps: int = 1000, batch_size: int = 4, 
     shift, scale = latent_statistics(vae, pixels[:512])
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     vae.save_pretrained(output, safe_serialization=True)
+    config_file = Path(output) / "config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("_name_or_path", None)  # where a continued run started from: a local path, no part of the model
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
     return vae
 
 
