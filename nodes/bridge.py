@@ -57,8 +57,8 @@ LORA_FOLDER_KEY = "loras"
 # Outside ComfyUI, extra model roots come from this variable (os.pathsep-separated), e.g. for scripts.
 MODEL_DIRS_ENV = "OMNIGEN2_MODEL_DIRS"
 # The model choice that means the small OmniGen2 bundled with the pack (omni_core/default_model), offered first so a
-# fresh ComfyUI with no downloads draws something meaningful.
-BUNDLED_MODEL_CHOICE = "bundled: omnigen2-shapes"
+# fresh ComfyUI with no downloads has a model to run.
+BUNDLED_MODEL_CHOICE = "bundled: default model"
 # The tokenizer choice that means "the tokenizer ComfyUI ships for its own Qwen2.5 text encoders".
 COMFY_TOKENIZER_CHOICE = "comfyui: qwen25_tokenizer"
 

@@ -84,3 +84,20 @@ def test_the_measurer_fails_wrong_images():
     assert not scene_matches(read_scene(noise), scene)
     flat = render(Scene("blue", ()), 64)
     assert main_object(read_scene(flat)) is None
+
+
+def test_the_frozen_random_text_encoder_tells_captions_apart():
+    """The bundled text encoder (random weights, never trained) still gives captions that differ in one word
+    (colour, shape, size or background) clearly different features, so a transformer can learn to read them."""
+    import torch
+
+    import omni_core
+
+    encoder = omni_core.load_model(omni_core.DEFAULT_MODEL_DIR).text_encoder
+    captions = [f"a {size}{color} {shape} on a {background} background" for size in ("", "small ")
+                for color in ("red", "purple") for shape in ("circle", "triangle") for background in ("blue", "white")]
+    features, mask = encoder.encode_batch(captions)
+    flat = (features * mask[..., None]).flatten(1)  # padding zeroed: the features the transformer attends to
+    distances = torch.cdist(flat, flat)[~torch.eye(len(captions), dtype=torch.bool)]
+    typical_token = features[mask.bool()].norm(dim=-1).mean()
+    assert distances.min() > 0.5 * typical_token
