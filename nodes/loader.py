@@ -19,7 +19,8 @@ class LoadOmniGen2:
             "required": {
                 "model_folder": (bridge.list_model_folders(), {
                     "tooltip": "A diffusers-layout OmniGen2 folder (transformer/ vae/ mllm/ processor/ scheduler/) "
-                               "under models/omnigen2."}),
+                               "under models/omnigen2, or the small model bundled with the pack (first; needs no "
+                               "download)."}),
                 "weight_dtype": (bridge.WEIGHT_DTYPES, {"default": "auto", "tooltip": _DTYPE_TOOLTIP}),
             }
         }

@@ -121,3 +121,20 @@ def test_step_cache_benchmark_quick_run(tmp_path):
     # TaylorSeer computes steps 0-4 and 7 of 8 in every pass; its output differs from the uncached one, a little
     assert result["computed_steps"]["taylorseer_3refs"] == {name: [0, 1, 2, 3, 4, 7] for name in ("cond", "ref", "uncond")}
     assert 10 < result["psnr_taylorseer"] < float("inf") and result["work_speedups"]["speedup_taylorseer"] > 1
+
+
+def test_quality_benchmark_writes_every_figure(tmp_path):
+    """benchmarks/quality.py end to end on the tiny random model (so the figures are near zero, but every key is
+    there and the grid is written); the independent-condition keys appear only with its LoRA, absent here."""
+    out, grid = tmp_path / "quality.json", tmp_path / "samples.png"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--model", str(ROOT / "tests" / "fixtures" / "omnigen2-tiny"),
+         "--count", "1", "--steps", "1", "--json", str(out), "--samples-png", str(grid)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    result = json.loads(out.read_text())
+    for key in ("t2i_color_accuracy", "t2i_shape_accuracy", "edit_accuracy", "in_context_accuracy",
+                "in_context_accuracy_reused_joint"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert "speedup_independent_once" not in result
+    assert result["samples_png"] == str(grid) and grid.is_file()

@@ -163,6 +163,16 @@ def test_load_folder_by_name_from_registered_roots(node, bridge, monkeypatch):
     assert next(loaded.engine.transformer.parameters()).dtype == torch.bfloat16
 
 
+def test_the_bundled_model_is_offered_first_and_loads_with_no_model_folders(node, bridge, monkeypatch):
+    monkeypatch.delenv(bridge.MODEL_DIRS_ENV, raising=False)
+    choices = node("LoadOmniGen2").INPUT_TYPES()["required"]["model_folder"][0]
+    assert choices[0] == bridge.BUNDLED_MODEL_CHOICE
+    (loaded,) = node("LoadOmniGen2").load(choices[0], "auto")
+    bundled = omni_core.load_model()
+    assert loaded.engine.transformer.config == bundled.transformer.config
+    assert bridge.BUNDLED_MODEL_CHOICE in bridge.list_tokenizers()  # its processor/ serves the single-file loader
+
+
 def test_load_single_files(node, model, cases):
     (single,) = node("LoadOmniGen2SingleFiles").load(
         transformer=str(FIXTURES / "transformer" / "diffusion_pytorch_model.safetensors"),

@@ -28,8 +28,10 @@ def test_readme_demo_runs_on_the_bundled_model(tmp_path):
     arguments[arguments.index("--output") + 1] = str(tmp_path / "demo.png")
     done = subprocess.run([sys.executable, "-m", "omni_core", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert PIL.Image.open(tmp_path / "demo.png").size == (256, 256)
-    assert "step 20/20" in done.stderr
+    size = int(arguments[arguments.index("--width") + 1]), int(arguments[arguments.index("--height") + 1])
+    steps = arguments[arguments.index("--steps") + 1]
+    assert PIL.Image.open(tmp_path / "demo.png").size == size
+    assert f"step {steps}/{steps}" in done.stderr
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import omni_core
 from omni_core.errors import ModelFileError
 
 from .host import IN_COMFYUI, folder_paths, model_management
@@ -22,6 +23,9 @@ LORA_FOLDER_KEY = "loras"
 MODEL_DIRS_ENV = "OMNIGEN2_MODEL_DIRS"
 JUDGE_FOLDER_KEY = "vlm"  # models/vlm: vision-language model folders (e.g. Qwen2.5-VL-Instruct) the Reflect node can judge with
 JUDGE_DIRS_ENV = "OMNIGEN2_JUDGE_DIRS"  # outside ComfyUI, as MODEL_DIRS_ENV
+# The model choice that means the small OmniGen2 bundled with the pack (omni_core/default_model), offered first so a
+# fresh ComfyUI with no downloads has a model to run.
+BUNDLED_MODEL_CHOICE = "bundled: default model"
 # The tokenizer choice that means "the tokenizer ComfyUI ships for its own Qwen2.5 text encoders".
 COMFY_TOKENIZER_CHOICE = "comfyui: qwen25_tokenizer"
 
@@ -47,18 +51,20 @@ def is_model_folder(path: str) -> bool:
 
 
 def list_model_folders() -> list[str]:
-    """Names of the diffusers-layout folders found directly under every registered `omnigen2` root."""
+    """The bundled model first, then the diffusers-layout folders found directly under every `omnigen2` root."""
     names = set()
     for root in _roots():
         if os.path.isdir(root):
             names.update(n for n in os.listdir(root) if is_model_folder(os.path.join(root, n)))
-    return sorted(names)
+    return [BUNDLED_MODEL_CHOICE, *sorted(names)]
 
 
 def resolve_model_folder(name: str) -> str:
     """The full path of a model folder chosen by name (or given as an existing absolute path, for scripts)."""
     if not name:
         raise ModelFileError("No OmniGen2 model folder chosen. Put a diffusers-layout folder under models/omnigen2.")
+    if name == BUNDLED_MODEL_CHOICE:
+        return str(omni_core.DEFAULT_MODEL_DIR)
     if os.path.isabs(name) and os.path.isdir(name):
         return name
     for root in _roots():

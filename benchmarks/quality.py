@@ -1,0 +1,156 @@
+"""Quality of the embedded default model on held-out synthetic prompts and pairs, scored from the pixels.
+
+    python benchmarks/quality.py [--count 16] [--steps 20] [--json PATH] [--samples-png PATH]
+
+The held-out split of `omni_core.training.shapes.dataset` (colour/shape/background triples and in-context object
+pairs that no training image has) is regenerated in memory; every sample is read back by
+`omni_core.training.shapes.measure`, which never looks at the model:
+
+- t2i_color_accuracy / t2i_shape_accuracy: the dominant non-background object has the prompt's colour / shape;
+- edit_accuracy: the edited image is exactly the expected scene (background, every object's colour, shape and
+  place; recolour, move and add edits in turn);
+- in_context_accuracy: the same for the two objects of the two reference images, with the full (uncached) joint
+  model; `_reused_joint`: the same model with reference features computed at step 0 and reused without the mask
+  (cache_per_n_steps > steps, independent_condition False); `_independent_once`: the independent-condition model
+  (the joint model with the LoRA <model>/loras/independent_condition.safetensors) with its features computed once;
+- speedup_independent_once: seconds of the full joint in-context runs over those of the independent-once runs
+  (process CPU time, the modes interleaved per example; wall-clock ratio beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import omni_core  # noqa: E402
+from omni_core.training.shapes.dataset import examples  # noqa: E402
+from omni_core.training.shapes.measure import main_object, read_scene, scene_matches  # noqa: E402
+from omni_core.training.shapes.scenes import render  # noqa: E402
+
+ONCE = 10**6  # cache_per_n_steps larger than any step count: reference features computed at step 0 only
+TILE_GAP = 4
+
+
+def timed(run):
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray((image.clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy())
+
+
+def grid(rows: list[list[Image.Image]], scale: int = 2) -> Image.Image:
+    """Rows of equal-size tiles, left-aligned, with gaps, scaled up by `scale` (nearest) for display."""
+    side = rows[0][0].width
+    width = max(len(row) for row in rows) * (side + TILE_GAP) - TILE_GAP
+    canvas = Image.new("RGB", (width, len(rows) * (side + TILE_GAP) - TILE_GAP), (128, 128, 128))
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            canvas.paste(tile, (c * (side + TILE_GAP), r * (side + TILE_GAP)))
+    return canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    model = omni_core.load_model(args.model)
+    independent = omni_core.load_model(args.model, loras=[(args.independent, 1.0)]) if args.independent.is_file() else None
+    settings = dict(width=args.size, height=args.size, steps=args.steps, text_guidance_scale=args.text_guidance,
+                    image_guidance_scale=args.image_guidance)
+    held_out = list(examples(3 * args.count, args.seed, held_out=True))  # t2i, edit, in_context in turn
+    by_task = {task: [e for e in held_out if e.task_type == task] for task in ("t2i", "edit", "in_context")}
+    figures: dict = {"count_per_task": args.count, "steps": args.steps, "size": args.size, "threads": args.threads,
+                     "text_guidance_scale": args.text_guidance, "image_guidance_scale": args.image_guidance}
+    samples: dict[str, list[list[Image.Image]]] = {"t2i": [], "edit": [], "in_context": []}
+
+    color = shape = 0
+    for i, example in enumerate(by_task["t2i"]):
+        image = model.generate(example.instruction, seed=i, **settings).images[0]
+        found, want = main_object(read_scene(image)), example.output.shapes[0]
+        color += found is not None and found.color == want.color
+        shape += found is not None and found.shape == want.shape
+        samples["t2i"].append([to_pil(image)])
+    figures["t2i_color_accuracy"] = color / len(by_task["t2i"])
+    figures["t2i_shape_accuracy"] = shape / len(by_task["t2i"])
+
+    correct = 0
+    for i, example in enumerate(by_task["edit"]):
+        source = render(example.inputs[0], args.size)
+        image = model.generate(example.instruction, images=[source], seed=i, **settings).images[0]
+        correct += scene_matches(read_scene(image), example.output)
+        samples["edit"].append([source, to_pil(image)])
+    figures["edit_accuracy"] = correct / len(by_task["edit"])
+
+    modes = {"full": (model, None, False), "reused_joint": (model, ONCE, False)}
+    if independent is not None:
+        modes["independent_once"] = (independent, ONCE, True)
+    scores = {mode: 0 for mode in modes}
+    seconds = {mode: [0.0, 0.0] for mode in modes}
+    for i, example in enumerate(by_task["in_context"]):
+        references = [render(scene, args.size) for scene in example.inputs]
+        row = list(references)
+        for mode, (which, cache, independent_condition) in modes.items():
+            condition = which.encode_condition(example.instruction, images=references)
+            result, wall, cpu = timed(lambda: which.sample(condition, seed=i, cache_per_n_steps=cache,
+                                                           independent_condition=independent_condition, **settings))
+            scores[mode] += scene_matches(read_scene(result.images[0]), example.output)
+            seconds[mode][0] += wall
+            seconds[mode][1] += cpu
+            if mode in ("full", "independent_once"):
+                row.append(to_pil(result.images[0]))
+        samples["in_context"].append(row)
+    figures["in_context_accuracy"] = scores["full"] / len(by_task["in_context"])
+    figures["in_context_accuracy_reused_joint"] = scores["reused_joint"] / len(by_task["in_context"])
+    figures["in_context_seconds"] = {mode: {"wall": w, "cpu": c} for mode, (w, c) in seconds.items()}
+    if independent is not None:
+        figures["in_context_accuracy_independent_once"] = scores["independent_once"] / len(by_task["in_context"])
+        figures["speedup_independent_once"] = seconds["full"][1] / seconds["independent_once"][1]
+        figures["speedup_independent_once_wall"] = seconds["full"][0] / seconds["independent_once"][0]
+
+    shown = args.grid_examples
+    rows = [sum((r for r in samples["t2i"][:shown]), [])]
+    rows += [sum((r for r in samples["edit"][k:k + 3]), []) for k in range(0, min(shown, len(samples["edit"])), 3)]
+    rows += samples["in_context"][: max(1, shown // 3)]
+    args.samples_png.parent.mkdir(parents=True, exist_ok=True)
+    grid(rows).save(args.samples_png)
+    figures["samples_png"] = str(args.samples_png)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=omni_core.DEFAULT_MODEL_DIR)
+    parser.add_argument("--independent", type=Path, default=None,
+                        help="the independent-condition LoRA (default <model>/loras/independent_condition.safetensors)")
+    parser.add_argument("--count", type=int, default=16, help="held-out examples per task")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=64, help="image side (the model trained at 64)")
+    parser.add_argument("--text-guidance", type=float, default=4.0)
+    parser.add_argument("--image-guidance", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="the dataset seed whose held-out split to score")
+    parser.add_argument("--grid-examples", type=int, default=6, help="samples per task shown in the grid")
+    parser.add_argument("--samples-png", type=Path, default=Path("benchmarks/quality_samples.png"))
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.independent is None:
+        args.independent = args.model / "loras" / "independent_condition.safetensors"
+    figures = run(args)
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Make the embedded default model from nothing: synthetic data, its VAE, and two transformers, by one command.
+
+    python -m omni_core.training.shapes.make_default_model --output omni_core/default_model
+
+1. writes the seeded shapes dataset (train + held-out test) under `--work` (default runs/shapes/data);
+2. trains the small VAE on its images into <output>/vae (VAE_PHASES);
+3. copies the frozen text encoder (the tiny random-weight Qwen2.5-VL of tests/fixtures/omnigen2-tiny: mllm/,
+   processor/) and the scheduler config into <output>;
+4. trains the transformer from random weights with `python -m omni_core.training` (configs/training/shapes/
+   joint.yaml, the official joint training) into <output>/transformer;
+5. trains the independent-condition LoRA on it (independent.yaml: OminiControl2's asymmetric mask, references
+   at the clean timestep) into <output>/loras/independent_condition.safetensors.
+Both runs resume from their newest checkpoint under `--work` when the command runs again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .dataset import write_dataset
+from .vae import train_vae
+
+REPO = Path(__file__).resolve().parents[3]
+TEXT_ENCODER_SOURCE = REPO / "tests" / "fixtures" / "omnigen2-tiny"
+CONFIGS = REPO / "configs" / "training" / "shapes"
+# The VAE's training: cosine phases (steps, learning rate), each continuing from the previous one's weights.
+VAE_PHASES = ((1000, 2e-3), (1200, 1e-3), (1500, 1e-3))
+INDEPENDENT_LORA = Path("loras") / "independent_condition.safetensors"
+MODEL_INDEX = {
+    "_class_name": "OmniGen2Pipeline",
+    "mllm": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
+    "processor": ["transformers", "Qwen2_5_VLProcessor"],
+    "scheduler": ["omnigen2", "FlowMatchEulerDiscreteScheduler"],
+    "transformer": ["omnigen2", "OmniGen2Transformer2DModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def copy_frozen_parts(output: Path) -> None:
+    """The frozen text encoder, processor and scheduler config, as the release layout has them."""
+    for part in ("mllm", "processor", "scheduler"):
+        if (output / part).resolve() != (TEXT_ENCODER_SOURCE / part).resolve():
+            shutil.rmtree(output / part, ignore_errors=True)
+            shutil.copytree(TEXT_ENCODER_SOURCE / part, output / part)
+    (output / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
+
+
+def run_training(name: str, output: Path, work: Path, extra: list[str]) -> Path:
+    """One `python -m omni_core.training` run of configs/training/shapes/<name>.yaml on `output`'s frozen parts;
+    returns its output folder. Its progress goes to work/<name>.log."""
+    command = [sys.executable, "-m", "omni_core.training", "--config", str(CONFIGS / f"{name}.yaml"),
+               f"model.path={output}", f"data.jsonl={work / 'data' / 'train.jsonl'}", f"output_dir={work / name}", *extra]
+    print(f"training {name}: {' '.join(command)}", flush=True)
+    with open(work / f"{name}.log", "a") as log:
+        if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode != 0:
+            raise SystemExit(f"training {name} failed; see {work / f'{name}.log'}")
+    return work / name
+
+
+def train_transformers(output: Path, work: Path, steps: int | None, lora_steps: int | None) -> None:
+    """The joint transformer into output/transformer, then the independent-condition LoRA on it."""
+    joint = run_training("joint", output, work, [f"train.steps={steps}"] if steps else [])
+    shutil.rmtree(output / "transformer", ignore_errors=True)
+    shutil.copytree(joint / "transformer", output / "transformer")
+    independent = run_training("independent", output, work, [f"train.steps={lora_steps}"] if lora_steps else [])
+    (output / INDEPENDENT_LORA).parent.mkdir(exist_ok=True)
+    shutil.copyfile(independent / "lora.safetensors", output / INDEPENDENT_LORA)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, required=True, help="the model folder to write (release layout)")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "shapes", help="data, logs and checkpoints")
+    parser.add_argument("--train-examples", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=None, help="transformer steps (default: the configs')")
+    parser.add_argument("--lora-steps", type=int, default=None, help="independent-condition LoRA steps (default: the config's)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    args.output.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    train_jsonl, _ = write_dataset(args.work / "data", args.train_examples, 48, resolution=64, seed=0)
+    print(f"data written ({time.perf_counter() - start:.0f} s)", flush=True)
+    for phase, (steps, learning_rate) in enumerate(VAE_PHASES):
+        start_from = args.output / "vae" if phase else None
+        train_vae(train_jsonl, args.output / "vae", steps, learning_rate=learning_rate, seed=phase, start=start_from)
+    print(f"vae trained ({time.perf_counter() - start:.0f} s)", flush=True)
+    copy_frozen_parts(args.output)
+    train_transformers(args.output, args.work, args.steps, args.lora_steps)
+    print(f"default model written to {args.output} in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Reads flat-shape scenes back from pixels, with no model: the quality measurer of `benchmarks/quality.py`.
+
+Every pixel is classified to its nearest palette colour; the background is the commonest colour on the border; each
+other colour is opened (thin bits removed) and its largest connected part covering enough pixels is an object, whose
+shape is the template (circle, square, apex-up triangle) drawn in its bounding box that overlaps it best (intersection
+over union). Colour rings that blurry edges leave between two colours (red next to yellow reads as orange) are thin,
+or overlap no template well, and are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .scenes import COLORS, SHAPES, Scene, draw_shape, palette_array
+
+MIN_AREA = 0.03  # an object covers at least this fraction of the image
+MIN_IOU = 0.55  # and overlaps its best template at least this well
+POSITION_TOLERANCE = 0.12  # largest distance of a found centre from the expected one, fraction of the image side
+
+
+@dataclass(frozen=True)
+class FoundShape:
+    """An object read from pixels: colour, shape, bounding-box centre (fractions of the side), area fraction, IoU."""
+
+    color: str
+    shape: str
+    center: tuple[float, float]
+    area: float
+    iou: float
+
+
+@dataclass(frozen=True)
+class FoundScene:
+    background: str
+    shapes: tuple[FoundShape, ...]  # largest first
+
+
+def as_rgb_array(image) -> np.ndarray:
+    """float32 [H, W, 3] in 0..255 from a PIL image, a uint8 array [H, W, 3] or a float tensor/array [3, H, W] in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float32)
+    array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+        array = array.transpose(1, 2, 0)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32)
+    return np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0
+
+
+def color_labels(rgb: np.ndarray) -> np.ndarray:
+    """Index into COLORS of every pixel's nearest palette colour, [H, W]."""
+    distances = ((rgb[:, :, None, :] - palette_array()[None, None]) ** 2).sum(-1)
+    return distances.argmin(-1)
+
+
+def _shifted(mask: np.ndarray, reduce) -> np.ndarray:
+    """`reduce` (np.logical_and / np.logical_or) of the mask and its four neighbours (edges padded with False)."""
+    padded = np.pad(mask, 1)
+    out = mask.copy()
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        out = reduce(out, padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]])
+    return out
+
+
+def opened(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Erosion then dilation `radius` times: removes parts thinner than about 2 * radius + 1 pixels."""
+    for _ in range(radius):
+        mask = _shifted(mask, np.logical_and)
+    for _ in range(radius):
+        mask = _shifted(mask, np.logical_or)
+    return mask
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected part of a boolean mask (label propagation: each pixel takes its neighbours' max id)."""
+    labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
+    while True:
+        padded = np.pad(labels, 1)
+        neighbours = np.stack([padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
+                               for dy, dx in ((1, 1), (0, 1), (2, 1), (1, 0), (1, 2))])
+        spread = np.where(mask, neighbours.max(0), 0)
+        if np.array_equal(spread, labels):
+            break
+        labels = spread
+    if not mask.any():
+        return mask
+    ids, counts = np.unique(labels[mask], return_counts=True)
+    return labels == ids[counts.argmax()]
+
+
+def _templates(box: tuple[float, float, float, float], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    masks = {}
+    for shape in SHAPES:
+        canvas = Image.new("L", size, 0)
+        draw_shape(ImageDraw.Draw(canvas), shape, box, 255)
+        masks[shape] = np.asarray(canvas) > 0
+    return masks
+
+
+def classify_shape(mask: np.ndarray) -> tuple[str, float, tuple[float, float, float, float]]:
+    """(shape, IoU with its template, pixel box) for a boolean object mask [H, W]."""
+    ys, xs = np.nonzero(mask)
+    x0, x1 = np.percentile(xs, [1, 99])
+    y0, y1 = np.percentile(ys, [1, 99])
+    box = (float(x0), float(y0), float(x1), float(y1))
+    best, best_iou = SHAPES[0], -1.0
+    for shape, template in _templates(box, (mask.shape[1], mask.shape[0])).items():
+        iou = (template & mask).sum() / max((template | mask).sum(), 1)
+        if iou > best_iou:
+            best, best_iou = shape, float(iou)
+    return best, best_iou, box
+
+
+def read_scene(image) -> FoundScene:
+    """The background colour and the objects of an image (see the module docstring)."""
+    labels = color_labels(as_rgb_array(image))
+    height, width = labels.shape
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    background = int(np.bincount(border, minlength=len(COLORS)).argmax())
+    found = []
+    radius = max(1, round(min(height, width) / 64))
+    for index, name in enumerate(COLORS):
+        if index == background or (labels == index).mean() < MIN_AREA:
+            continue
+        mask = largest_component(opened(labels == index, radius))
+        area = mask.sum() / (height * width)
+        if area < MIN_AREA:
+            continue
+        shape, iou, (x0, y0, x1, y1) = classify_shape(mask)
+        if iou >= MIN_IOU:
+            center = ((x0 + x1 + 1) / 2 / width, (y0 + y1 + 1) / 2 / height)
+            found.append(FoundShape(name, shape, center, float(area), iou))
+    found.sort(key=lambda item: -item.area)
+    return FoundScene(COLORS[background], tuple(found))
+
+
+def main_object(found: FoundScene) -> FoundShape | None:
+    """The dominant non-background object (largest), or None when nothing reads as a shape."""
+    return found.shapes[0] if found.shapes else None
+
+
+def scene_matches(found: FoundScene, expected: Scene) -> bool:
+    """The same background and exactly the expected objects: colour, shape, and centre within POSITION_TOLERANCE."""
+    if found.background != expected.background or len(found.shapes) != len(expected.shapes):
+        return False
+    by_color = {item.color: item for item in found.shapes}
+    for item in expected.shapes:
+        seen = by_color.get(item.color)
+        if seen is None or seen.shape != item.shape:
+            return False
+        if max(abs(seen.center[0] - item.center[0]), abs(seen.center[1] - item.center[1])) > POSITION_TOLERANCE:
+            return False
+    return True

@@ -1,0 +1,103 @@
+"""The synthetic shapes data and the pixel measurer the quality benchmark scores samples with."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from omni_core.training.shapes.dataset import examples, held_out_split, scene_from_json, scene_triples, write_dataset
+from omni_core.training.shapes.measure import main_object, read_scene, scene_matches
+from omni_core.training.shapes.scenes import COLORS, SHAPES, Scene, Shape, render
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes")
+    return write_dataset(folder, train=60, test=24, resolution=64, seed=0)
+
+
+def test_the_generator_is_deterministic_and_writes_omnigen2_jsonl(dataset, tmp_path):
+    train, test = dataset
+    again, _ = write_dataset(tmp_path, train=60, test=24, resolution=64, seed=0)
+    assert train.read_text() == again.read_text()
+    first = json.loads(train.read_text().splitlines()[0])
+    assert (tmp_path / first["output_image"]).read_bytes() == (train.parent / first["output_image"]).read_bytes()
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    assert {row["task_type"] for row in rows} == {"t2i", "edit", "in_context"}
+    for row in rows:
+        expected_inputs = {"t2i": 0, "edit": 1, "in_context": 2}[row["task_type"]]
+        assert len(row["input_images"]) == expected_inputs
+        assert all((train.parent / p).is_file() for p in [*row["input_images"], row["output_image"]])
+
+
+def test_held_out_combinations_appear_in_no_training_image():
+    triples, pairs = held_out_split(0)
+    seen_pairs = set()
+    for example in examples(600, seed=0, held_out=False):
+        for scene in (*example.inputs, example.output):
+            assert not scene_triples(scene) & triples
+        if example.task_type == "in_context":
+            seen_pairs.add(tuple((s.color, s.shape) for s in example.output.shapes))
+    assert not seen_pairs & pairs
+    for example in examples(30, seed=0, held_out=True):
+        if example.task_type == "in_context":
+            assert tuple((s.color, s.shape) for s in example.output.shapes) in pairs
+        else:
+            assert scene_triples(example.inputs[0] if example.inputs else example.output) & triples
+
+
+def test_the_measurer_reads_clean_and_blurred_renders_of_the_held_out_split(dataset):
+    _, test = dataset
+    for line in test.read_text().splitlines():
+        row = json.loads(line)
+        scene = scene_from_json(row["scene"])
+        image = Image.open(test.parent / row["output_image"])
+        assert scene_matches(read_scene(image), scene), row["instruction"]
+        assert scene_matches(read_scene(image.filter(ImageFilter.GaussianBlur(1.2))), scene), row["instruction"]
+
+
+@pytest.mark.parametrize("color", COLORS[:4])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_colour_and_shape_reads_back_at_256_pixels(color, shape):
+    background = "white" if color != "white" else "black"
+    found = main_object(read_scene(render(Scene(background, (Shape(color, shape, 0.4, (0.4, 0.6)),)), 256)))
+    assert (found.color, found.shape) == (color, shape)
+    assert np.allclose(found.center, (0.4, 0.6), atol=0.02)
+
+
+def test_the_measurer_fails_wrong_images():
+    scene = Scene("blue", (Shape("red", "circle", 0.5, (0.5, 0.5)),))
+    wrong = {
+        "colour": Scene("blue", (Shape("orange", "circle", 0.5, (0.5, 0.5)),)),
+        "shape": Scene("blue", (Shape("red", "square", 0.5, (0.5, 0.5)),)),
+        "triangle": Scene("blue", (Shape("red", "triangle", 0.5, (0.5, 0.5)),)),
+        "background": Scene("green", scene.shapes),
+        "position": Scene("blue", (Shape("red", "circle", 0.34, (0.27, 0.5)),)),
+        "extra object": Scene("blue", (*scene.shapes, Shape("white", "square", 0.2, (0.85, 0.15)))),
+    }
+    assert scene_matches(read_scene(render(scene, 64)), scene)
+    for what, other in wrong.items():
+        assert not scene_matches(read_scene(render(other, 64)), scene), what
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    assert not scene_matches(read_scene(noise), scene)
+    flat = render(Scene("blue", ()), 64)
+    assert main_object(read_scene(flat)) is None
+
+
+def test_the_frozen_random_text_encoder_tells_captions_apart():
+    """The bundled text encoder (random weights, never trained) still gives captions that differ in one word
+    (colour, shape, size or background) clearly different features, so a transformer can learn to read them."""
+    import torch
+
+    import omni_core
+
+    encoder = omni_core.load_model(omni_core.DEFAULT_MODEL_DIR).text_encoder
+    captions = [f"a {size}{color} {shape} on a {background} background" for size in ("", "small ")
+                for color in ("red", "purple") for shape in ("circle", "triangle") for background in ("blue", "white")]
+    features, mask = encoder.encode_batch(captions)
+    flat = (features * mask[..., None]).flatten(1)  # padding zeroed: the features the transformer attends to
+    distances = torch.cdist(flat, flat)[~torch.eye(len(captions), dtype=torch.bool)]
+    typical_token = features[mask.bool()].norm(dim=-1).mean()
+    assert distances.min() > 0.5 * typical_token
