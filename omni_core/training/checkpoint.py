@@ -8,6 +8,7 @@ so an interrupted save never leaves a half-written `step_N/` behind. The state d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +21,9 @@ from ..errors import OmniGen2Error
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "state.json"
 OPTIONS = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+# Loading is not strict: a parameter that never had a gradient (the reference layers of a t2i-only run) has no
+# optimizer moments to restore; the model's keys are checked against the checkpoint's before loading.
+LOAD_OPTIONS = dataclasses.replace(OPTIONS, strict=False)
 
 
 class CheckpointError(OmniGen2Error, ValueError):
@@ -83,7 +87,7 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
         moments.setdefault(name, {})[field] = value
     groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in state["param_groups"]]
     set_state_dict(model, optimizer, model_state_dict=model_state,
-                   optim_state_dict={"state": moments, "param_groups": groups}, options=OPTIONS)
+                   optim_state_dict={"state": moments, "param_groups": groups}, options=LOAD_OPTIONS)
     return int(state["step"])
 
 
