@@ -146,13 +146,9 @@ def _tiny(prompt: dict) -> dict:
         inputs = node["inputs"]
         if node["class_type"] == "LoadOmniGen2":
             inputs.update(model_folder="omnigen2-tiny", weight_dtype="auto")
-        if node["class_type"] in ("OmniGen2ConditionEncode", "OmniGen2Reflect"):
+        if node["class_type"] == "OmniGen2ConditionEncode":
             inputs.update(max_pixels=64 * 64, max_input_image_side_length=64)
-        if node["class_type"] == CHAT:  # the tiny MLLM never asks to draw: the turn that may draw is made to
-            inputs.update(max_pixels=64 * 64, max_input_image_side_length=64, max_new_tokens=4)
-            if inputs["respond"] == "auto":
-                inputs.update(respond="image")
-        if node["class_type"] in SAMPLERS or node["class_type"] == CHAT:
+        if node["class_type"] in SAMPLERS:
             inputs.update(steps=3, seed=1)
             if inputs.get("width"):
                 inputs.update(width=64, height=48)
