@@ -12,6 +12,7 @@ from .loader import LoadOmniGen2, LoadOmniGen2SingleFiles
 from .lora import OmniGen2LoRA
 from .reflect import OmniGen2Reflect
 from .sampler import OmniGen2CachedSampler, OmniGen2Repaint
+from .shapes import OmniGen2ShapesScene
 
 NODE_CONFIG = {
     "LoadOmniGen2": {"class": LoadOmniGen2},
@@ -23,6 +24,7 @@ NODE_CONFIG = {
     "OmniGen2Repaint": {"class": OmniGen2Repaint},
     "OmniGen2Chat": {"class": OmniGen2Chat},
     "OmniGen2Reflect": {"class": OmniGen2Reflect},
+    "OmniGen2ShapesScene": {"class": OmniGen2ShapesScene},
 }
 
 

@@ -289,3 +289,18 @@ def test_models_unload_and_reload_through_model_management(comfyui, object_info)
     assert "other_model.transformer" not in reloaded
     saved = comfyui.saved_images(entry)
     np.testing.assert_array_equal(saved["92"][0], saved[save][0])
+
+
+def test_a_fresh_comfyui_draws_the_bundled_models_example_as_asked(comfyui, object_info):
+    """example_workflows/omnigen2_bundled_model_shapes.json at its own settings (20 steps, 64 x 64), on the bundled
+    choice of Load OmniGen2: each picture reads back, from its pixels, as its prompt asked."""
+    from omni_core.training.shapes.measure import main_object, read_scene
+
+    prompt = to_api_prompt(json.loads((ROOT / "example_workflows" / "omnigen2_bundled_model_shapes.json").read_text()),
+                           object_info)
+    saved = comfyui.run(prompt)
+    pictures = comfyui.saved_images(saved)
+    prefixes = {prompt[k]["inputs"]["filename_prefix"]: k for k in pictures}
+    found = read_scene(pictures[prefixes["OmniGen2/bundled_t2i"]][0])
+    shape = main_object(found)
+    assert found.background == "blue" and (shape.color, shape.shape) == ("red", "circle"), found

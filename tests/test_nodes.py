@@ -445,3 +445,17 @@ def test_step_cache_widgets_come_last_and_reach_the_engine(node, pack, model, ca
     assert ui["omnigen2_stats"][0]["step_cache"] is None
     with pytest.raises(InvalidInputError, match="step_cache='fast'"):
         run_case(node, model, cases, "in_context", steps=1, step_cache="fast")
+
+
+def test_the_shapes_scene_node_draws_what_its_caption_and_the_measurer_say(node):
+    from omni_core.training.shapes.measure import main_object, read_scene
+
+    image, caption = node("OmniGen2ShapesScene").draw("yellow", "triangle", "small", "left", "purple", 64)
+    assert image.shape == (1, 64, 64, 3) and image.dtype == torch.float32
+    assert caption == "a small yellow triangle on a purple background"
+    found = read_scene(image[0].movedim(-1, 0))
+    assert found.background == "purple"
+    shape = main_object(found)
+    assert (shape.color, shape.shape) == ("yellow", "triangle") and shape.center[0] < 0.4
+    with pytest.raises(ValueError, match="color and background are both 'red'"):
+        node("OmniGen2ShapesScene").draw("red", "circle", "large", "center", "red", 64)

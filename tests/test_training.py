@@ -29,6 +29,7 @@ from omni_core.training.batch import assemble_batch
 from omni_core.training.data import read_jsonl
 from omni_core.training.features import FrozenFeatures
 from omni_core.training.forward import VelocityModel
+from omni_core.training.loop import learning_rate
 from omni_core.training.model import build_transformer
 from omni_core.training.objective import squared_error_sum, training_timesteps
 from omni_core.training.config import TimestepConfig
@@ -115,6 +116,19 @@ def test_full_training_from_random_init_lowers_the_loss_and_writes_the_release_l
     assert model.generate("a red square", width=SIZE, height=SIZE, steps=2).images.shape == (1, 3, SIZE, SIZE)
 
 
+def test_full_training_continues_from_a_trained_transformer_folder(data_dir, tmp_path):
+    """A curriculum's second phase: full training from a released-layout transformer (loaded frozen, for inference)
+    trains every parameter, so each tensor of the output differs from the one it started from."""
+    start = FIXTURES / "transformer"
+    output = train(load_config(None, _overrides(data_dir, tmp_path / "run", **{
+        "model.transformer": str(start), "train.steps": 2, "train.batch_size": 4, "train.learning_rate": 1e-3})))
+    before = load_file(start / "diffusion_pytorch_model.safetensors")
+    after = load_file(output / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert sorted(before) == sorted(after)
+    unchanged = [key for key in before if torch.equal(before[key], after[key])]
+    assert not unchanged, unchanged
+
+
 def test_lora_trains_and_its_file_loads_and_changes_the_output(data_dir, tmp_path, tiny_model):
     """An independent-condition LoRA from the shipped config: the file has our format with its training facts, and
     load_model(loras=) gives another velocity than the base model and makes independent the default mode."""
@@ -144,10 +158,7 @@ def test_resume_continues_from_the_saved_step_and_equals_an_uninterrupted_run(da
     reference layers without gradients, hence without optimizer moments in the checkpoint."""
     common = {"train.batch_size": 2, "train.gradient_accumulation_steps": 2, "train.learning_rate": 1e-3}
     if kind == "full_t2i_only":
-        lines = [json.loads(line) for line in (data_dir / "train.jsonl").read_text().splitlines()]
-        t2i = [{**line, "output_image": str(data_dir / line["output_image"])} for line in lines if line["task_type"] == "t2i"]
-        (tmp_path / "t2i.jsonl").write_text("".join(json.dumps(line) + "\n" for line in t2i))
-        common["data.jsonl"] = str(tmp_path / "t2i.jsonl")
+        common["data.task_types"] = "[t2i]"
     if kind.startswith("full"):
         common["model.transformer_config"] = str(FIXTURES / "transformer" / "config.json")
         weights = lambda run: load_file(run / "transformer" / "diffusion_pytorch_model.safetensors")
@@ -291,8 +302,33 @@ def test_timesteps_follow_the_official_logit_normal_with_dynamic_shift():
     assert abs(shifted[1] - (1 - np.exp(1.15) / (np.exp(1.15) + 1))) < 1e-6
 
 
+def test_a_curriculum_phase_trains_on_its_task_types_only(data_dir, tmp_path):
+    config = load_config(None, _overrides(data_dir, tmp_path, **{"data.task_types": "[edit, in_context]"}))
+    assert config.data.task_types == ("edit", "in_context")
+    kept = read_jsonl(config.data.jsonl, config.data.task_types)
+    every = read_jsonl(config.data.jsonl)
+    assert [i.source for i in kept] == [i.source for i in every if i.task_type != "t2i"] and len(kept) == 4
+    only_edits = tmp_path / "edits.jsonl"
+    only_edits.write_text('{"task_type": "edit", "instruction": "x", "input_images": ["red.png"], "output_image": "red.png"}\n')
+    (tmp_path / "red.png").write_bytes((data_dir / "red.png").read_bytes())
+    with pytest.raises(TrainingDataError, match=r"holds no t2i items \(data.task_types\)"):
+        read_jsonl([only_edits], ("t2i",))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_its_minimum_at_the_last_step(data_dir, tmp_path):
+    common = {"train.steps": 12, "train.learning_rate": 1e-3, "train.min_learning_rate": "1e-5"}
+    cosine = load_config(None, _overrides(data_dir, tmp_path, **common, **{"train.warmup_steps": 2,
+                                                                           "train.lr_scheduler": "cosine"}))
+    rates = [learning_rate(cosine, step) for step in range(12)]
+    assert rates[0] == pytest.approx(5e-4) and rates[1] == pytest.approx(1e-3)
+    assert rates[6] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)  # half way through the decay: cos(pi / 2)
+    assert rates[11] == pytest.approx(1e-5) and all(a > b for a, b in zip(rates[1:], rates[2:]))
+    constant = load_config(None, _overrides(data_dir, tmp_path, **common, **{"train.warmup_steps": 2}))
+    assert [learning_rate(constant, step) for step in range(12)] == [5e-4] + [1e-3] * 11
+
+
 def test_shipped_configs_parse(data_dir, tmp_path):
-    for path in sorted(CONFIGS.glob("*.yaml")):
+    for path in sorted(CONFIGS.rglob("*.yaml")):
         config = load_config(path, _overrides(data_dir, tmp_path))
         assert config.train.steps > 0, path
 
@@ -305,6 +341,10 @@ def test_shipped_configs_parse(data_dir, tmp_path):
         (["lora.rank=0"], "'lora.rank' must be >= 1"),
         (["data.prompt_dropout=1.5"], "'data.prompt_dropout' must be a probability"),
         (["train.mixed_precision=fp8"], "'train.mixed_precision' must be one of"),
+        (["train.lr_scheduler=linear"], "'train.lr_scheduler' must be one of constant, cosine"),
+        (["data.task_types=[t2i, paint]"], "'data.task_types' must be a non-empty list of t2i, edit, in_context"),
+        (["data.task_types=[]"], "'data.task_types' must be a non-empty list"),
+        (["train.min_learning_rate=-1"], "'train.min_learning_rate' must be >= 0"),
         (["train.steps"], "must look like dotted.key=value"),
         (["lora.rank=4", "model.transformer_config=/x/config.json"], "a LoRA needs trained base weights"),
     ],

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from ..errors import OmniGen2Error
+from .data import TASK_TYPES
 
 # OmniGen2's own fine-tuning (options/ft_lora.yml and train.py): rank 8, alpha = rank, the attention projections.
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
@@ -69,6 +70,7 @@ class DataConfig:
     latent_sampling: "sample" draws from the VAE posterior each step (the official training), "mean" uses its mean.
     prompt_dropout / condition_dropout: the probabilities that a sample trains with the empty prompt (the negative
         prompt of guidance) / without its reference images (image guidance's unconditional pass).
+    task_types: train on the lines of these task types only (a curriculum phase, e.g. [t2i] before the mix).
     """
 
     jsonl: tuple[str, ...] = ()
@@ -80,6 +82,7 @@ class DataConfig:
     latent_sampling: str = "sample"
     prompt_dropout: float = 0.1
     condition_dropout: float = 0.1
+    task_types: tuple[str, ...] = TASK_TYPES
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class TrainConfig:
     """The optimisation. batch_size is per process and micro-step: one optimizer step sees
     batch_size * processes * gradient_accumulation_steps samples.
 
+    lr_scheduler: "constant" (OmniGen2's, after the warm-up) or "cosine" (decays to min_learning_rate at the last step).
     mixed_precision: "auto" (bf16 where the device has it, "no" on CPU), "no", "bf16" or "fp16".
     checkpoint_every: save a resumable checkpoint every N steps (0: only at the end).
     resume: null, "latest" (the newest checkpoint in output_dir, if any) or a checkpoint folder.
@@ -108,6 +112,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     warmup_steps: int = 0
+    lr_scheduler: str = "constant"
+    min_learning_rate: float = 0.0
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -150,6 +156,7 @@ class TrainingConfig:
 CHOICES = {
     "data.latent_sampling": ("sample", "mean"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "train.lr_scheduler": ("constant", "cosine"),
 }
 POSITIVE = {"train.steps", "train.batch_size", "train.gradient_accumulation_steps", "data.max_output_pixels",
             "data.max_side_length", "train.log_every", "condition_size", "lora.rank", "train.num_threads",
@@ -189,6 +196,11 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
             raise ConfigError(f"'{key}' must be a whole number, got {value!r}.")
         return value
     if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 2e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{key}' must be a number, got {value!r}.")
         return float(value)
@@ -227,6 +239,8 @@ def _check_range(key: str, value: Any) -> None:
         return
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"'{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}.")
+    if key == "data.task_types" and (not value or set(value) - set(TASK_TYPES)):
+        raise ConfigError(f"'{key}' must be a non-empty list of {', '.join(TASK_TYPES)}, got {list(value)!r}.")
     if key in POSITIVE and value < 1:
         raise ConfigError(f"'{key}' must be >= 1, got {value!r}.")
     if key in PROBABILITIES and not 0.0 <= value <= 1.0:
@@ -235,7 +249,8 @@ def _check_range(key: str, value: Any) -> None:
         raise ConfigError(f"'{key}' must be > 0, got {value!r}.")
     if key == "condition_timestep" and not 0.0 <= value <= 1.0:
         raise ConfigError(f"'{key}' must be in [0, 1] (1 = clean), got {value!r}.")
-    if key in ("train.warmup_steps", "train.checkpoint_every", "train.max_grad_norm", "train.weight_decay") and value < 0:
+    if key in ("train.warmup_steps", "train.checkpoint_every", "train.max_grad_norm", "train.weight_decay",
+               "train.min_learning_rate") and value < 0:
         raise ConfigError(f"'{key}' must be >= 0, got {value!r}.")
 
 

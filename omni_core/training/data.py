@@ -84,8 +84,8 @@ def parse_line(text: str, folder: Path, where: str) -> TrainingItem:
     )
 
 
-def read_jsonl(paths: Sequence[str | Path]) -> list[TrainingItem]:
-    """Every item of the jsonl files, in file order (blank lines skipped)."""
+def read_jsonl(paths: Sequence[str | Path], task_types: Sequence[str] = TASK_TYPES) -> list[TrainingItem]:
+    """Every item of the jsonl files whose task type is one of `task_types`, in file order (blank lines skipped)."""
     items = []
     for path in map(Path, paths):
         if not path.is_file():
@@ -95,6 +95,10 @@ def read_jsonl(paths: Sequence[str | Path]) -> list[TrainingItem]:
                 items.append(parse_line(text, path.parent, f"{path}:{number}"))
     if not items:
         raise TrainingDataError(f"the training data {', '.join(map(str, paths))} holds no items.")
+    items = [item for item in items if item.task_type in task_types]
+    if not items:
+        raise TrainingDataError(f"the training data {', '.join(map(str, paths))} holds no {' or '.join(task_types)} "
+                                "items (data.task_types).")
     return items
 
 

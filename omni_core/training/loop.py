@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -43,9 +44,17 @@ def mixed_precision(requested: str) -> str | None:
 
 
 def learning_rate(config: TrainingConfig, step: int) -> float:
-    """Constant after a linear warm-up over `train.warmup_steps` (OmniGen2's constant-with-warmup schedule)."""
-    warmup = config.train.warmup_steps
-    return config.train.learning_rate * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    """A linear warm-up over `train.warmup_steps`, then constant (OmniGen2's constant-with-warmup schedule) or a
+    cosine decay to `train.min_learning_rate` at the last step."""
+    settings = config.train
+    warmup = settings.warmup_steps
+    if step + 1 < warmup:
+        return settings.learning_rate * (step + 1) / warmup
+    if settings.lr_scheduler == "constant":
+        return settings.learning_rate
+    progress = (step + 1 - warmup) / max(1, settings.steps - warmup)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return settings.min_learning_rate + (settings.learning_rate - settings.min_learning_rate) * cosine
 
 
 def check_compatible(transformer: TransformerConfig, text_width: int, latent_channels: int) -> None:
@@ -91,7 +100,7 @@ class Run:
 
 def _setup(config: TrainingConfig, accelerator: Accelerator) -> Run:
     settings, data = config.train, config.data
-    items = read_jsonl(data.jsonl)  # every data error before any model loads
+    items = read_jsonl(data.jsonl, data.task_types)  # every data error before any model loads
     sizes = [output_size(item, data.max_output_pixels, data.max_side_length) for item in items]
     transformer = build_transformer(config.model, config.independent_condition, settings.seed)
     device = torch.device("cpu") if accelerator.device.type == "cpu" else accelerator.device  # not "cpu:0"

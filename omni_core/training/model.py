@@ -57,7 +57,7 @@ def build_transformer(config: ModelConfig, independent_condition: bool, seed: in
     else:
         model = load_transformer(config.transformer or Path(config.path) / "transformer")
         model.config = dataclasses.replace(model.config, independent_condition=independent_condition)
-    return model.train()
+    return model.train().requires_grad_(True)  # loaded for inference, frozen; a LoRA freezes the base again
 
 
 def load_frozen(config: ModelConfig, device: torch.device) -> tuple[TextEncoder, nn.Module]:

@@ -6,22 +6,28 @@
 2. trains the small VAE on its images into <output>/vae (VAE_PHASES);
 3. copies the frozen text encoder (the tiny random-weight Qwen2.5-VL of tests/fixtures/omnigen2-tiny: mllm/,
    processor/) and the scheduler config into <output>;
-4. trains the transformer from random weights with `python -m omni_core.training` (configs/training/shapes/
-   joint.yaml, the official joint training) into <output>/transformer;
+4. trains the transformer from random weights with `python -m omni_core.training` in two phases: text-to-image
+   only (configs/training/shapes/t2i.yaml, so that it learns to read its prompt), then the official joint training
+   on the whole task mix (joint.yaml) into <output>/transformer;
 5. trains the independent-condition LoRA on it (independent.yaml: OminiControl2's asymmetric mask, references
    at the clean timestep) into <output>/loras/independent_condition.safetensors.
-Both runs resume from their newest checkpoint under `--work` when the command runs again.
+Run again, the command resumes: finished VAE phases are kept and every training run continues from its newest
+checkpoint under `--work`. Training runs `--processes` processes (default 2: DDP over gloo on a CPU) of
+cpu_count / processes threads each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from .dataset import write_dataset
 from .vae import train_vae
@@ -29,8 +35,9 @@ from .vae import train_vae
 REPO = Path(__file__).resolve().parents[3]
 TEXT_ENCODER_SOURCE = REPO / "tests" / "fixtures" / "omnigen2-tiny"
 CONFIGS = REPO / "configs" / "training" / "shapes"
+ACCELERATE_CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
 # The VAE's training: cosine phases (steps, learning rate), each continuing from the previous one's weights.
-VAE_PHASES = ((1000, 2e-3), (1200, 1e-3), (1500, 1e-3))
+VAE_PHASES = ((3000, 2e-3), (3000, 1e-3))
 INDEPENDENT_LORA = Path("loras") / "independent_condition.safetensors"
 MODEL_INDEX = {
     "_class_name": "OmniGen2Pipeline",
@@ -51,11 +58,22 @@ def copy_frozen_parts(output: Path) -> None:
     (output / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
 
 
-def run_training(name: str, output: Path, work: Path, extra: list[str]) -> Path:
-    """One `python -m omni_core.training` run of configs/training/shapes/<name>.yaml on `output`'s frozen parts;
-    returns its output folder. Its progress goes to work/<name>.log."""
-    command = [sys.executable, "-m", "omni_core.training", "--config", str(CONFIGS / f"{name}.yaml"),
-               f"model.path={output}", f"data.jsonl={work / 'data' / 'train.jsonl'}", f"output_dir={work / name}", *extra]
+def training_command(processes: int) -> list[str]:
+    """`python -m omni_core.training`, or under `accelerate launch` with `processes` local processes (DDP; on a
+    machine without a GPU a CPU group over gloo), each process training its share of every batch."""
+    if processes == 1:
+        return [sys.executable, "-m", "omni_core.training"]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+            "--num_processes", str(processes), "-m", "omni_core.training"]
+
+
+def run_training(name: str, output: Path, work: Path, processes: int, extra: list[str]) -> Path:
+    """One run of configs/training/shapes/<name>.yaml on `output`'s frozen parts; returns its output folder. Its
+    progress goes to work/<name>.log."""
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    command = [*training_command(processes), "--config", str(CONFIGS / f"{name}.yaml"), f"model.path={output}",
+               f"data.jsonl={work / 'data' / 'train.jsonl'}", f"output_dir={work / name}",
+               f"train.num_threads={threads}", *extra]
     print(f"training {name}: {' '.join(command)}", flush=True)
     with open(work / f"{name}.log", "a") as log:
         if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode != 0:
@@ -63,12 +81,32 @@ def run_training(name: str, output: Path, work: Path, extra: list[str]) -> Path:
     return work / name
 
 
-def train_transformers(output: Path, work: Path, steps: int | None, lora_steps: int | None) -> None:
-    """The joint transformer into output/transformer, then the independent-condition LoRA on it."""
-    joint = run_training("joint", output, work, [f"train.steps={steps}"] if steps else [])
+def train_vae_phases(train_jsonl: Path, output: Path, work: Path) -> None:
+    """VAE_PHASES into output/vae; a phase whose folder under work/ exists is not trained again."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    previous = None
+    for phase, (steps, learning_rate) in enumerate(VAE_PHASES):
+        folder = work / f"vae_phase_{phase}"
+        if not (folder / "config.json").is_file():
+            partial = work / f"vae_phase_{phase}.partial"
+            train_vae(train_jsonl, partial, steps, learning_rate=learning_rate, seed=phase, start=previous)
+            partial.rename(folder)
+        previous = folder
+    shutil.rmtree(output / "vae", ignore_errors=True)
+    shutil.copytree(previous, output / "vae")
+
+
+def train_transformers(output: Path, work: Path, processes: int, steps: int | None, lora_steps: int | None) -> None:
+    """The transformer (text-to-image phase, then the mix) into output/transformer, then the independent-condition
+    LoRA on it. `steps`: each transformer phase's."""
+    phase_steps = [f"train.steps={steps}"] if steps else []
+    prompt_reader = run_training("t2i", output, work, processes, phase_steps)
+    joint = run_training("joint", output, work, processes,
+                         [f"model.transformer={prompt_reader / 'transformer'}", *phase_steps])
     shutil.rmtree(output / "transformer", ignore_errors=True)
     shutil.copytree(joint / "transformer", output / "transformer")
-    independent = run_training("independent", output, work, [f"train.steps={lora_steps}"] if lora_steps else [])
+    independent = run_training("independent", output, work, processes,
+                               [f"train.steps={lora_steps}"] if lora_steps else [])
     (output / INDEPENDENT_LORA).parent.mkdir(exist_ok=True)
     shutil.copyfile(independent / "lora.safetensors", output / INDEPENDENT_LORA)
 
@@ -77,8 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="the model folder to write (release layout)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "shapes", help="data, logs and checkpoints")
-    parser.add_argument("--train-examples", type=int, default=4000)
-    parser.add_argument("--steps", type=int, default=None, help="transformer steps (default: the configs')")
+    parser.add_argument("--train-examples", type=int, default=12000)
+    parser.add_argument("--processes", type=int, default=2,
+                        help="training processes (global batch = processes x the configs' batch_size; the shipped "
+                             "model used 2)")
+    parser.add_argument("--steps", type=int, default=None, help="steps of each transformer phase (default: the configs')")
     parser.add_argument("--lora-steps", type=int, default=None, help="independent-condition LoRA steps (default: the config's)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -86,12 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     train_jsonl, _ = write_dataset(args.work / "data", args.train_examples, 48, resolution=64, seed=0)
     print(f"data written ({time.perf_counter() - start:.0f} s)", flush=True)
-    for phase, (steps, learning_rate) in enumerate(VAE_PHASES):
-        start_from = args.output / "vae" if phase else None
-        train_vae(train_jsonl, args.output / "vae", steps, learning_rate=learning_rate, seed=phase, start=start_from)
+    train_vae_phases(train_jsonl, args.output, args.work)
     print(f"vae trained ({time.perf_counter() - start:.0f} s)", flush=True)
     copy_frozen_parts(args.output)
-    train_transformers(args.output, args.work, args.steps, args.lora_steps)
+    train_transformers(args.output, args.work, args.processes, args.steps, args.lora_steps)
     print(f"default model written to {args.output} in {time.perf_counter() - start:.0f} s", flush=True)
 
 

@@ -26,10 +26,10 @@ VAE_CONFIG = dict(
     out_channels=3,
     down_block_types=["DownEncoderBlock2D"] * 4,
     up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[8, 16, 32, 64],
+    block_out_channels=[16, 32, 64, 64],
     layers_per_block=1,
     latent_channels=16,
-    norm_num_groups=2,
+    norm_num_groups=4,
     sample_size=64,
     use_quant_conv=False,
     use_post_quant_conv=False,
@@ -63,7 +63,7 @@ def latent_statistics(vae: AutoencoderKL, pixels: torch.Tensor, batch_size: int 
     return float(means.mean()), float(1.0 / means.std())
 
 
-def train_vae(data: Path, output: Path, steps: int = 1000, batch_size: int = 4, learning_rate: float = 2e-3,
+def train_vae(data: Path, output: Path, steps: int = 1000, batch_size: int = 8, learning_rate: float = 2e-3,
               seed: int = 0, max_images: int = 2000, log_every: int = 20, start: Path | None = None) -> AutoencoderKL:
     """Train on the images of `data` (a jsonl file), save to `output` (diffusers layout, safetensors), return it.
     `start`: a VAE folder to continue from instead of random weights."""
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="a jsonl file whose images to train on")
     parser.add_argument("--output", type=Path, required=True, help="folder for config.json + safetensors")
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--start", type=Path, default=None, help="a VAE folder to continue training")
