@@ -15,6 +15,9 @@ pairs that no training image has) is regenerated in memory; every sample is read
   (the joint model with the LoRA <model>/loras/independent_condition.safetensors) with its features computed once;
 - speedup_independent_once: seconds of the full joint in-context runs over those of the independent-once runs
   (process CPU time, the modes interleaved per example; wall-clock ratio beside it).
+
+`--step-cache teacache|taylorseer` samples everything with that step cache (official defaults: TeaCache threshold
+0.05, TaylorSeer order 4 interval 3), to show what step caching costs in accuracy on a model that draws.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from omni_core.training.shapes.dataset import examples  # noqa: E402
 from omni_core.training.shapes.measure import main_object, read_scene, scene_matches  # noqa: E402
 from omni_core.training.shapes.scenes import render  # noqa: E402
 
+STEP_CACHES = {"none": None, "teacache": omni_core.TeaCache(threshold=0.05), "taylorseer": omni_core.TaylorSeer()}
 ONCE = 10**6  # cache_per_n_steps larger than any step count: reference features computed at step 0 only
 TILE_GAP = 4
 
@@ -65,11 +69,12 @@ def run(args: argparse.Namespace) -> dict:
     model = omni_core.load_model(args.model)
     independent = omni_core.load_model(args.model, loras=[(args.independent, 1.0)]) if args.independent.is_file() else None
     settings = dict(width=args.size, height=args.size, steps=args.steps, text_guidance_scale=args.text_guidance,
-                    image_guidance_scale=args.image_guidance)
+                    image_guidance_scale=args.image_guidance, step_cache=STEP_CACHES[args.step_cache])
     held_out = list(examples(3 * args.count, args.seed, held_out=True))  # t2i, edit, in_context in turn
     by_task = {task: [e for e in held_out if e.task_type == task] for task in ("t2i", "edit", "in_context")}
     figures: dict = {"count_per_task": args.count, "steps": args.steps, "size": args.size, "threads": args.threads,
-                     "text_guidance_scale": args.text_guidance, "image_guidance_scale": args.image_guidance}
+                     "text_guidance_scale": args.text_guidance, "image_guidance_scale": args.image_guidance,
+                     "step_cache": args.step_cache}
     samples: dict[str, list[list[Image.Image]]] = {"t2i": [], "edit": [], "in_context": []}
 
     color = shape = 0
@@ -137,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-guidance", type=float, default=4.0)
     parser.add_argument("--image-guidance", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--step-cache", choices=tuple(STEP_CACHES), default="none")
     parser.add_argument("--seed", type=int, default=0, help="the dataset seed whose held-out split to score")
     parser.add_argument("--grid-examples", type=int, default=6, help="samples per task shown in the grid")
     parser.add_argument("--samples-png", type=Path, default=Path("benchmarks/quality_samples.png"))

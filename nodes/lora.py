@@ -13,9 +13,10 @@ class OmniGen2LoRA:
         return {
             "required": {
                 "model": (bridge.MODEL_TYPE, {"tooltip": "The OmniGen2 model to add the LoRA to (it is not changed)."}),
-                "lora_name": (bridge.list_files(bridge.LORA_FOLDER_KEY), {
+                "lora_name": (bridge.list_loras(), {
                     "tooltip": "A LoRA for OmniGen2's transformer in models/loras: ours, PEFT, diffusers, ComfyUI or "
-                               "kohya key names (safetensors only)."}),
+                               "kohya key names (safetensors only); first, the bundled model's independent-condition "
+                               "LoRA."}),
                 "strength": ("FLOAT", {
                     "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                     "tooltip": "How much of the LoRA to add: 0 leaves the model as it is, negative values subtract it."}),
@@ -33,5 +34,5 @@ class OmniGen2LoRA:
     )
 
     def apply(self, model, lora_name, strength):
-        path = bridge.resolve_file(bridge.LORA_FOLDER_KEY, lora_name)
+        path = bridge.resolve_lora(lora_name)
         return (bridge.model_with_lora(bridge.check_model(model), path, strength),)

@@ -12,6 +12,7 @@ import PIL.Image
 import torch
 
 from . import load_model
+from .step_cache import TaylorSeer, TeaCache
 from .errors import OmniGen2Error
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-pixels", type=int, default=1024 * 1024)
     gen.add_argument("--max-side", type=int, default=1024, help="longest side of a reference image")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--step-cache", choices=("none", "teacache", "taylorseer"), default="none",
+                     help="skip or estimate steps: TeaCache (--teacache-threshold) or TaylorSeer (--taylorseer-order, "
+                          "--taylorseer-interval); official defaults")
+    gen.add_argument("--teacache-threshold", type=float, default=TeaCache.threshold)
+    gen.add_argument("--taylorseer-order", type=int, default=TaylorSeer.order)
+    gen.add_argument("--taylorseer-interval", type=int, default=TaylorSeer.interval)
     gen.add_argument("--num-images", type=int, default=1)
     gen.add_argument("--output", default="omnigen2.png", help="image i > 0 of a batch is saved with suffix _i")
     gen.add_argument("--model", default=None, help="OmniGen2 release folder; default: the bundled tiny model")
@@ -52,6 +59,14 @@ def _model_source(args: argparse.Namespace):
             raise OmniGen2Error("pass either --model or the single files (--transformer, --vae, --text-encoder), not both")
         return {**singles, "tokenizer": args.tokenizer}
     return args.model
+
+
+def _step_cache(args: argparse.Namespace) -> TeaCache | TaylorSeer | None:
+    if args.step_cache == "teacache":
+        return TeaCache(threshold=args.teacache_threshold)
+    if args.step_cache == "taylorseer":
+        return TaylorSeer(order=args.taylorseer_order, interval=args.taylorseer_interval)
+    return None
 
 
 def _progress_bar(step: int, total: int, _latents: torch.Tensor) -> None:
@@ -91,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             num_images=args.num_images,
             progress=_progress_bar,
+            step_cache=_step_cache(args),
         )
     except (OmniGen2Error, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -22,6 +22,8 @@ import pytest
 from comfy_workflow import CORE_OBJECT_INFO, node_info, run_directly, to_api_prompt
 from comfyui_server import BROKEN_MODEL_NAME, FIXTURE_MODEL, MODEL_NAME, PACK_FOLDER, SINGLE_FILES
 from loopback import HTTPError
+from omni_core.training.shapes.measure import read_scene, scene_matches
+from omni_core.training.shapes.scenes import PAIR_SIZE, POSITIONS, SIZES, Scene, Shape
 from test_nodes import load_pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,16 +293,19 @@ def test_models_unload_and_reload_through_model_management(comfyui, object_info)
     np.testing.assert_array_equal(saved["92"][0], saved[save][0])
 
 
-def test_a_fresh_comfyui_draws_the_bundled_models_example_as_asked(comfyui, object_info):
-    """example_workflows/omnigen2_bundled_model_shapes.json at its own settings (20 steps, 64 x 64), on the bundled
-    choice of Load OmniGen2: each picture reads back, from its pixels, as its prompt asked."""
-    from omni_core.training.shapes.measure import main_object, read_scene
+BUNDLED_EXPECTED = {  # what each bundled-model example's prompt asks for, as a scene the measurer checks
+    "omnigen2_bundled_text_to_image.json": Scene("blue", (Shape("red", "circle", SIZES["large"], POSITIONS["center"]),)),
+    "omnigen2_bundled_edit.json": Scene("purple", (Shape("orange", "triangle", SIZES["large"], POSITIONS["center"]),)),
+    "omnigen2_bundled_in_context.json": Scene("black", (Shape("white", "square", PAIR_SIZE, POSITIONS["left"]),
+                                                       Shape("green", "circle", PAIR_SIZE, POSITIONS["right"]))),
+}
 
-    prompt = to_api_prompt(json.loads((ROOT / "example_workflows" / "omnigen2_bundled_model_shapes.json").read_text()),
-                           object_info)
-    saved = comfyui.run(prompt)
-    pictures = comfyui.saved_images(saved)
-    prefixes = {prompt[k]["inputs"]["filename_prefix"]: k for k in pictures}
-    found = read_scene(pictures[prefixes["OmniGen2/bundled_t2i"]][0])
-    shape = main_object(found)
-    assert found.background == "blue" and (shape.color, shape.shape) == ("red", "circle"), found
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_EXPECTED))
+def test_a_fresh_comfyui_draws_the_bundled_model_examples_as_asked(name, comfyui, object_info):
+    """The bundled-model examples at their own settings (20 steps, 64 x 64; Load OmniGen2's bundled choice, Shapes
+    Scene references, the bundled LoRA for in-context): each saved picture reads back, from its pixels, as asked."""
+    prompt = to_api_prompt(json.loads((ROOT / "example_workflows" / name).read_text()), object_info)
+    (pictures,) = comfyui.saved_images(comfyui.run(prompt)).values()
+    found = read_scene(pictures[0])
+    assert scene_matches(found, BUNDLED_EXPECTED[name]), found

@@ -3,6 +3,7 @@ to a model without touching the shared one, cache keying, and the OmniGen2 LoRA 
 
 import copy
 import json
+import sys
 
 import pytest
 import torch
@@ -307,6 +308,23 @@ def test_lora_node_leaves_its_input_alone_and_chains(fixture_dir, tmp_path):
     assert (with_lora - without).abs().mean() > 1e-3
     with pytest.raises(ModelFileError, match="loras"):
         node("OmniGen2LoRA").apply(model, "no_such_lora.safetensors", 1.0)
+
+
+def test_the_lora_node_offers_the_bundled_independent_condition_lora_first():
+    """On the bundled model, the bundled LoRA (the choice a fresh install has) makes the independent condition the
+    sampler's default, as its training recorded."""
+    from test_nodes import load_pack
+
+    pack = load_pack()
+    node = lambda name: pack.NODE_CLASS_MAPPINGS[name]()
+    bridge = sys.modules[f"{pack.__name__}.nodes.bridge"]
+    choices = pack.NODE_CLASS_MAPPINGS["OmniGen2LoRA"].INPUT_TYPES()["required"]["lora_name"][0]
+    assert choices[0] == bridge.BUNDLED_LORA_CHOICE
+    (model,) = node("LoadOmniGen2").load(bridge.BUNDLED_MODEL_CHOICE, "fp32")
+    (independent,) = node("OmniGen2LoRA").apply(model, bridge.BUNDLED_LORA_CHOICE, 1.0)
+    assert independent.engine.transformer.config.independent_condition
+    assert not model.engine.transformer.config.independent_condition
+    assert read_lora(bridge.BUNDLED_LORA).training.independent_condition is True
 
 
 def test_lora_nodes_in_a_real_comfyui(comfyui, fixture_dir):

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import PIL.Image
+import torch
+
+from omni_core.training.shapes.measure import main_object, read_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +35,11 @@ def test_readme_demo_runs_on_the_bundled_model(tmp_path):
     steps = arguments[arguments.index("--steps") + 1]
     assert PIL.Image.open(tmp_path / "demo.png").size == size
     assert f"step {steps}/{steps}" in done.stderr
+    # the bundled model draws what the prompt ("a <colour> <shape> on a <colour> background") asks, read from pixels
+    words = arguments[arguments.index("--prompt") + 1].split()
+    found = read_scene(PIL.Image.open(tmp_path / "demo.png"))
+    shape = main_object(found)
+    assert (shape.color, shape.shape, found.background) == (words[1], words[2], words[5]), found
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
@@ -40,3 +48,24 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 2 and "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_step_cache_gives_the_engines_step_cached_picture(tmp_path):
+    import numpy as np
+
+    import omni_core
+
+    fixture = ROOT / "tests" / "fixtures" / "omnigen2-tiny"
+    common = dict(width=64, height=64, steps=8, seed=3)
+    done = subprocess.run(
+        [sys.executable, "-m", "omni_core", "generate", "--prompt", "a red circle", "--model", str(fixture),
+         "--step-cache", "taylorseer", "--taylorseer-interval", "2", "--width", "64", "--height", "64", "--steps", "8",
+         "--seed", "3", "--output", str(tmp_path / "cached.png")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    model = omni_core.load_model(fixture)
+    cached = model.generate("a red circle", step_cache=omni_core.TaylorSeer(interval=2), **common).images[0]
+    plain = model.generate("a red circle", **common).images[0]
+    saved = np.asarray(PIL.Image.open(tmp_path / "cached.png"), dtype=np.int16)
+    as_8_bit = lambda image: (image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.int16).numpy()
+    assert np.abs(saved - as_8_bit(cached)).max() <= 1
+    assert np.abs(saved - as_8_bit(plain)).max() > 1  # the option reached the sampler

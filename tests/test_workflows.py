@@ -26,7 +26,13 @@ EXPECTED = {
     "omnigen2_repaint.json": 1,
     "omnigen2_reflect.json": 1,
     "omnigen2_chat.json": 1,
+    # for the bundled model, on a fresh install: references drawn by OmniGen2 Shapes Scene, no LoadImage
+    "omnigen2_bundled_text_to_image.json": 0,
+    "omnigen2_bundled_edit.json": 0,
+    "omnigen2_bundled_in_context.json": 0,
 }
+BUNDLED_REFERENCES = {"omnigen2_bundled_text_to_image.json": 0, "omnigen2_bundled_edit.json": 1,
+                      "omnigen2_bundled_in_context.json": 2}
 SAMPLERS = ("OmniGen2CachedSampler", "OmniGen2Repaint", "OmniGen2Reflect")
 CHAT = "OmniGen2Chat"  # samples itself when it draws; the chat example has two and no sampler
 ANY = "*"  # an input that takes every type (PreviewAny's source)
@@ -101,9 +107,10 @@ def test_widget_values_are_valid(path, signatures):
                 assert value in ("fixed", "increment", "decrement", "randomize"), (path.name, value)
                 continue
             kind, options = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
-            bundled = sys.modules[f"{load_pack().__name__}.nodes.bridge"].BUNDLED_MODEL_CHOICE
-            # static combos; outside ComfyUI folder lists are empty, or hold only the bundled model
-            if isinstance(kind, (list, tuple)) and kind and list(kind) != [bundled]:
+            bridge = sys.modules[f"{load_pack().__name__}.nodes.bridge"]
+            bundled = ([bridge.BUNDLED_MODEL_CHOICE], [bridge.BUNDLED_LORA_CHOICE])
+            # static combos; outside ComfyUI folder lists are empty, or hold only the bundled model or LoRA
+            if isinstance(kind, (list, tuple)) and kind and list(kind) not in bundled:
                 assert value in kind, (path.name, name, value)
             if kind in ("INT", "FLOAT"):
                 assert options.get("min", value) <= value <= options.get("max", value), (path.name, name, value)
@@ -125,6 +132,15 @@ def test_workflow_shape(path, object_info):
         assert sorted(chat["respond"] for chat in chats) == ["auto", "text"]
         return
     sampler = next(n for n in prompt.values() if n["class_type"] in SAMPLERS)
+    if path.name in BUNDLED_REFERENCES:
+        bridge = sys.modules[f"{load_pack().__name__}.nodes.bridge"]
+        load_node = next(n for n in prompt.values() if n["class_type"] == "LoadOmniGen2")
+        assert load_node["inputs"]["model_folder"] == bridge.BUNDLED_MODEL_CHOICE
+        assert types.count("OmniGen2ShapesScene") == BUNDLED_REFERENCES[path.name]
+        if BUNDLED_REFERENCES[path.name] > 1:  # in-context: the independent-condition LoRA, references computed once
+            lora = next(n for n in prompt.values() if n["class_type"] == "OmniGen2LoRA")
+            assert lora["inputs"]["lora_name"] == bridge.BUNDLED_LORA_CHOICE
+            assert sampler["inputs"]["cache_per_n_steps"] > sampler["inputs"]["steps"]
     if path.name.endswith("_fast.json"):
         assert "OmniGen2CompactCondition" in types
         assert sampler["inputs"]["cache_per_n_steps"] > 0

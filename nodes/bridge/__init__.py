@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from .devices import WEIGHT_DTYPES, WeightDtypes, load_device, offload_device, output_device, weight_dtypes
 from .folders import (
-    BUNDLED_MODEL_CHOICE, COMFY_TOKENIZER_CHOICE, JUDGE_DIRS_ENV, JUDGE_FOLDER_KEY, LORA_FOLDER_KEY, MODEL_DIRS_ENV, MODEL_FOLDER_KEY,
+    BUNDLED_LORA_CHOICE, BUNDLED_MODEL_CHOICE, COMFY_TOKENIZER_CHOICE, JUDGE_DIRS_ENV, JUDGE_FOLDER_KEY, LORA_FOLDER_KEY, MODEL_DIRS_ENV, MODEL_FOLDER_KEY,
     TEXT_ENCODER_FOLDER_KEY, TRANSFORMER_FOLDER_KEY, VAE_FOLDER_KEY, is_judge_folder, is_model_folder, list_files,
-    list_judge_folders, list_model_folders, list_tokenizers, register_folders, resolve_file, resolve_judge_folder,
-    resolve_model_folder, resolve_tokenizer,
+    list_judge_folders, list_loras, list_model_folders, list_tokenizers, register_folders, resolve_file,
+    resolve_judge_folder, resolve_lora, resolve_model_folder, resolve_tokenizer,
 )
 from .host import IN_COMFYUI
 from .inputs import (

@@ -26,6 +26,10 @@ JUDGE_DIRS_ENV = "OMNIGEN2_JUDGE_DIRS"  # outside ComfyUI, as MODEL_DIRS_ENV
 # The model choice that means the small OmniGen2 bundled with the pack (omni_core/default_model), offered first so a
 # fresh ComfyUI with no downloads has a model to run.
 BUNDLED_MODEL_CHOICE = "bundled: default model"
+# The LoRA choice that means the bundled model's independent-condition LoRA (OminiControl2's asymmetric mask, so the
+# sampler computes reference features once), offered first by the LoRA node.
+BUNDLED_LORA_CHOICE = "bundled: independent condition (default model)"
+BUNDLED_LORA = omni_core.DEFAULT_MODEL_DIR / "loras" / "independent_condition.safetensors"
 # The tokenizer choice that means "the tokenizer ComfyUI ships for its own Qwen2.5 text encoders".
 COMFY_TOKENIZER_CHOICE = "comfyui: qwen25_tokenizer"
 
@@ -121,6 +125,21 @@ def resolve_file(folder_key: str, name: str) -> str:
         if path is not None:
             return path
     raise ModelFileError(f"'{name}' not found in ComfyUI's models/{folder_key} folder. Put the file there and refresh.")
+
+
+def list_loras() -> list[str]:
+    """The bundled model's independent-condition LoRA first, then the LoRA files of ComfyUI's models/loras."""
+    return [BUNDLED_LORA_CHOICE, *list_files(LORA_FOLDER_KEY)]
+
+
+def resolve_lora(name: str) -> str:
+    """The full path of a LoRA chosen by name: the bundled one, a file in models/loras or an absolute path."""
+    if name == BUNDLED_LORA_CHOICE:
+        if not BUNDLED_LORA.is_file():
+            raise ModelFileError(f"The bundled LoRA {BUNDLED_LORA} is missing: reinstall the pack, or make it with "
+                                 "python -m omni_core.training.shapes.make_default_model --output omni_core/default_model.")
+        return str(BUNDLED_LORA)
+    return resolve_file(LORA_FOLDER_KEY, name)
 
 
 def list_tokenizers() -> list[str]:
