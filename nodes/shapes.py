@@ -20,9 +20,9 @@ class OmniGen2ShapesScene:
         return {
             "required": {
                 "color": (list(COLORS), {"default": "red", "tooltip": "The shape's colour."}),
-                "shape": (list(SHAPES), {"default": "circle"}),
+                "shape": (list(SHAPES), {"default": "circle", "tooltip": "Circle, square or apex-up triangle."}),
                 "size": (list(SIZES), {"default": "large", "tooltip": "small: a third of the side, large: over half."}),
-                "position": (list(POSITIONS), {"default": "center"}),
+                "position": (list(POSITIONS), {"default": "center", "tooltip": "Where the shape's centre sits."}),
                 "background": (list(COLORS), {"default": "blue", "tooltip": "Must differ from the shape's colour."}),
                 "resolution": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16,
                                        "tooltip": "Side of the square picture; the bundled model was trained at 64."}),
