@@ -34,11 +34,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import omni_core  # noqa: E402
+from omni_core.step_cache import STEP_CACHE_CHOICES, step_cache_by_name  # noqa: E402
 from omni_core.training.shapes.dataset import examples  # noqa: E402
 from omni_core.training.shapes.measure import main_object, read_scene, scene_matches  # noqa: E402
 from omni_core.training.shapes.scenes import render  # noqa: E402
 
-STEP_CACHES = {"none": None, "teacache": omni_core.TeaCache(threshold=0.05), "taylorseer": omni_core.TaylorSeer()}
 ONCE = 10**6  # cache_per_n_steps larger than any step count: reference features computed at step 0 only
 TILE_GAP = 4
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
     model = omni_core.load_model(args.model)
     independent = omni_core.load_model(args.model, loras=[(args.independent, 1.0)]) if args.independent.is_file() else None
     settings = dict(width=args.size, height=args.size, steps=args.steps, text_guidance_scale=args.text_guidance,
-                    image_guidance_scale=args.image_guidance, step_cache=STEP_CACHES[args.step_cache])
+                    image_guidance_scale=args.image_guidance, step_cache=step_cache_by_name(args.step_cache))
     held_out = list(examples(3 * args.count, args.seed, held_out=True))  # t2i, edit, in_context in turn
     by_task = {task: [e for e in held_out if e.task_type == task] for task in ("t2i", "edit", "in_context")}
     figures: dict = {"count_per_task": args.count, "steps": args.steps, "size": args.size, "threads": args.threads,
@@ -142,14 +142,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-guidance", type=float, default=4.0)
     parser.add_argument("--image-guidance", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--step-cache", choices=tuple(STEP_CACHES), default="none")
+    parser.add_argument("--step-cache", choices=STEP_CACHE_CHOICES, default="none")
     parser.add_argument("--seed", type=int, default=0, help="the dataset seed whose held-out split to score")
     parser.add_argument("--grid-examples", type=int, default=6, help="samples per task shown in the grid")
     parser.add_argument("--samples-png", type=Path, default=Path("benchmarks/quality_samples.png"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.independent is None:
-        args.independent = args.model / "loras" / "independent_condition.safetensors"
+        args.independent = args.model / omni_core.INDEPENDENT_CONDITION_LORA
     figures = run(args)
     width = max(len(k) for k in figures)
     for key, value in figures.items():

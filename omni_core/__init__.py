@@ -7,7 +7,7 @@ The public API: `load_model(...)` returns an `OmniGen2` with `.generate(...)`, o
 from .condition import Condition, ReferenceImage, TextCondition
 from .config import TransformerConfig
 from .errors import CheckpointMismatchError, InvalidInputError, ModelFileError, OmniGen2Error
-from .loading.model_loader import DEFAULT_MODEL_DIR, load_model
+from .loading.model_loader import DEFAULT_MODEL_DIR, INDEPENDENT_CONDITION_LORA, load_model
 from .pipeline import GenerationResult, OmniGen2
 from .step_cache import TaylorSeer, TeaCache
 from .transformer import OmniGen2Transformer
@@ -18,6 +18,7 @@ __all__ = [
     "Condition",
     "DEFAULT_MODEL_DIR",
     "GenerationResult",
+    "INDEPENDENT_CONDITION_LORA",
     "InvalidInputError",
     "ModelFileError",
     "OmniGen2",

@@ -12,8 +12,8 @@ import PIL.Image
 import torch
 
 from . import load_model
-from .step_cache import TaylorSeer, TeaCache
 from .errors import OmniGen2Error
+from .step_cache import STEP_CACHE_CHOICES, TaylorSeer, TeaCache, step_cache_by_name
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-pixels", type=int, default=1024 * 1024)
     gen.add_argument("--max-side", type=int, default=1024, help="longest side of a reference image")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--step-cache", choices=("none", "teacache", "taylorseer"), default="none",
+    gen.add_argument("--step-cache", choices=STEP_CACHE_CHOICES, default="none",
                      help="skip or estimate steps: TeaCache (--teacache-threshold) or TaylorSeer (--taylorseer-order, "
                           "--taylorseer-interval); official defaults")
     gen.add_argument("--teacache-threshold", type=float, default=TeaCache.threshold)
@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--taylorseer-interval", type=int, default=TaylorSeer.interval)
     gen.add_argument("--num-images", type=int, default=1)
     gen.add_argument("--output", default="omnigen2.png", help="image i > 0 of a batch is saved with suffix _i")
-    gen.add_argument("--model", default=None, help="OmniGen2 release folder; default: the bundled tiny model")
+    gen.add_argument("--model", default=None,
+                     help="OmniGen2 release folder; default: the bundled model (synthetic shapes, 64 x 64)")
     gen.add_argument("--transformer", help="single-file transformer (with --vae, --text-encoder, --tokenizer)")
     gen.add_argument("--vae")
     gen.add_argument("--text-encoder")
@@ -59,14 +60,6 @@ def _model_source(args: argparse.Namespace):
             raise OmniGen2Error("pass either --model or the single files (--transformer, --vae, --text-encoder), not both")
         return {**singles, "tokenizer": args.tokenizer}
     return args.model
-
-
-def _step_cache(args: argparse.Namespace) -> TeaCache | TaylorSeer | None:
-    if args.step_cache == "teacache":
-        return TeaCache(threshold=args.teacache_threshold)
-    if args.step_cache == "taylorseer":
-        return TaylorSeer(order=args.taylorseer_order, interval=args.taylorseer_interval)
-    return None
 
 
 def _progress_bar(step: int, total: int, _latents: torch.Tensor) -> None:
@@ -106,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             num_images=args.num_images,
             progress=_progress_bar,
-            step_cache=_step_cache(args),
+            step_cache=step_cache_by_name(args.step_cache, args.teacache_threshold, args.taylorseer_order,
+                                          args.taylorseer_interval),
         )
     except (OmniGen2Error, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -72,6 +72,23 @@ class TaylorSeer:
 
 
 StepCache = Union[TeaCache, TaylorSeer]
+STEP_CACHE_CHOICES = ("none", "teacache", "taylorseer")
+
+
+def step_cache_by_name(
+    choice: str,
+    teacache_threshold: float = TeaCache.threshold,
+    taylorseer_order: int = TaylorSeer.order,
+    taylorseer_interval: int = TaylorSeer.interval,
+) -> StepCache | None:
+    """The step cache a node widget or command-line option names (None: every step computes)."""
+    if choice not in STEP_CACHE_CHOICES:
+        raise InvalidInputError(f"step_cache={choice!r}: choose one of {', '.join(STEP_CACHE_CHOICES)}.")
+    if choice == "teacache":
+        return TeaCache(threshold=teacache_threshold)
+    if choice == "taylorseer":
+        return TaylorSeer(order=taylorseer_order, interval=taylorseer_interval)
+    return None
 
 
 def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:

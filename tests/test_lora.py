@@ -324,7 +324,7 @@ def test_the_lora_node_offers_the_bundled_independent_condition_lora_first():
     (independent,) = node("OmniGen2LoRA").apply(model, bridge.BUNDLED_LORA_CHOICE, 1.0)
     assert independent.engine.transformer.config.independent_condition
     assert not model.engine.transformer.config.independent_condition
-    assert read_lora(omni_core.DEFAULT_MODEL_DIR / "loras" / "independent_condition.safetensors").training.independent_condition
+    assert read_lora(omni_core.DEFAULT_MODEL_DIR / omni_core.INDEPENDENT_CONDITION_LORA).training.independent_condition
 
 
 def test_lora_nodes_in_a_real_comfyui(comfyui, fixture_dir):

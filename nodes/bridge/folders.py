@@ -29,7 +29,7 @@ BUNDLED_MODEL_CHOICE = "bundled: default model"
 # The LoRA choice that means the bundled model's independent-condition LoRA (OminiControl2's asymmetric mask, so the
 # sampler computes reference features once), offered first by the LoRA node.
 BUNDLED_LORA_CHOICE = "bundled: independent condition (default model)"
-BUNDLED_LORA = omni_core.DEFAULT_MODEL_DIR / "loras" / "independent_condition.safetensors"
+BUNDLED_LORA = omni_core.DEFAULT_MODEL_DIR / omni_core.INDEPENDENT_CONDITION_LORA
 # The tokenizer choice that means "the tokenizer ComfyUI ships for its own Qwen2.5 text encoders".
 COMFY_TOKENIZER_CHOICE = "comfyui: qwen25_tokenizer"
 

@@ -10,7 +10,7 @@ import torch
 
 from omni_core.condition import MAX_REFERENCE_IMAGES
 from omni_core.errors import InvalidInputError
-from omni_core.step_cache import StepCache, TaylorSeer, TeaCache
+from omni_core.step_cache import STEP_CACHE_CHOICES, step_cache_by_name
 
 
 def collect_images(**inputs: Any) -> list[torch.Tensor] | None:
@@ -105,18 +105,9 @@ def independent_condition(choice: str) -> bool | None:
     return REFERENCE_ATTENTION[choice]
 
 
-STEP_CACHES = ("none", "teacache", "taylorseer")
-
-
-def step_cache(choice: str, teacache_threshold: float, taylorseer_order: int, taylorseer_interval: int) -> StepCache | None:
-    """The sampler's step_cache widgets as the engine's `step_cache` option (None: every step computes)."""
-    if choice not in STEP_CACHES:
-        raise InvalidInputError(f"step_cache={choice!r}: choose one of {', '.join(STEP_CACHES)}.")
-    if choice == "teacache":
-        return TeaCache(threshold=teacache_threshold)
-    if choice == "taylorseer":
-        return TaylorSeer(order=taylorseer_order, interval=taylorseer_interval)
-    return None
+# The sampler's step_cache widgets as the engine's `step_cache` option: the engine's own names and conversion.
+STEP_CACHES = STEP_CACHE_CHOICES
+step_cache = step_cache_by_name
 
 
 def engine_call(function: Callable[..., Any], *args: Any, **options: Any) -> Any:

@@ -21,6 +21,8 @@ from .vae_loader import load_vae
 
 COMPONENTS = ("transformer", "vae", "text_encoder")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
+# Where a model folder keeps the independent-condition LoRA trained for it (the bundled model has one).
+INDEPENDENT_CONDITION_LORA = Path("loras") / "independent_condition.safetensors"
 log = logging.getLogger(__name__)
 
 

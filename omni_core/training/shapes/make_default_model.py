@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ...loading.model_loader import INDEPENDENT_CONDITION_LORA
 from .dataset import write_dataset
 from .vae import train_vae
 
@@ -38,7 +39,6 @@ CONFIGS = REPO / "configs" / "training" / "shapes"
 ACCELERATE_CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
 # The VAE's training: cosine phases (steps, learning rate), each continuing from the previous one's weights.
 VAE_PHASES = ((3000, 2e-3), (3000, 1e-3))
-INDEPENDENT_LORA = Path("loras") / "independent_condition.safetensors"
 MODEL_INDEX = {
     "_class_name": "OmniGen2Pipeline",
     "mllm": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
@@ -107,8 +107,8 @@ def train_transformers(output: Path, work: Path, processes: int, steps: int | No
     shutil.copytree(joint / "transformer", output / "transformer")
     independent = run_training("independent", output, work, processes,
                                [f"train.steps={lora_steps}"] if lora_steps else [])
-    (output / INDEPENDENT_LORA).parent.mkdir(exist_ok=True)
-    shutil.copyfile(independent / "lora.safetensors", output / INDEPENDENT_LORA)
+    (output / INDEPENDENT_CONDITION_LORA).parent.mkdir(exist_ok=True)
+    shutil.copyfile(independent / "lora.safetensors", output / INDEPENDENT_CONDITION_LORA)
 
 
 def main(argv: list[str] | None = None) -> None:
