@@ -136,7 +136,7 @@ def make_run(model, mode: Mode, steps: int, noise_side: int):
 
     def run():
         cache = None if n is None else ReferenceFeatureCache(steps + 1 if n == 0 else n)
-        step_cache = None if mode.step_cache is None else StepCacheRun(mode.step_cache, steps)
+        step_cache = None if mode.step_cache is None else StepCacheRun(mode.step_cache, steps, model.config.teacache_coefficients)
         passes = TransformerPasses(model, condition, cache, mode.independent, step_cache=step_cache)
         velocity = GuidedVelocity(passes, condition.positive, condition.negative, has_refs, steps, 5.0, 2.0 if mode.three_passes else 1.0, (0.0, 1.0))
         clock = [time.perf_counter()]

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=16, help="held-out examples per task")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=64, help="image side (the model trained at 64)")
-    parser.add_argument("--text-guidance", type=float, default=4.0)
+    parser.add_argument("--text-guidance", type=float, default=omni_core.DEFAULT_MODEL_TEXT_GUIDANCE,
+                        help="default: the bundled model's, chosen on unseen training-distribution prompts (docs/training.md)")
     parser.add_argument("--image-guidance", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--step-cache", choices=STEP_CACHE_CHOICES, default="none")

@@ -38,6 +38,9 @@ class TransformerConfig:
         independent_condition (bool, False): the weights were trained with OminiControl2's asymmetric mask
             (references attend only to themselves at a clean timestep); not a key of the official release, which
             was trained without it. It sets the default conditioning mode.
+        teacache_coefficients (tuple | None, None): TeaCache's rescale polynomial fitted to these weights (highest
+            power first; `python -m omni_core.training.calibrate_teacache` writes it); not a key of the official release,
+            whose polynomial (fitted to the released model) is the default when it is absent.
     """
 
     patch_size: int = 2
@@ -56,10 +59,20 @@ class TransformerConfig:
     text_feat_dim: int = 2048
     timestep_scale: float = 1000.0
     independent_condition: bool = False
+    teacache_coefficients: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axes_dim_rope", tuple(self.axes_dim_rope))
         object.__setattr__(self, "axes_lens", tuple(self.axes_lens))
+        if self.teacache_coefficients is not None:
+            coefficients = self.teacache_coefficients
+            if isinstance(coefficients, (str, bytes)) or not hasattr(coefficients, "__len__") or not coefficients or not all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) for c in coefficients
+            ):
+                raise CheckpointMismatchError(
+                    f"teacache_coefficients must be a non-empty list of numbers (highest power first), got {coefficients!r}."
+                )
+            object.__setattr__(self, "teacache_coefficients", tuple(float(c) for c in coefficients))
         if self.hidden_size % self.num_attention_heads:
             raise CheckpointMismatchError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}."

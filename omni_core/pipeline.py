@@ -301,7 +301,10 @@ class OmniGen2:
         ).to(self.device)
         noise = initial_noise(options.seed, num_images, self.transformer.config.in_channels, latent_size).to(self.device)
         cache = ReferenceFeatureCache(cache_per_n_steps) if cache_per_n_steps is not None else None
-        step_cache = StepCacheRun(options.step_cache, steps) if options.step_cache is not None else None
+        step_cache = (
+            StepCacheRun(options.step_cache, steps, self.transformer.config.teacache_coefficients)
+            if options.step_cache is not None else None
+        )
         passes = TransformerPasses(
             self.transformer, condition, cache, independent_condition, options.condition_timestep, noise_token_index,
             step_cache, store,

@@ -10,6 +10,13 @@ Two methods, as the official OmniGen2 implementation offers them (one state per 
   differences up to `order` of the last joint block's output, and the calls between predict it by a Taylor series.
   Only the last block's output is read, so only it is kept, and only its noise tokens (what the output layers read).
 
+TeaCache's polynomial belongs to the model it was fitted on: it maps the change of the modulated input to the change
+of the blocks' output, and another model (fine-tuned, smaller, random) relates the two on another scale, so that the
+official threshold skips nothing or too much there. `TeaCacheCalibration` computes every step as usual while it
+records both changes for every pass, and `fit()` gives the polynomial of that model (the TeaCache authors' recipe);
+`python -m omni_core.training.calibrate_teacache` stores it as the config's `teacache_coefficients`, which a
+`TeaCache()` without coefficients takes (the official polynomial when the config has none).
+
 What the joint blocks see, and therefore TeaCache's measure, is the sequence [text | references | noise] when the
 references run through them every step (official); when their keys/values come from the reference-feature cache
 (reuse every n steps, or the independent condition) only [text | noise] runs every step, and the measure is taken
@@ -19,9 +26,10 @@ over those tokens. One `StepCacheRun` lives for one sampling run and is cleared 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Union
 
+import numpy as np
 import torch
 
 from .errors import InvalidInputError
@@ -38,16 +46,21 @@ def _check_whole(name: str, value, minimum: int) -> None:
 @dataclass(frozen=True)
 class TeaCache:
     """TeaCache options. threshold: the accumulated rescaled change below which a step is skipped (official default
-    0.05; higher skips more); coefficients: the rescale polynomial, highest power first."""
+    0.05; higher skips more); coefficients: the rescale polynomial, highest power first; None (default) takes the
+    sampled model's own (its config's `teacache_coefficients`, else the official polynomial)."""
 
     threshold: float = 0.05
-    coefficients: tuple[float, ...] = OFFICIAL_TEACACHE_COEFFICIENTS
+    coefficients: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not self.threshold >= 0:
             raise InvalidInputError(f"TeaCache threshold must be a number >= 0, got {self.threshold!r}.")
-        if not self.coefficients or not all(isinstance(c, (int, float)) for c in self.coefficients):
-            raise InvalidInputError(f"TeaCache coefficients must be a non-empty sequence of numbers, got {self.coefficients!r}.")
+        if self.coefficients is not None:
+            if not self.coefficients or not all(isinstance(c, (int, float)) for c in self.coefficients):
+                raise InvalidInputError(
+                    f"TeaCache coefficients must be None or a non-empty sequence of numbers, got {self.coefficients!r}."
+                )
+            object.__setattr__(self, "coefficients", tuple(self.coefficients))
 
     def new_state(self, steps: int) -> TeaCacheState:
         return TeaCacheState(self, steps)
@@ -71,7 +84,30 @@ class TaylorSeer:
         return TaylorSeerState(self)
 
 
-StepCache = Union[TeaCache, TaylorSeer]
+@dataclass
+class TeaCacheCalibration:
+    """Sampled with, every step computes (the output is the uncached one) while each pass's consecutive computed
+    steps add (relative L1 of TeaCache's measure, relative L1 of the last joint block's output at the noise tokens)
+    to `pairs`. Runs on several prompts and seeds accumulate; `fit()` then gives that model's polynomial."""
+
+    pairs: list[tuple[float, float]] = field(default_factory=list)
+
+    def new_state(self, steps: int) -> TeaCacheCalibrationState:
+        return TeaCacheCalibrationState(self.pairs)
+
+    def fit(self, degree: int = 4) -> tuple[float, ...]:
+        """Least-squares polynomial from input change to output change, highest power first (TeaCache's layout)."""
+        _check_whole("TeaCache calibration degree", degree, 1)
+        if len(self.pairs) <= degree:
+            raise InvalidInputError(
+                f"TeaCache calibration has {len(self.pairs)} step pairs, a degree-{degree} fit needs more than {degree}: "
+                "sample more steps or prompts with it first."
+            )
+        x, y = np.array(self.pairs, dtype=np.float64).T
+        return tuple(float(c) for c in np.polyfit(x, y, degree))
+
+
+StepCache = Union[TeaCache, TaylorSeer, TeaCacheCalibration]
 STEP_CACHE_CHOICES = ("none", "teacache", "taylorseer")
 
 
@@ -167,24 +203,49 @@ class TaylorSeerState:
         return sum((1 / math.factorial(i)) * factor * (elapsed**i) for i, factor in enumerate(self.factors))
 
 
+class TeaCacheCalibrationState:
+    """One guidance pass's calibration record: its previous measure and output; computes every step."""
+
+    def __init__(self, pairs: list[tuple[float, float]]) -> None:
+        self.pairs = pairs
+        self.previous_input: torch.Tensor | None = None
+        self.input_change: float | None = None
+        self.previous_output: torch.Tensor | None = None
+
+    def plan(self, step: int, modulated: torch.Tensor | None) -> bool:
+        if self.previous_input is not None:
+            self.input_change = relative_l1(modulated, self.previous_input)
+        self.previous_input = modulated
+        return True
+
+    def record(self, noise: torch.Tensor | None, hidden: torch.Tensor) -> None:
+        if self.previous_output is not None and self.input_change is not None:
+            self.pairs.append((self.input_change, relative_l1(hidden, self.previous_output)))
+        self.previous_output = hidden
+
+
 class StepCacheRun:
     """The step cache of one sampling run: per guidance pass its state (made on first use) and which steps it
     computed or skipped."""
 
-    def __init__(self, options: StepCache, steps: int) -> None:
-        if not isinstance(options, (TeaCache, TaylorSeer)):
+    def __init__(self, options: StepCache, steps: int, teacache_coefficients: tuple[float, ...] | None = None) -> None:
+        """teacache_coefficients: the sampled model's own polynomial (its config's), for a TeaCache without one."""
+        if not isinstance(options, (TeaCache, TaylorSeer, TeaCacheCalibration)):
             raise InvalidInputError(
-                f"step_cache must be None, omni_core.step_cache.TeaCache(...) or TaylorSeer(...), got {options!r}."
+                "step_cache must be None, omni_core.step_cache.TeaCache(...), TaylorSeer(...) or TeaCacheCalibration(), "
+                f"got {options!r}."
             )
+        if isinstance(options, TeaCache) and options.coefficients is None:
+            options = replace(options, coefficients=teacache_coefficients or OFFICIAL_TEACACHE_COEFFICIENTS)
         self.options, self.steps = options, steps
-        self.states: dict[str, TeaCacheState | TaylorSeerState] = {}
+        self.states: dict[str, TeaCacheState | TaylorSeerState | TeaCacheCalibrationState] = {}
         self.computed: dict[str, list[int]] = {}
         self.skipped: dict[str, list[int]] = {}
 
     @property
     def measures_input(self) -> bool:
         """Whether `plan` needs the first joint block's modulated input (TeaCache) or decides from counts alone."""
-        return isinstance(self.options, TeaCache)
+        return isinstance(self.options, (TeaCache, TeaCacheCalibration))
 
     def plan(self, name: str, step: int, modulated: torch.Tensor | None = None) -> bool:
         if name not in self.states:

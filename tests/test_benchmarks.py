@@ -138,3 +138,24 @@ def test_quality_benchmark_writes_every_figure(tmp_path):
         assert 0.0 <= result[key] <= 1.0, key
     assert "speedup_independent_once" not in result
     assert result["samples_png"] == str(grid) and grid.is_file()
+
+
+def test_step_cache_quality_benchmark_on_the_bundled_model(tmp_path):
+    """benchmarks/step_cache_quality.py end to end, one example per task at 6 steps: every figure is written, the
+    model's own TeaCache polynomial is the one its config ships, and TaylorSeer (5 warm-up calls) skips step 5."""
+    out = tmp_path / "step_cache_quality.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_cache_quality.py"), "--count", "1", "--steps", "6",
+         "--threads", "1", "--json", str(out)],
+        check=True, capture_output=True, text=True, timeout=600, cwd=ROOT / "benchmarks",
+    )
+    result = json.loads(out.read_text())
+    for key in ("speedup_teacache", "speedup_teacache_official", "speedup_taylorseer", "speedup_once_2_refs",
+                "speedup_teacache_once_2_refs", "speedup_taylorseer_once_2_refs"):
+        assert result[key] > 0, key
+    assert result["psnr_taylorseer"] < float("inf") and result["pass_steps_skipped"]["taylorseer"] > 0
+    assert result["pass_steps_skipped"]["none"] == 0 == result["pass_steps_skipped"]["full_2_refs"]
+    shipped = json.loads((ROOT / "omni_core" / "default_model" / "transformer" / "config.json").read_text())
+    assert result["teacache_coefficients"]["model"] == shipped["teacache_coefficients"]
+    for accuracy in (result["t2i_color_accuracy"], result["t2i_shape_accuracy"], result["in_context_accuracy"]):
+        assert all(0 <= value <= 1 for value in accuracy.values())

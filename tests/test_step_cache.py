@@ -2,6 +2,7 @@
 conditioning mode (reference reuse, independent condition, compact and pruned tokens, repainting)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -9,10 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import FIXTURES, max_abs_diff
-from omni_core import InvalidInputError, TaylorSeer, TeaCache
+from omni_core import CheckpointMismatchError, InvalidInputError, ModelFileError, TaylorSeer, TeaCache, TransformerConfig
 from omni_core import pipeline as pipeline_module
 from omni_core.condition import Condition, ReferenceImage, TextCondition
-from omni_core.step_cache import StepCacheRun
+from omni_core.step_cache import OFFICIAL_TEACACHE_COEFFICIENTS, StepCacheRun, TeaCacheCalibration, polynomial
+from omni_core.training import calibrate_teacache
+from omni_core.training.model import config_dict
 from omni_core.vae import decode_latents
 
 RNG = np.random.default_rng(5)
@@ -154,3 +157,69 @@ def test_bad_options_raise_clear_errors(make, message):
 def test_bad_step_cache_argument(tiny_model, condition):
     with pytest.raises(InvalidInputError, match="step_cache must be None"):
         tiny_model.sample(condition, step_cache="teacache", **SAMPLE)
+
+
+def test_calibration_computes_every_step_and_records_each_pass(tiny_model, condition):
+    """Calibrating samples exactly the uncached image; every pass adds one pair per step after its first."""
+    calibration = TeaCacheCalibration()
+    plain = tiny_model.sample(condition, **SAMPLE)
+    calibrated = tiny_model.sample(condition, step_cache=calibration, **SAMPLE)
+    assert torch.equal(plain.images, calibrated.images) and calibrated.stats["pass_steps_skipped"] == 0
+    assert len(calibration.pairs) == 3 * (SAMPLE["steps"] - 1)
+    assert all(x > 0 and y > 0 for x, y in calibration.pairs)
+
+
+def test_calibration_fit_is_the_least_squares_polynomial():
+    """Pairs that lie on a polynomial give it back, highest power first (the layout TeaCache evaluates)."""
+    truth = (0.5, -1.0, 2.0, 0.1)
+    x = np.linspace(0.01, 0.6, 40)
+    calibration = TeaCacheCalibration([(float(v), float(np.polyval(truth, v))) for v in x])
+    assert np.allclose(calibration.fit(degree=3), truth, atol=1e-8)
+    assert polynomial(calibration.fit(degree=3), 0.3) == pytest.approx(np.polyval(truth, 0.3))
+    with pytest.raises(InvalidInputError, match="4 step pairs, a degree-4 fit"):
+        TeaCacheCalibration(calibration.pairs[:4]).fit()
+
+
+@pytest.fixture(scope="module")
+def calibrated_model_dir(tmp_path_factory):
+    """A copy of the tiny model whose config carries a polynomial written by the calibration command."""
+    folder = tmp_path_factory.mktemp("calibrated") / "omnigen2-tiny"
+    shutil.copytree(FIXTURES, folder)
+    prompts = folder.parent / "prompts.txt"
+    prompts.write_text("a red circle\n\na blue square on green\n")
+    assert calibrate_teacache.main(["--model", str(folder), "--prompts", str(prompts), "--steps", "6", "10",
+                                    "--size", "32", "--write"]) == 0
+    return folder
+
+
+def test_teacache_takes_the_model_calibration(tiny_model, calibrated_model_dir, condition):
+    """TeaCache() without coefficients uses the model's own (written by the calibration command), else the official."""
+    import omni_core
+
+    coefficients = json.loads((calibrated_model_dir / "transformer" / "config.json").read_text())["teacache_coefficients"]
+    calibrated = omni_core.load_model(calibrated_model_dir)
+    assert calibrated.transformer.config.teacache_coefficients == tuple(coefficients) and len(coefficients) == 5
+    options = dict(step_cache=TeaCache(threshold=0.3), **SAMPLE)
+    own = calibrated.sample(condition, **options).stats["computed_steps"]
+    explicit = tiny_model.sample(condition, **{**options, "step_cache": TeaCache(0.3, tuple(coefficients))}).stats["computed_steps"]
+    official = tiny_model.sample(condition, **{**options, "step_cache": TeaCache(0.3, OFFICIAL_TEACACHE_COEFFICIENTS)}).stats["computed_steps"]
+    assert own == explicit and own != official
+    assert tiny_model.sample(condition, **options).stats["computed_steps"] == official
+
+
+def test_calibration_command_errors_name_the_input(tmp_path, capsys):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n\n")
+    assert calibrate_teacache.main(["--model", str(FIXTURES), "--prompts", str(empty)]) == 2
+    assert "holds no prompt" in capsys.readouterr().err
+    with pytest.raises(ModelFileError, match="transformer/config.json"):
+        calibrate_teacache.write_coefficients(tmp_path, (1.0, 0.0))
+
+
+def test_config_keeps_the_calibration_only_when_set():
+    base = TransformerConfig(hidden_size=96, num_attention_heads=4, num_kv_heads=2, axes_dim_rope=(8, 8, 8))
+    assert "teacache_coefficients" not in config_dict(base)
+    calibrated = TransformerConfig.from_dict({**config_dict(base), "teacache_coefficients": [1, 2.5]})
+    assert calibrated.teacache_coefficients == (1.0, 2.5) and config_dict(calibrated)["teacache_coefficients"] == [1.0, 2.5]
+    with pytest.raises(CheckpointMismatchError, match="teacache_coefficients"):
+        TransformerConfig.from_dict({**config_dict(base), "teacache_coefficients": "fast"})

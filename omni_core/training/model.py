@@ -68,10 +68,13 @@ def load_frozen(config: ModelConfig, device: torch.device) -> tuple[TextEncoder,
 
 
 def config_dict(config: TransformerConfig) -> dict:
-    """The released config.json: the official keys, plus `independent_condition` only when it is true."""
+    """The released config.json: the official keys, plus our own (`independent_condition`,
+    `teacache_coefficients`) only when they are set."""
     values = {"_class_name": CLASS_NAME, **dataclasses.asdict(config)}
     if not config.independent_condition:
         values.pop("independent_condition")
+    if config.teacache_coefficients is None:
+        values.pop("teacache_coefficients")
     return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
 
 

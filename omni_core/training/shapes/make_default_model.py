@@ -10,7 +10,9 @@
    only (configs/training/shapes/t2i.yaml, so that it learns to read its prompt), then the official joint training
    on the whole task mix (joint.yaml) into <output>/transformer;
 5. trains the independent-condition LoRA on it (independent.yaml: OminiControl2's asymmetric mask, references
-   at the clean timestep) into <output>/loras/independent_condition.safetensors.
+   at the clean timestep) into <output>/loras/independent_condition.safetensors;
+6. fits TeaCache's rescale polynomial to the trained transformer (`omni_core.training.calibrate_teacache`) into
+   <output>/transformer/config.json, so that TeaCache's threshold means on this model what it means on the release.
 Run again, the command resumes: finished VAE phases are kept and every training run continues from its newest
 checkpoint under `--work`. Training runs `--processes` processes (default 2: DDP over gloo on a CPU) of
 cpu_count / processes threads each.
@@ -29,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from ...loading.model_loader import INDEPENDENT_CONDITION_LORA
+from ...loading.model_loader import DEFAULT_MODEL_TEXT_GUIDANCE, INDEPENDENT_CONDITION_LORA, load_model
+from ..calibrate_teacache import calibrate, prompts_and_images, write_coefficients
 from .dataset import write_dataset
 from .vae import train_vae
 
@@ -39,6 +42,7 @@ CONFIGS = REPO / "configs" / "training" / "shapes"
 ACCELERATE_CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
 # The VAE's training: cosine phases (steps, learning rate), each continuing from the previous one's weights.
 VAE_PHASES = ((3000, 2e-3), (3000, 1e-3))
+CALIBRATION_EXAMPLES = 16  # shapes examples per task that TeaCache's polynomial is fitted on
 MODEL_INDEX = {
     "_class_name": "OmniGen2Pipeline",
     "mllm": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
@@ -111,6 +115,14 @@ def train_transformers(output: Path, work: Path, processes: int, steps: int | No
     shutil.copyfile(independent / "lora.safetensors", output / INDEPENDENT_CONDITION_LORA)
 
 
+def calibrate_step_cache(output: Path) -> None:
+    """TeaCache's polynomial for the trained transformer (at the model's guidance), into its config.json."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    prompts = prompts_and_images(None, CALIBRATION_EXAMPLES, 64)
+    coefficients, _ = calibrate(load_model(output), prompts, size=64, text_guidance_scale=DEFAULT_MODEL_TEXT_GUIDANCE)
+    write_coefficients(output, coefficients)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="the model folder to write (release layout)")
@@ -131,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"vae trained ({time.perf_counter() - start:.0f} s)", flush=True)
     copy_frozen_parts(args.output)
     train_transformers(args.output, args.work, args.processes, args.steps, args.lora_steps)
+    calibrate_step_cache(args.output)
     print(f"default model written to {args.output} in {time.perf_counter() - start:.0f} s", flush=True)
 
 
