@@ -67,7 +67,7 @@ def grid(rows: list[list[Image.Image]], scale: int = 2) -> Image.Image:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     model = omni_core.load_model(args.model)
-    independent = omni_core.load_model(args.model, loras=[(args.independent, 1.0)]) if args.independent.is_file() else None
+    independent = model.with_loras([(args.independent, 1.0)]) if args.independent.is_file() else None  # shares the encoders
     settings = dict(width=args.size, height=args.size, steps=args.steps, text_guidance_scale=args.text_guidance,
                     image_guidance_scale=args.image_guidance, step_cache=step_cache_by_name(args.step_cache))
     held_out = list(examples(3 * args.count, args.seed, held_out=True))  # t2i, edit, in_context in turn
@@ -103,8 +103,8 @@ def run(args: argparse.Namespace) -> dict:
     for i, example in enumerate(by_task["in_context"]):
         references = [render(scene, args.size) for scene in example.inputs]
         row = list(references)
+        condition = model.encode_condition(example.instruction, images=references)  # the LoRA changes only the transformer
         for mode, (which, cache, independent_condition) in modes.items():
-            condition = which.encode_condition(example.instruction, images=references)
             result, wall, cpu = timed(lambda: which.sample(condition, seed=i, cache_per_n_steps=cache,
                                                            independent_condition=independent_condition, **settings))
             scores[mode] += scene_matches(read_scene(result.images[0]), example.output)

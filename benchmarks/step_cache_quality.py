@@ -84,7 +84,7 @@ def psnr(images: list[torch.Tensor], references: list[torch.Tensor]) -> float:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     model = omni_core.load_model(args.model)
-    independent = omni_core.load_model(args.model, loras=[(args.model / omni_core.INDEPENDENT_CONDITION_LORA, 1.0)])
+    independent = model.with_loras([(args.model / omni_core.INDEPENDENT_CONDITION_LORA, 1.0)])  # shares the encoders
     settings = dict(width=64, height=64, steps=args.steps, text_guidance_scale=args.text_guidance, image_guidance_scale=2.0)
     held_out = list(examples(3 * args.count, 0, held_out=True))
     tally = Tally([*T2I_MODES, *IN_CONTEXT_MODES])
@@ -101,11 +101,11 @@ def run(args: argparse.Namespace) -> dict:
 
     for i, example in enumerate(e for e in held_out if e.task_type == "in_context"):
         references = [render(scene, 64) for scene in example.inputs]
-        conditions = {which: which.encode_condition(example.instruction, images=references) for which in (model, independent)}
+        condition = model.encode_condition(example.instruction, images=references)  # the LoRA changes only the transformer
         score = lambda image: (scene_matches(read_scene(image), example.output),)
         for mode, (once, step_cache) in IN_CONTEXT_MODES.items():
             which = independent if once else model
-            tally.add(mode, lambda: which.sample(conditions[which], seed=i, step_cache=step_cache, independent_condition=once,
+            tally.add(mode, lambda: which.sample(condition, seed=i, step_cache=step_cache, independent_condition=once,
                                                  cache_per_n_steps=ONCE if once else None, **settings), score)
 
     t2i_count = sum(e.task_type == "t2i" for e in held_out)

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import torch
 
 from .errors import CheckpointMismatchError, ModelFileError
+from .step_cache import is_polynomial
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,12 @@ class TransformerConfig:
         object.__setattr__(self, "axes_dim_rope", tuple(self.axes_dim_rope))
         object.__setattr__(self, "axes_lens", tuple(self.axes_lens))
         if self.teacache_coefficients is not None:
-            coefficients = self.teacache_coefficients
-            if isinstance(coefficients, (str, bytes)) or not hasattr(coefficients, "__len__") or not coefficients or not all(
-                isinstance(c, (int, float)) and not isinstance(c, bool) for c in coefficients
-            ):
+            if not is_polynomial(self.teacache_coefficients):
                 raise CheckpointMismatchError(
-                    f"teacache_coefficients must be a non-empty list of numbers (highest power first), got {coefficients!r}."
+                    "teacache_coefficients must be a non-empty list of numbers (highest power first), "
+                    f"got {self.teacache_coefficients!r}."
                 )
-            object.__setattr__(self, "teacache_coefficients", tuple(float(c) for c in coefficients))
+            object.__setattr__(self, "teacache_coefficients", tuple(float(c) for c in self.teacache_coefficients))
         if self.hidden_size % self.num_attention_heads:
             raise CheckpointMismatchError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}."

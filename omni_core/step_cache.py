@@ -38,6 +38,14 @@ from .errors import InvalidInputError
 OFFICIAL_TEACACHE_COEFFICIENTS = (-5.48259225, 11.48772289, -4.47407401, 2.47730926, -0.03316487)
 
 
+def is_polynomial(values) -> bool:
+    """Whether `values` can be a rescale polynomial: a non-empty sequence of real numbers (no strings, no bools)."""
+    return (
+        not isinstance(values, (str, bytes)) and hasattr(values, "__len__") and len(values) > 0
+        and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in values)
+    )
+
+
 def _check_whole(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidInputError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
@@ -56,7 +64,7 @@ class TeaCache:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not self.threshold >= 0:
             raise InvalidInputError(f"TeaCache threshold must be a number >= 0, got {self.threshold!r}.")
         if self.coefficients is not None:
-            if not self.coefficients or not all(isinstance(c, (int, float)) for c in self.coefficients):
+            if not is_polynomial(self.coefficients):
                 raise InvalidInputError(
                     f"TeaCache coefficients must be None or a non-empty sequence of numbers, got {self.coefficients!r}."
                 )
