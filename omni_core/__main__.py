@@ -11,8 +11,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from . import load_model
+from . import DEFAULT_MODEL_TEXT_GUIDANCE, load_model
 from .errors import OmniGen2Error
+from .guidance import OFFICIAL_TEXT_GUIDANCE
 from .step_cache import STEP_CACHE_CHOICES, TaylorSeer, TeaCache, step_cache_by_name
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -28,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--width", type=int, default=None, help="default: the reference's size with one image, else 1024")
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--steps", type=int, default=50)
-    gen.add_argument("--text-guidance", type=float, default=5.0)
+    gen.add_argument("--text-guidance", type=float, default=None,
+                     help=f"default: {DEFAULT_MODEL_TEXT_GUIDANCE} on the bundled model, else the official {OFFICIAL_TEXT_GUIDANCE}")
     gen.add_argument("--image-guidance", type=float, default=2.0)
     gen.add_argument("--cfg-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"))
     gen.add_argument("--max-pixels", type=int, default=1024 * 1024)
@@ -62,6 +64,14 @@ def _model_source(args: argparse.Namespace):
     return args.model
 
 
+def text_guidance(args: argparse.Namespace) -> float:
+    """The text guidance asked for, else the model's own: the bundled model was tuned at a lower scale than the
+    release (docs/training.md)."""
+    if args.text_guidance is not None:
+        return args.text_guidance
+    return DEFAULT_MODEL_TEXT_GUIDANCE if _model_source(args) is None else OFFICIAL_TEXT_GUIDANCE
+
+
 def _progress_bar(step: int, total: int, _latents: torch.Tensor) -> None:
     filled = int(30 * step / total)
     print(f"\r[{'#' * filled}{'.' * (30 - filled)}] step {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             width=args.width,
             height=args.height,
             steps=args.steps,
-            text_guidance_scale=args.text_guidance,
+            text_guidance_scale=text_guidance(args),
             image_guidance_scale=args.image_guidance,
             cfg_range=tuple(args.cfg_range),
             max_pixels=args.max_pixels,

@@ -41,6 +41,18 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return onednn_gemm_applies(x, weight) and current_kernels().linear == "onednn"
 
 
+def _fuse_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a GEMM with a fused post-op runs through oneDNN: float32 where it is the machine's faster path, and
+    bfloat16 CPU inference always (torch's own bfloat16 CPU GEMM is oneDNN already, so only the fusion is new)."""
+    bf16_inference = (
+        ONEDNN_GEMM
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.bfloat16
+    )
+    return bf16_inference or _use_onednn(x, weight)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, through oneDNN where it applies and is this machine's faster path."""
     if _use_onednn(x, weight):
@@ -51,6 +63,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """silu(F.linear(x, weight, bias)); through oneDNN the activation is applied inside the GEMM (no extra pass over
     the [S, ffn] output, ~10% of a feed-forward's first product on CPU)."""
-    if _use_onednn(x, weight):
+    if _fuse_onednn(x, weight):
         return onednn_linear(x, weight, bias, "swish")
     return torch.nn.functional.silu(torch.nn.functional.linear(x, weight, bias))
+

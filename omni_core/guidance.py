@@ -17,6 +17,7 @@ import torch
 from .condition import TextCondition
 
 COND, REF, UNCOND = "cond", "ref", "uncond"
+OFFICIAL_TEXT_GUIDANCE = 5.0  # the official pipeline's default, tuned for the released model
 
 
 def active_scales(

@@ -17,7 +17,7 @@ from .chat import ChatResult, run_chat
 from .compact import compact_condition
 from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage, check_reference_count
 from .errors import InvalidInputError, OmniGen2Error
-from .guidance import GuidedVelocity
+from .guidance import OFFICIAL_TEXT_GUIDANCE, GuidedVelocity
 from .lora import LoraSpec, apply_loras
 from .image_processing import ImageLike, check_output_size, image_array, postprocess, preprocess_reference, to_pil
 from .judges import resolve_judge
@@ -185,7 +185,7 @@ class OmniGen2:
         width: int | None = None,
         height: int | None = None,
         steps: int = 50,
-        text_guidance_scale: float = 5.0,
+        text_guidance_scale: float = OFFICIAL_TEXT_GUIDANCE,
         image_guidance_scale: float = 2.0,
         cfg_range: Sequence[float] = (0.0, 1.0),
         seed: int = 0,
@@ -228,7 +228,7 @@ class OmniGen2:
         image: ImageLike,
         mask,
         steps: int = 50,
-        text_guidance_scale: float = 5.0,
+        text_guidance_scale: float = OFFICIAL_TEXT_GUIDANCE,
         image_guidance_scale: float = 2.0,
         cfg_range: Sequence[float] = (0.0, 1.0),
         seed: int = 0,
@@ -364,7 +364,7 @@ class OmniGen2:
         width: int | None = None,
         height: int | None = None,
         steps: int = 50,
-        text_guidance_scale: float = 5.0,
+        text_guidance_scale: float = OFFICIAL_TEXT_GUIDANCE,
         image_guidance_scale: float = 2.0,
         cfg_range: Sequence[float] = (0.0, 1.0),
         max_pixels: int = 1024 * 1024,

@@ -80,10 +80,11 @@ class OmniRoPE(torch.nn.Module):
         return Rotation(torch.complex(angles.cos().float(), angles.sin().float())[:, :, None, :])
 
 
-def apply_rotation(x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
-    """Rotate adjacent pairs (2i, 2i + 1) of x [B, S, H, head_dim] by the token's angles, in float32.
+def apply_rotation(x: torch.Tensor, rotation: Rotation, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Rotate adjacent pairs (2i, 2i + 1) of x [B, S, H, head_dim] by the token's angles, in float32; the result in
+    `dtype` (default x's).
 
     As one complex product: a single pass over x (the real form, even * cos - odd * sin and even * sin + odd * cos
     stacked, took 7 passes and ~10x the time on CPU)."""
     pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))  # (B, S, H, head_dim / 2)
-    return torch.view_as_real(pairs * rotation.cis).flatten(-2).to(x.dtype)
+    return torch.view_as_real(pairs * rotation.cis).flatten(-2).to(dtype or x.dtype)

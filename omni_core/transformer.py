@@ -22,7 +22,7 @@ from .condition import MAX_REFERENCE_IMAGES, ReferenceImage
 from .config import TransformerConfig
 from .errors import InvalidInputError
 from .layout import SampleLayout, TokenGrid
-from .ops import Linear, default_operations
+from .ops import Linear, add_rms_norm, default_operations, rms_norm
 from .packing import pad_sequences, patchify, unpatchify
 from .reference_cache import ConditionFeatures, KVCapture, KVReuse, KVStore, LayerKV
 from .rope import OmniRoPE, Rotation, apply_rotation, text_positions
@@ -81,6 +81,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # our Linear fuses the activation into the GEMM; a host's layer classes (ComfyUI's ops) run it apart
+        # our Linear fuses the activation into the GEMM; a host's layer classes (ComfyUI's ops) run it apart
         gate = self.linear_1.forward_silu(x) if isinstance(self.linear_1, Linear) else F.silu(self.linear_1(x))
         # in place when nothing records for backward: one [S, inner] buffer fewer per call
         gate = gate * self.linear_3(x) if torch.is_grad_enabled() else gate.mul_(self.linear_3(x))
@@ -130,10 +131,12 @@ class Attention(nn.Module):
         """x [B, S, dim] -> rotated q [B, H, S_q, D] for the `query_rows` tokens and k, v [B, H_kv, S, D] for all."""
         B, S, _ = x.shape
         queries = x[:, query_rows]
-        query = self.norm_q(self.to_q(queries).view(B, queries.shape[1], self.heads, self.head_dim))
-        key = self.norm_k(self.to_k(x).view(B, S, self.kv_heads, self.head_dim))
+        # normed in float32, where the rotation runs: a bfloat16 model rounds q and k once, not twice
+        query = rms_norm(self.norm_q, self.to_q(queries).view(B, queries.shape[1], self.heads, self.head_dim), dtype=torch.float32)
+        key = rms_norm(self.norm_k, self.to_k(x).view(B, S, self.kv_heads, self.head_dim), dtype=torch.float32)
         value = self.to_v(x).view(B, S, self.kv_heads, self.head_dim)
-        query, key = apply_rotation(query, rotation.select(query_rows)), apply_rotation(key, rotation)
+        query = apply_rotation(query, rotation.select(query_rows), x.dtype)
+        key = apply_rotation(key, rotation, x.dtype)
         return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
 
     def forward(
@@ -173,7 +176,7 @@ class TransformerBlock(nn.Module):
 
     def attention_input(self, x: torch.Tensor, mod: ModulationOut) -> torch.Tensor:
         """The modulated input of a modulated block's attention (TeaCache measures how it changes between steps)."""
-        return self.norm1.norm(x) * (1 + mod.scale_msa[:, None])
+        return rms_norm(self.norm1.norm, x, 1 + mod.scale_msa[:, None])
 
     def forward(
         self,
@@ -195,13 +198,13 @@ class TransformerBlock(nn.Module):
 
     def _forward(self, x, rotation, mask, temb, kv_hook, query_rows) -> torch.Tensor:
         if not self.modulation:
-            x = x[:, query_rows] + self.norm2(self.attn(self.norm1(x), rotation, mask, query_rows=query_rows))
-            return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
+            x = add_rms_norm(x[:, query_rows], self.norm2, self.attn(self.norm1(x), rotation, mask, query_rows=query_rows))
+            return add_rms_norm(x, self.ffn_norm2, self.feed_forward(self.ffn_norm1(x)))
         mod = self.norm1(temb)
         attn_out = self.attn(self.attention_input(x, mod), rotation, mask, kv_hook, query_rows)
-        x = x[:, query_rows] + mod.gate_msa[:, None].tanh() * self.norm2(attn_out)
-        ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + mod.scale_mlp[:, None]))
-        return x + mod.gate_mlp[:, None].tanh() * self.ffn_norm2(ffn_out)
+        x = add_rms_norm(x[:, query_rows], self.norm2, attn_out, mod.gate_msa[:, None].tanh())
+        ffn_out = self.feed_forward(rms_norm(self.ffn_norm1, x, 1 + mod.scale_mlp[:, None]))
+        return add_rms_norm(x, self.ffn_norm2, ffn_out, mod.gate_mlp[:, None].tanh())
 
 
 class OutputNorm(nn.Module):

@@ -2,7 +2,9 @@
 
 import torch
 
-from omni_core.ops import RMSNorm
+import pytest
+
+from omni_core.ops import RMSNorm, add_rms_norm, rms_norm
 
 
 def test_rms_norm_matches_torch_and_falls_back_under_autograd():
@@ -14,8 +16,46 @@ def test_rms_norm_matches_torch_and_falls_back_under_autograd():
     x = torch.randn(2, 37, 6, 120) * 3
     with torch.no_grad():
         assert (norm(x) - plain(x)).abs().max() < 1e-5
-        half = x.bfloat16()
-        assert torch.equal(norm(half), plain(half))  # not the float32 CPU path: torch's own
+        half, half_norm = x.bfloat16(), RMSNorm(120, eps=1e-5, dtype=torch.bfloat16)
+        half_norm.load_state_dict(norm.state_dict())
+        plain.load_state_dict(half_norm.state_dict())  # the rounded weights, in float32
+        exact = plain(half.float())
+        # bfloat16: statistic and scaling in float32 (as torch), rounded once: within half a bfloat16 step of exact
+        assert half_norm(half).dtype == torch.bfloat16
+        assert ((half_norm(half).float() - exact).abs() <= 2**-8 * exact.abs() + 1e-6).all()
     x.requires_grad_(True)
     norm(x).sum().backward()
     assert x.grad is not None
+
+
+def _norm_pair(width: int) -> tuple[RMSNorm, torch.nn.RMSNorm]:
+    ours = RMSNorm(width, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.normal_()
+    plain = torch.nn.RMSNorm(width, eps=1e-6)
+    plain.load_state_dict(ours.state_dict())
+    return ours, plain
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_scaled_norm_and_gated_residual_equal_their_composition(dtype):
+    """The folded forms of a modulated block (norm * scale; x + gate * norm(y)) against the plain composition of
+    torch's RMSNorm in float32; a host's norm (torch's own class) takes the composition itself."""
+    ours, plain = _norm_pair(64)
+    ours, low = ours.to(dtype), (lambda t: t.to(dtype))  # noqa: E731
+    plain.load_state_dict(ours.state_dict())  # compared on the weights and inputs as rounded to `dtype`
+    x, y = low(torch.randn(2, 37, 64) * 3), low(torch.randn(2, 37, 64))
+    scale, gate = low(1 + torch.randn(2, 1, 64)), low(torch.randn(2, 1, 64).tanh())
+    exact_scaled = plain(x.float()) * scale.float()
+    exact_residual = x.float() + gate.float() * plain(y.float())
+    step = 1e-6 if dtype == torch.float32 else 2**-8  # float32 round-off / one bfloat16 rounding (half a step)
+    scaled = rms_norm(ours, x, scale)
+    residual = add_rms_norm(x, ours, y, gate)
+    assert scaled.dtype == residual.dtype == dtype
+    assert ((scaled.float() - exact_scaled).abs() <= step * exact_scaled.abs() + 1e-5).all()
+    assert ((residual.float() - exact_residual).abs() <= step * exact_residual.abs() + 1e-5).all()
+    assert rms_norm(ours, x, dtype=torch.float32).dtype == torch.float32  # unrounded for the rotation
+    host = plain.to(dtype)
+    assert torch.equal(rms_norm(host, x, scale), host(x) * scale)
+    assert torch.equal(add_rms_norm(x, host, y, gate), x + gate * host(y))
