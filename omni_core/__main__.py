@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--text-guidance", type=float, default=None,
-                     help=f"default: {DEFAULT_MODEL_TEXT_GUIDANCE} on the bundled model, else the official {OFFICIAL_TEXT_GUIDANCE}")
+                     help=f"default: {DEFAULT_MODEL_TEXT_GUIDANCE} on the bundled model, "
+                          f"else the official {OFFICIAL_TEXT_GUIDANCE}")
     gen.add_argument("--image-guidance", type=float, default=2.0)
     gen.add_argument("--cfg-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"))
     gen.add_argument("--max-pixels", type=int, default=1024 * 1024)

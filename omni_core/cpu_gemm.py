@@ -19,12 +19,12 @@ from .kernel_choice import current_kernels, onednn_available
 ONEDNN_GEMM = onednn_available()
 
 
-def onednn_gemm_applies(*tensors: torch.Tensor) -> bool:
-    """Whether `onednn_linear` may replace F.linear/matmul here: float32 CPU tensors, inference (no autograd)."""
+def onednn_gemm_applies(*tensors: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether `onednn_linear` may replace F.linear/matmul here: CPU tensors of `dtype`, inference (no autograd)."""
     return (
         ONEDNN_GEMM
         and not torch.is_grad_enabled()
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
     )
 
 
@@ -44,13 +44,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def _fuse_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a GEMM with a fused post-op runs through oneDNN: float32 where it is the machine's faster path, and
     bfloat16 CPU inference always (torch's own bfloat16 CPU GEMM is oneDNN already, so only the fusion is new)."""
-    bf16_inference = (
-        ONEDNN_GEMM
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.bfloat16
-    )
-    return bf16_inference or _use_onednn(x, weight)
+    return onednn_gemm_applies(x, weight, dtype=torch.bfloat16) or _use_onednn(x, weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,4 +60,3 @@ def linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if _fuse_onednn(x, weight):
         return onednn_linear(x, weight, bias, "swish")
     return torch.nn.functional.silu(torch.nn.functional.linear(x, weight, bias))
-

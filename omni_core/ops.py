@@ -24,7 +24,6 @@ class Linear(torch.nn.Linear):
         return linear_silu(x, self.weight, self.bias)
 
 
-
 class RMSNorm(torch.nn.RMSNorm):
     """torch.nn.RMSNorm (same parameters and state dict) whose float32 / bfloat16 CPU inference reads x once for its
     statistic (a float32 vector norm, no upcast copy) and scales it: 3 passes instead of torch's ~6 (pow, mean, add,
@@ -89,7 +88,9 @@ def rms_norm(
     return out.to(dtype)
 
 
-def add_rms_norm(x: torch.Tensor, norm: torch.nn.Module, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+def add_rms_norm(
+    x: torch.Tensor, norm: torch.nn.Module, y: torch.Tensor, gate: torch.Tensor | None = None
+) -> torch.Tensor:
     """x + gate * norm(y) (a block's residual); for bfloat16 with our RMSNorm one pass after the norm's statistic."""
     if not _folds(norm, y) or x.dtype != y.dtype:
         return x + (norm(y) if gate is None else gate * norm(y))

@@ -81,7 +81,6 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # our Linear fuses the activation into the GEMM; a host's layer classes (ComfyUI's ops) run it apart
-        # our Linear fuses the activation into the GEMM; a host's layer classes (ComfyUI's ops) run it apart
         gate = self.linear_1.forward_silu(x) if isinstance(self.linear_1, Linear) else F.silu(self.linear_1(x))
         # in place when nothing records for backward: one [S, inner] buffer fewer per call
         gate = gate * self.linear_3(x) if torch.is_grad_enabled() else gate.mul_(self.linear_3(x))
@@ -132,7 +131,8 @@ class Attention(nn.Module):
         B, S, _ = x.shape
         queries = x[:, query_rows]
         # normed in float32, where the rotation runs: a bfloat16 model rounds q and k once, not twice
-        query = rms_norm(self.norm_q, self.to_q(queries).view(B, queries.shape[1], self.heads, self.head_dim), dtype=torch.float32)
+        query = self.to_q(queries).view(B, queries.shape[1], self.heads, self.head_dim)
+        query = rms_norm(self.norm_q, query, dtype=torch.float32)
         key = rms_norm(self.norm_k, self.to_k(x).view(B, S, self.kv_heads, self.head_dim), dtype=torch.float32)
         value = self.to_v(x).view(B, S, self.kv_heads, self.head_dim)
         query = apply_rotation(query, rotation.select(query_rows), x.dtype)
@@ -198,7 +198,8 @@ class TransformerBlock(nn.Module):
 
     def _forward(self, x, rotation, mask, temb, kv_hook, query_rows) -> torch.Tensor:
         if not self.modulation:
-            x = add_rms_norm(x[:, query_rows], self.norm2, self.attn(self.norm1(x), rotation, mask, query_rows=query_rows))
+            attn_out = self.attn(self.norm1(x), rotation, mask, query_rows=query_rows)
+            x = add_rms_norm(x[:, query_rows], self.norm2, attn_out)
             return add_rms_norm(x, self.ffn_norm2, self.feed_forward(self.ffn_norm1(x)))
         mod = self.norm1(temb)
         attn_out = self.attn(self.attention_input(x, mod), rotation, mask, kv_hook, query_rows)
