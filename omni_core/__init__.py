@@ -7,7 +7,9 @@ The public API: `load_model(...)` returns an `OmniGen2` with `.generate(...)`, o
 from .condition import Condition, ReferenceImage, TextCondition
 from .config import TransformerConfig
 from .errors import CheckpointMismatchError, InvalidInputError, ModelFileError, OmniGen2Error
-from .loading.model_loader import DEFAULT_MODEL_DIR, DEFAULT_MODEL_TEXT_GUIDANCE, INDEPENDENT_CONDITION_LORA, load_model
+from .loading.model_loader import (
+    DEFAULT_MODEL_DIR, DEFAULT_MODEL_SIZE, DEFAULT_MODEL_TEXT_GUIDANCE, INDEPENDENT_CONDITION_LORA, load_model,
+)
 from .pipeline import GenerationResult, OmniGen2
 from .step_cache import TaylorSeer, TeaCache, TeaCacheCalibration
 from .transformer import OmniGen2Transformer
@@ -17,6 +19,7 @@ __all__ = [
     "CheckpointMismatchError",
     "Condition",
     "DEFAULT_MODEL_DIR",
+    "DEFAULT_MODEL_SIZE",
     "DEFAULT_MODEL_TEXT_GUIDANCE",
     "GenerationResult",
     "INDEPENDENT_CONDITION_LORA",

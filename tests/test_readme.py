@@ -32,7 +32,8 @@ def test_readme_demo_runs_on_the_bundled_model(tmp_path):
     arguments[arguments.index("--output") + 1] = str(tmp_path / "demo.png")
     done = subprocess.run([sys.executable, "-m", "omni_core", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    size = int(arguments[arguments.index("--width") + 1]), int(arguments[arguments.index("--height") + 1])
+    side = lambda flag: int(arguments[arguments.index(flag) + 1]) if flag in arguments else omni_core.DEFAULT_MODEL_SIZE
+    size = side("--width"), side("--height")
     steps = arguments[arguments.index("--steps") + 1]
     assert PIL.Image.open(tmp_path / "demo.png").size == size
     assert f"step {steps}/{steps}" in done.stderr
@@ -50,6 +51,16 @@ def test_cli_text_guidance_defaults_to_the_models_own():
     assert text_guidance(generate()) == omni_core.DEFAULT_MODEL_TEXT_GUIDANCE  # the bundled model's tuned scale
     assert text_guidance(generate("--model", "/any/release")) == 5.0  # the official pipeline's default
     assert text_guidance(generate("--transformer", "t.safetensors", "--text-guidance", "3")) == 3.0
+
+
+def test_cli_output_size_defaults_to_the_bundled_models_own():
+    from omni_core.__main__ import _parser, output_size
+
+    generate = lambda *extra: _parser().parse_args(["generate", "--prompt", "x", *extra])  # noqa: E731
+    assert output_size(generate()) == (omni_core.DEFAULT_MODEL_SIZE,) * 2  # trained at 64, not the release's 1024
+    assert output_size(generate("--width", "128")) == (128, omni_core.DEFAULT_MODEL_SIZE)
+    assert output_size(generate("--model", "/any/release")) == (None, None)  # the pipeline's default (1024)
+    assert output_size(generate("--image", "a.png")) == (None, None)  # the reference's size
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):

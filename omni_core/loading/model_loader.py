@@ -24,6 +24,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
 # The bundled model's text guidance: the best of 1.5-3.5 on unseen training-distribution prompts (docs/training.md);
 # the official 5.0 is the released model's.
 DEFAULT_MODEL_TEXT_GUIDANCE = 2.5
+DEFAULT_MODEL_SIZE = 64  # the image side the bundled model was trained at (the release's default output is 1024)
 # Where a model folder keeps the independent-condition LoRA trained for it (the bundled model has one).
 INDEPENDENT_CONDITION_LORA = Path("loras") / "independent_condition.safetensors"
 log = logging.getLogger(__name__)
