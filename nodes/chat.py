@@ -7,7 +7,7 @@ import torch
 from omni_core import chat
 
 from . import bridge
-from .condition import IMAGE_LIMIT_WIDGETS, NEGATIVE_PROMPT_WIDGET
+from .condition import IMAGE_LIMIT_WIDGETS, NEGATIVE_PROMPT_WIDGET, compact_widgets
 from .sampler import (
     BATCH_SIZE_WIDGET, GUIDANCE_CACHE_WIDGETS, REFERENCE_ATTENTION_WIDGET, SEED_STEPS_WIDGETS, SIZE_WIDGETS,
     STEP_CACHE_WIDGETS,
@@ -56,6 +56,7 @@ class OmniGen2Chat:
                 **BATCH_SIZE_WIDGET,
                 **REFERENCE_ATTENTION_WIDGET,
                 **IMAGE_LIMIT_WIDGETS,
+                **compact_widgets(condition_scale=1.0),  # off unless asked: a drawing then uses fewer reference tokens
                 **STEP_CACHE_WIDGETS,
             },
             "optional": {name: ("IMAGE", {"tooltip": _IMAGE_TOOLTIP.format(i=i)}) for i, name in enumerate(IMAGE_INPUTS, 1)},
@@ -78,13 +79,16 @@ class OmniGen2Chat:
     )
 
     def chat(self, model, prompt, negative_prompt, respond, max_new_tokens, width, height, max_pixels,
-             max_input_image_side_length, **widgets):
+             max_input_image_side_length, condition_scale, prune_ratio, **widgets):
         model = bridge.check_model(model)
         images = {name: widgets.pop(name) for name in IMAGE_INPUTS if name in widgets}
         shown = bridge.collect_images(**images)
         limits = bridge.image_limits(max_pixels, max_input_image_side_length)
         with model.on_device("text_encoder", "vae"):
-            turn = chat.take_turn(model.engine, prompt, shown, negative_prompt, respond, max_new_tokens, **limits)
+            # the answer's tokens on the progress bar, and Cancel between them
+            turn = chat.take_turn(model.engine, prompt, shown, negative_prompt, respond, max_new_tokens, **limits,
+                                  condition_scale=condition_scale, prune_ratio=prune_ratio,
+                                  progress=bridge.progress_callback(max_new_tokens) if max_new_tokens else None)
         if turn.condition is None:
             result, image = chat.finish_turn(model.engine, turn), text_only_image()
         else:

@@ -63,6 +63,19 @@ class OmniGen2ConditionEncode:
         return (condition,)
 
 
+def compact_widgets(condition_scale: float) -> dict:
+    """The compact-condition widgets (OminiControl2's fewer reference tokens), with the node's default scale."""
+    return {
+        "condition_scale": ("FLOAT", {
+            "default": condition_scale, "min": 0.125, "max": 1.0, "step": 0.125,
+            "tooltip": "Encode reference tokens at this fraction of their size (0.5: a quarter of the tokens); "
+                       "their positions are stretched back so they still cover the whole image. 1 = off."}),
+        "prune_ratio": ("FLOAT", {
+            "default": 0.0, "min": 0.0, "max": 0.9, "step": 0.05,
+            "tooltip": "Drop this fraction of the reference tokens that carry the least information. 0 = off."}),
+    }
+
+
 class OmniGen2CompactCondition:
     TITLE = "OmniGen2 Compact Condition"
 
@@ -73,13 +86,7 @@ class OmniGen2CompactCondition:
                 "model": (bridge.MODEL_TYPE, {"tooltip": "The model from Load OmniGen2 (its VAE re-encodes the "
                                                          "references smaller)."}),
                 "condition": (bridge.CONDITION_TYPE, {"tooltip": "A condition from OmniGen2 Condition Encode."}),
-                "condition_scale": ("FLOAT", {
-                    "default": 0.5, "min": 0.125, "max": 1.0, "step": 0.125,
-                    "tooltip": "Encode reference tokens at this fraction of their size (0.5: a quarter of the tokens); "
-                               "their positions are stretched back so they still cover the whole image. 1 = off."}),
-                "prune_ratio": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 0.9, "step": 0.05,
-                    "tooltip": "Drop this fraction of the reference tokens that carry the least information. 0 = off."}),
+                **compact_widgets(condition_scale=0.5),
             }
         }
 

@@ -27,8 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--image", action="append", default=[], help="a reference image; repeat for up to 5")
     gen.add_argument("--width", type=int, default=None,
-                     help=f"default: the reference's size with one image, else 1024 ({DEFAULT_MODEL_SIZE} on the bundled "
-                          "model, its training size)")
+                     help=f"default: the reference's size with one image, else 1024 ({DEFAULT_MODEL_SIZE} on the "
+                          "bundled model, its training size)")
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--text-guidance", type=float, default=None,

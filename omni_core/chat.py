@@ -17,7 +17,7 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -78,7 +78,8 @@ def run_chat(
     reference tokens, as `OmniGen2.compact_condition`). Unknown settings fail before the MLLM runs."""
     turn_settings = {name: settings.pop(name) for name in TURN_SETTINGS if name in settings}
     check_sample_settings(model, settings)
-    turn = take_turn(model, prompt, images, negative_prompt, respond, max_new_tokens, **turn_settings)
+    turn = take_turn(model, prompt, images, negative_prompt, respond, max_new_tokens, **turn_settings,
+                     progress=settings.get("progress"))  # the answer's tokens, then the drawing's steps
     return finish_turn(model, turn, **settings)
 
 
@@ -94,11 +95,13 @@ def take_turn(
     max_input_image_side_length: int = 1024,
     condition_scale: float = 1.0,
     prune_ratio: float = 0.0,
+    progress: Callable[[int, int, None], None] | None = None,
 ) -> ChatTurn:
     """The MLLM's answer to `prompt` with `images` (0..5) shown, and the condition to draw from when the turn draws.
 
     respond: "auto" draws exactly when the answer starts with `<|img|>`, "text" never, "image" always.
     max_new_tokens bounds the answer; 0 (only with "image") draws without asking the MLLM for one.
+    progress(tokens, max_new_tokens, None) after every token of the answer; raising in it cancels the turn.
     """
     if not isinstance(prompt, str):
         raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}.")
@@ -121,7 +124,7 @@ def take_turn(
     shown = [to_pil(image, f"images[{i}]") for i, image in enumerate(images)]
     start = time.perf_counter()
     if max_new_tokens:
-        reply = encoder.generate(prompt, shown, max_new_tokens)
+        reply = encoder.generate(prompt, shown, max_new_tokens, progress)
     else:
         reply = ChatReply(torch.zeros(0, dtype=torch.int64), "")
     stats = {"respond": respond, "answer_tokens": len(reply.token_ids), "answer_seconds": time.perf_counter() - start}

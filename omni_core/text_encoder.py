@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .condition import TextCondition
 from .errors import InvalidInputError
@@ -130,8 +131,17 @@ class TextEncoder:
         return {name: value.to(self.device) for name, value in inputs.items()}
 
     @torch.no_grad()
-    def generate(self, prompt: str, images: Sequence[Image.Image] = (), max_new_tokens: int = 256) -> ChatReply:
-        """Greedy answer of the MLLM, stopping at the end of its turn or at `<|img|>` (a request to draw)."""
+    def generate(
+        self,
+        prompt: str,
+        images: Sequence[Image.Image] = (),
+        max_new_tokens: int = 256,
+        progress: Callable[[int, int, None], None] | None = None,
+    ) -> ChatReply:
+        """Greedy answer of the MLLM, stopping at the end of its turn or at `<|img|>` (a request to draw).
+
+        progress(tokens so far, max_new_tokens, None) runs after every token, as the sampler's progress does after
+        every step; an exception it raises (a cancel) ends the answer there and propagates."""
         inputs = self.chat_inputs(prompt, images)
         known = (self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS if t in self.tokenizer.get_vocab())
         output = self.mllm.generate(
@@ -140,6 +150,9 @@ class TextEncoder:
             do_sample=False,
             eos_token_id=list(known),
             pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=StoppingCriteriaList(
+                [] if progress is None else [_TokenProgress(progress, inputs["input_ids"].shape[1], max_new_tokens)]
+            ),
         )
         new_ids = output[0, inputs["input_ids"].shape[1] :].cpu()
         return ChatReply(new_ids, self.tokenizer.decode(new_ids, skip_special_tokens=False))
@@ -154,6 +167,17 @@ class TextEncoder:
         keep = (inputs["input_ids"][0] != image_id) & inputs["attention_mask"][0].bool()
         embeds = features[:, keep]
         return TextCondition(embeds, torch.ones(embeds.shape[:2], dtype=torch.int64, device=embeds.device), prompt)
+
+
+class _TokenProgress(StoppingCriteria):
+    """Reports each generated token to a progress callback; never stops generation itself."""
+
+    def __init__(self, progress: Callable[[int, int, None], None], prompt_len: int, max_new_tokens: int) -> None:
+        self.progress, self.prompt_len, self.max_new_tokens = progress, prompt_len, max_new_tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.progress(input_ids.shape[1] - self.prompt_len, self.max_new_tokens, None)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def _accepts(function: Any, name: str) -> bool:

@@ -173,15 +173,15 @@ def test_bad_settings_are_named_before_the_mllm_runs(model):
 
 
 def test_sampling_options_reach_sample_unchanged(model):
-    """Reference reuse, compact tokens and previews in a chat: the same images as sample() on the turn's condition."""
+    """Reference reuse, compact tokens and previews in a chat: the same images as sample() on the turn's condition
+    (the progress callback sees the answer's tokens first, without latents)."""
     shown = pictures(2)
     settings = dict(steps=3, width=64, height=64, seed=5, cache_per_n_steps=10)
     previews = []
+    record = lambda step, steps, latents: previews.append((step, steps, latents is not None and tuple(latents.shape)))
     result = model.chat("put them together", shown, respond="image", max_new_tokens=1, max_pixels=64 * 64,
-                        max_input_image_side_length=64, condition_scale=0.5,
-                        progress=lambda step, steps, latents: previews.append((step, steps, tuple(latents.shape))),
-                        **settings)
-    assert previews == [(i, 3, (1, 16, 8, 8)) for i in (1, 2, 3)]
+                        max_input_image_side_length=64, condition_scale=0.5, progress=record, **settings)
+    assert previews == [(1, 1, False)] + [(i, 3, (1, 16, 8, 8)) for i in (1, 2, 3)]  # the answer's token, the steps
     assert result.stats["reference_tokens_reused"] > 0 and result.stats["tokens_saved_by_compaction"] > 0
     turn = take_turn(model, "put them together", shown, respond="image", max_new_tokens=1, max_pixels=64 * 64,
                      max_input_image_side_length=64, condition_scale=0.5)
@@ -198,6 +198,31 @@ def test_cancel_from_the_progress_callback_stops_the_drawing(model):
     with pytest.raises(Cancelled):
         model.chat(DRAWING_PROMPT, respond="auto", progress=cancel, **SMALL)
     assert model.chat(DRAWING_PROMPT, respond="auto", **SMALL).images is not None  # and the model still works
+
+
+def test_the_answer_reports_every_token_and_cancel_stops_it(model, chat_cases):
+    cases, _, images = chat_cases
+    case = cases["understand"]
+
+    class Cancelled(Exception):
+        pass
+
+    seen = []
+
+    def cancel_at_third(step, total, latents):
+        seen.append((step, total, latents))
+        if step == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        model.chat(case["prompt"], images, respond="text", max_new_tokens=case["max_new_tokens"],
+                   progress=cancel_at_third)
+    assert seen == [(k, case["max_new_tokens"], None) for k in (1, 2, 3)]  # one call per token, then the answer stops
+    reported = []
+    answer = model.chat(case["prompt"], images, respond="text", max_new_tokens=case["max_new_tokens"],
+                        progress=lambda step, total, latents: reported.append(step))
+    assert answer.text == case["text"]  # progress changes nothing in the answer, and the model still works
+    assert reported == list(range(1, len(answer.token_ids) + 1))
 
 
 # --- tokenizers without <|img|> (ComfyUI's single-file case) ----------------------------------------------------------
@@ -316,6 +341,15 @@ def test_node_draws_like_the_official_chat_pipeline(chat_node, chat_cases):
     drawn = (image * 255).round().to(torch.uint8)
     assert (drawn.int() - reference["generate.output_uint8"].int()).abs().max().item() <= 1
     assert out["ui"]["omnigen2_stats"][0]["steps"] == case["steps"]
+
+
+def test_node_compacts_the_references_of_a_drawing(chat_node, chat_cases):
+    _, _, images = chat_cases
+    settings = dict(max_new_tokens=1, steps=2, width=64, height=48, max_pixels=64 * 64, max_input_image_side_length=64,
+                    image_1=comfy_image(images[0]), image_2=comfy_image(images[1]))
+    plain = chat_node("put them together", "image", **settings)["ui"]["omnigen2_stats"][0]
+    compact = chat_node("put them together", "image", condition_scale=0.5, **settings)["ui"]["omnigen2_stats"][0]
+    assert plain["tokens_saved_by_compaction"] == 0 < compact["tokens_saved_by_compaction"]
 
 
 def test_node_rejects_more_than_five_images_naming_the_inputs(chat_node):
