@@ -3,8 +3,8 @@
 Every example workflow is converted with the server's own /object_info, queued with /prompt and run on the bundled
 default model; the pictures ComfyUI saved must equal, within Save Image's 8-bit rounding, what the same prompt gives
 when its nodes run directly in this process on the engine (no ComfyUI, fresh model). Bad inputs come back as
-ComfyUI's validation or execution errors naming the input; /interrupt stops a run within one step and leaves nothing
-behind for the next; reference features never cross from one workflow to the next; models unloaded by ComfyUI's
+ComfyUI's validation or execution errors naming the input; /interrupt stops a run within one step (a chat answer
+between tokens) and leaves nothing behind for the next; reference features never cross from one workflow to the next; models unloaded by ComfyUI's
 memory manager reload and give the same pictures.
 """
 
@@ -233,6 +233,23 @@ def test_interrupt_stops_within_a_step_and_leaves_no_stale_state(comfyui, object
     cached = {node for data in messages(after, "execution_cached") for node in data["nodes"]}
     assert sampler not in cached, "the sampler must really run again after the interrupted run"
     assert_same_pictures(comfyui.saved_images(after), alone, tolerance=0)
+
+
+def test_interrupt_stops_a_chat_answer_between_tokens(comfyui, object_info):
+    """The Chat node's answer reports its tokens as progress, and /interrupt ends it there (the bundled MLLM never
+    writes an end of turn, so an answer of 4096 tokens would run to the end if nothing stopped it)."""
+    prompt = example("omnigen2_chat.json", object_info)
+    for node_id in [k for k, n in prompt.items() if n["class_type"] == "OmniGen2Chat"]:
+        prompt[node_id]["inputs"].update(respond="text", max_new_tokens=4096)
+    client = str(uuid.uuid4())
+    listener = comfyui.listen(client)
+    try:
+        prompt_id = comfyui.queue(prompt, client)
+        at, last = _progress_until_interrupted(
+            listener, prompt_id, 3, lambda: comfyui.post("/interrupt", {"prompt_id": prompt_id}))
+    finally:
+        listener.close()
+    assert 3 <= at <= last < 4096, (at, last)
 
 
 def test_different_reference_images_never_share_features(comfyui, object_info, direct):
