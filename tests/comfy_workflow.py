@@ -31,6 +31,8 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 EXTRA_VALUE_OPTIONS = ("control_after_generate", "image_upload", "video_upload", "audio_upload")
 CORE_OBJECT_INFO_PATH = Path(__file__).resolve().parent / "fixtures" / "comfyui_core_object_info.json"
 CORE_OBJECT_INFO: dict = json.loads(CORE_OBJECT_INFO_PATH.read_text())
+# Front-end-only nodes (text on the canvas): not in /object_info, never sent to the server.
+VIRTUAL_NODES = ("Note", "MarkdownNote")
 
 
 def _options(spec: list) -> dict:
@@ -69,11 +71,12 @@ def _default(spec: list) -> Any:
 
 
 def to_api_prompt(workflow: dict, object_info: dict) -> dict:
-    """UI format {"nodes", "links"} -> API format {node id: {"class_type", "inputs"}} (muted nodes left out)."""
+    """UI format {"nodes", "links"} -> API format {node id: {"class_type", "inputs"}} (muted and virtual nodes left
+    out, as the front end does)."""
     links = {link[0]: link for link in workflow["links"]}  # [id, from node, from slot, to node, to slot, type]
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) != 0:
+        if node.get("mode", 0) != 0 or node["type"] in VIRTUAL_NODES:
             continue
         if node["type"] not in object_info:
             raise KeyError(f"node {node['id']}: type {node['type']!r} is not in this server's /object_info")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_workflow import CORE_OBJECT_INFO, offline_object_info, signature, to_api_prompt
+from comfy_workflow import CORE_OBJECT_INFO, VIRTUAL_NODES, offline_object_info, signature, to_api_prompt
 from test_nodes import load_pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +65,9 @@ def test_workflow_uses_only_known_nodes_inputs_and_types(path, signatures):
     nodes = {node["id"]: node for node in workflow["nodes"]}
     assert workflow["last_node_id"] >= max(nodes) and workflow["last_link_id"] >= len(workflow["links"])
     for node in nodes.values():
+        if node["type"] in VIRTUAL_NODES:  # a note: one text, no sockets
+            assert not node["inputs"] and not node["outputs"] and [type(v) for v in node["widgets_values"]] == [str]
+            continue
         assert node["type"] in signatures, f"{path.name}: unknown node type {node['type']}"
         signature = signatures[node["type"]]
         for slot in node["inputs"]:
@@ -98,7 +101,7 @@ def _declared(node_type: str) -> dict:
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_widget_values_are_valid(path, signatures):
     for node in load(path)["nodes"]:
-        if node["type"] in CORE_OBJECT_INFO:
+        if node["type"] in CORE_OBJECT_INFO or node["type"] in VIRTUAL_NODES:
             continue
         declared = _declared(node["type"])
         specs = {**declared.get("required", {}), **declared.get("optional", {})}
@@ -126,6 +129,11 @@ def test_workflow_shape(path, object_info):
     assert types.count("LoadImage") == EXPECTED[path.name]
     assert "SaveImage" in types or "PreviewImage" in types
     assert types.count("LoadOmniGen2") == 1 and sum(types.count(name) for name in SAMPLERS) == (CHAT not in types)
+    notes = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] in VIRTUAL_NODES]
+    if path.name not in BUNDLED_REFERENCES:  # a release template says what it needs on a fresh ComfyUI, and the way out
+        (note,) = notes
+        assert "models/omnigen2/" in note and "omnigen2_bundled_" in note
+        assert ("Load Image" in note) == ("LoadImage" in types)
     prompt = to_api_prompt(workflow, object_info)
     if CHAT in types:  # one turn that answers about the picture, one that may draw it, saved
         chats = [node["inputs"] for node in prompt.values() if node["class_type"] == CHAT]
