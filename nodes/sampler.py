@@ -3,6 +3,8 @@ and repainting a masked region with it."""
 
 from __future__ import annotations
 
+from omni_core.image_processing import MAX_OUTPUT_SIDE
+
 from . import bridge
 
 # Widgets both samplers show, in the order the Cached Sampler has always had (saved workflows list values by order).
@@ -15,11 +17,11 @@ SEED_STEPS_WIDGETS = {
 }
 SIZE_WIDGETS = {
     "width": ("INT", {
-        "default": 0, "min": 0, "max": 8192, "step": 16,
+        "default": 0, "min": 0, "max": MAX_OUTPUT_SIDE, "step": 16,
         "tooltip": "Output width; 0 = automatic: one reference image sets the size (edits), otherwise "
                    "1024 scaled to max_pixels."}),
     "height": ("INT", {
-        "default": 0, "min": 0, "max": 8192, "step": 16,
+        "default": 0, "min": 0, "max": MAX_OUTPUT_SIDE, "step": 16,
         "tooltip": "Output height; 0 = automatic (see width)."}),
 }
 GUIDANCE_CACHE_WIDGETS = {

@@ -18,6 +18,9 @@ from .errors import InvalidInputError
 
 ImageLike = Union[PIL.Image.Image, torch.Tensor, np.ndarray]
 SIZE_MULTIPLE = 16  # VAE factor 8 x patch size 2
+# The largest output side delivered: the decoded image is resized up to the requested size, so a typo such as
+# width=64000 would otherwise end in a 49 GB allocation instead of an error naming the input.
+MAX_OUTPUT_SIDE = 8192
 
 
 def _scaled_to_multiple(height: int, width: int, ratio: float) -> tuple[int, int]:
@@ -41,6 +44,11 @@ def check_output_size(height: int, width: int, max_pixels: int) -> tuple[int, in
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
             raise InvalidInputError(f"{name} must be a positive number of pixels, got {value!r}.")
+        if value > MAX_OUTPUT_SIDE:
+            raise InvalidInputError(
+                f"{name}={value} is above {MAX_OUTPUT_SIDE} pixels, the largest output side; the model samples at most "
+                f"max_pixels and resizes up to the size asked for. Use a side of at most {MAX_OUTPUT_SIDE}."
+            )
     sampled = fit_output_size(int(height), int(width), max_pixels)
     if min(sampled) == 0:
         raise InvalidInputError(
