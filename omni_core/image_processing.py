@@ -49,6 +49,12 @@ def check_output_size(height: int, width: int, max_pixels: int) -> tuple[int, in
                 f"{name}={value} is above {MAX_OUTPUT_SIDE} pixels, the largest output side; the model samples at most "
                 f"max_pixels and resizes up to the size asked for. Use a side of at most {MAX_OUTPUT_SIDE}."
             )
+    number = isinstance(max_pixels, (int, float, np.number)) and not isinstance(max_pixels, bool)
+    if not number or not max_pixels >= SIZE_MULTIPLE**2:  # also refuses NaN
+        raise InvalidInputError(
+            f"max_pixels must be a number of pixels of at least {SIZE_MULTIPLE**2} ({SIZE_MULTIPLE} x {SIZE_MULTIPLE}), "
+            f"got {max_pixels!r}; the official default is {1024 * 1024} (1024 x 1024)."
+        )
     sampled = fit_output_size(int(height), int(width), max_pixels)
     if min(sampled) == 0:
         raise InvalidInputError(

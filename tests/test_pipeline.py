@@ -101,6 +101,7 @@ def test_progress_reports_every_step_and_can_cancel(tiny_model):
         (lambda m: m.generate("x", width=0, height=64, steps=1), "width must be a positive"),
         (lambda m: m.generate("x", width=8, height=8, steps=1), "at least 16"),
         (lambda m: m.generate("x", width=64000, height=64, steps=1), "width=64000 is above 8192"),  # not 49 GB later
+        (lambda m: m.generate("x", width=64, height=64, steps=1, max_pixels=0), "max_pixels must be"),
         (lambda m: m.generate("x", width=32, height=32, steps=1, cfg_range=(0.8, 0.2)), "cfg_range"),
         (lambda m: m.generate("x", width=32, height=32, steps=0), "steps"),
         (lambda m: m.generate(None), "prompt must be a string"),
