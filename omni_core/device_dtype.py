@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InvalidInputError
 from .kernel_choice import cpu_description
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -24,6 +25,21 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 def cpu_has_bf16_instructions() -> bool:
     """The CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16), where bfloat16 GEMMs beat float32 ones."""
     return any(flag in cpu_description()[1] for flag in BF16_CPU_FLAGS)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The device parsed, or an error naming it when this machine or torch build cannot place a tensor there (an
+    unknown name, a GPU index that does not exist, CUDA asked of a CPU-only torch), before any weights load."""
+    try:
+        parsed = torch.device(device)
+        torch.empty(0, device=parsed)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as error:
+        usable = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+        if torch.backends.mps.is_available():
+            usable.append("mps")
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]  # torch's dispatch errors run for pages
+        raise InvalidInputError(f"device={device!r} cannot be used here ({reason}); use one of {', '.join(usable)}.") from None
+    return parsed
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:

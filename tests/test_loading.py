@@ -115,3 +115,9 @@ def test_config_that_does_not_match_the_tensors(tmp_path, fixture_dir, transform
 def test_unsupported_dtype(fixture_dir):
     with pytest.raises(InvalidInputError, match="float64"):
         omni_core.load_model(fixture_dir, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "nonsense"])  # no machine has 100 GPUs; not a device type at all
+def test_unusable_device_is_named_before_any_weights_load(fixture_dir, device):
+    with pytest.raises(InvalidInputError, match=rf"device='{device}' cannot be used here .*use one of cpu"):
+        omni_core.load_model(fixture_dir, device=device)

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..device_dtype import cpu_has_bf16_instructions, default_dtype
+from ..device_dtype import check_device, cpu_has_bf16_instructions, default_dtype
 from ..errors import ModelFileError
 from ..lora import LoraSpec
 from ..lora.apply import resolve_loras
@@ -62,9 +62,10 @@ def load_model(
     the transformer's projection matrices narrower, computed in `dtype`. `loras` [(path, strength), ...] are
     merged into the transformer (see `OmniGen2.with_loras`); their files are checked before the models load.
     """
+    device = check_device(device)
     if dtype is None:
         dtype = default_dtype(device)
-        if dtype == torch.float32 and torch.device(device).type == "cpu" and cpu_has_bf16_instructions():
+        if dtype == torch.float32 and device.type == "cpu" and cpu_has_bf16_instructions():
             log.info("this CPU computes bfloat16 natively: dtype=torch.bfloat16 may run faster (see device_dtype.py)")
     check_dtype(dtype, "model")
     loras = resolve_loras(loras)  # bad LoRA files fail before minutes of loading
