@@ -78,10 +78,12 @@ def output_macs(config: TransformerConfig, noise: int) -> int:
 
 
 def condition_branch_macs(config: TransformerConfig, image_tokens: tuple[int, ...]) -> int:
-    """Every image alone through refiner and joint layers at the clean timestep; the last layer keys/values only."""
+    """Every image alone (a batch of its own, with its own time embedding) through refiner and joint layers at the
+    clean timestep; the last layer keys/values only."""
     tokens, rows = sum(image_tokens), len(image_tokens)
     layers = (config.num_layers - 1) * block_macs(config, tokens, tokens, sum(n * n for n in image_tokens), rows)
-    return time_embedding_macs(config) + refiner_macs(config, image_tokens) + layers + block_macs(config, tokens, 0, 0, rows)
+    embeddings = time_embedding_macs(config, rows)
+    return embeddings + refiner_macs(config, image_tokens) + layers + block_macs(config, tokens, 0, 0, rows)
 
 
 def guidance_passes(shape: RunShape) -> list[tuple[str, int, bool]]:

@@ -12,7 +12,7 @@ reference features depend on the images alone):
 - `separate`: the same rounds as separate `model.generate` calls (same instructions, same references): every round
   encodes every reference and runs the condition branch of every image.
 
-Both give the same images (float32 round-off: the new image's branch runs in a batch of its own). Seconds are the
+Both give the same images, bit for bit (every image's condition branch runs as a batch of its own). Seconds are the
 median over repeats of the whole run (all rounds); GMAC counts the transformer's multiply-accumulates from the
 architecture (`_work.py`; VAE and MLLM work not included), so `saved` has a ceiling that does not depend on the
 machine. A second table does the same arithmetic for the released 4B transformer at 1024 x 1024 and 50 steps, with

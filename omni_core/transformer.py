@@ -24,7 +24,7 @@ from .errors import InvalidInputError
 from .layout import SampleLayout, TokenGrid
 from .ops import Linear, add_rms_norm, default_operations, rms_norm
 from .packing import pad_sequences, patchify, unpatchify
-from .reference_cache import ConditionFeatures, KVCapture, KVReuse, KVStore, LayerKV
+from .reference_cache import ConditionFeatures, KVCapture, KVReuse, KVStore, LayerKV, join_condition_features
 from .rope import OmniRoPE, Rotation, apply_rotation, text_positions
 
 TIMESTEP_FREQUENCY_DIM = 256
@@ -468,10 +468,17 @@ class OmniGen2Transformer(nn.Module):
         sequence id 0 here (its tokens share that id, so it cancels in their attention) and `place_condition` turns
         the keys to where the images sit after a given text. `slots`: each image's place among the sample's
         references (its image index embedding; default 0, 1, ...), so some images of a set can be computed alone.
+        Each image runs as a batch of its own: in one padded batch the other images' sizes would change its
+        round-off, and caches keep these features per image (`ConditionFeatureStore`), so an image's features must
+        be the same bit for bit whichever images come with it.
         """
         config, p = self.config, self.config.patch_size
         refs = [_as_reference(ref, f"references[{j}]", config.in_channels, p) for j, ref in enumerate(references)]
-        return self.condition_features([refs], condition_timestep, slots)[0]
+        if not refs:
+            return ConditionFeatures((), [])
+        slots = range(len(refs)) if slots is None else slots
+        parts = [self.condition_features([[ref]], condition_timestep, [slot])[0] for ref, slot in zip(refs, slots)]
+        return join_condition_features(parts)
 
     def condition_features(
         self,
