@@ -50,10 +50,6 @@ def _fast_norm(norm: torch.nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def _folds(norm: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Whether a scale or gate is folded into the norm: bfloat16 CPU inference. float32 keeps the plain composition,
-    whose round-off the reuse paths' parity margins (e.g. the reflection loop against separate runs) were set on."""
-    return _fast_norm(norm, x) and x.dtype == torch.bfloat16
 
 
 def _inverse_rms(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -78,11 +74,11 @@ def rms_norm(
 ) -> torch.Tensor:
     """norm(x) * scale (a modulated block's scaled norm), returned in `dtype` (default x's).
 
-    For bfloat16 our RMSNorm folds the scale into its weight, and for a float32 `dtype` skips rounding the result (RoPE
-    rotates in float32 next): one or two passes fewer per call. Any other norm (a host's layer class) runs as itself.
+    Our RMSNorm folds the scale into its weight, and for a float32 `dtype` skips rounding the result (RoPE rotates in
+    float32 next): one or two passes fewer per call. Any other norm (a host's layer class) runs as itself.
     """
     dtype = dtype or x.dtype
-    if _folds(norm, x):
+    if _fast_norm(norm, x):
         return _normalized(norm, x, scale).to(dtype)
     out = norm(x) if scale is None else norm(x) * scale
     return out.to(dtype)
@@ -91,8 +87,8 @@ def rms_norm(
 def add_rms_norm(
     x: torch.Tensor, norm: torch.nn.Module, y: torch.Tensor, gate: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x + gate * norm(y) (a block's residual); for bfloat16 with our RMSNorm one pass after the norm's statistic."""
-    if not _folds(norm, y) or x.dtype != y.dtype:
+    """x + gate * norm(y) (a block's residual); with our RMSNorm one pass after the norm's statistic."""
+    if not _fast_norm(norm, y) or x.dtype != y.dtype:
         return x + (norm(y) if gate is None else gate * norm(y))
     return torch.addcmul(x, y * _inverse_rms(norm, y), _weight(norm, gate)).to(x.dtype)
 

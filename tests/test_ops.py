@@ -40,8 +40,8 @@ def _norm_pair(width: int) -> tuple[RMSNorm, torch.nn.RMSNorm]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @torch.no_grad()
 def test_scaled_norm_and_gated_residual_equal_their_composition(dtype):
-    """A modulated block's norm * scale and x + gate * norm(y) (folded into the norm for bfloat16, composed for
-    float32) against the plain composition of torch's RMSNorm in float32; a host's norm takes the composition itself."""
+    """A modulated block's norm * scale and x + gate * norm(y) (scale and gate folded into the norm's weight) against
+    the plain composition of torch's RMSNorm in float32; a host's norm takes the composition itself."""
     ours, plain = _norm_pair(64)
     ours, low = ours.to(dtype), (lambda t: t.to(dtype))  # noqa: E731
     plain.load_state_dict(ours.state_dict())  # compared on the weights and inputs as rounded to `dtype`
