@@ -19,7 +19,7 @@ SIZE_WIDGETS = {
     "width": ("INT", {
         "default": 0, "min": 0, "max": MAX_OUTPUT_SIDE, "step": 16,
         "tooltip": "Output width; 0 = automatic: one reference image sets the size (edits), otherwise "
-                   "1024 scaled to max_pixels."}),
+                   "1024 (the bundled model: 64, its training size) scaled to max_pixels."}),
     "height": ("INT", {
         "default": 0, "min": 0, "max": MAX_OUTPUT_SIDE, "step": 16,
         "tooltip": "Output height; 0 = automatic (see width)."}),

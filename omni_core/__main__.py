@@ -27,8 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--image", action="append", default=[], help="a reference image; repeat for up to 5")
     gen.add_argument("--width", type=int, default=None,
-                     help=f"default: the reference's size with one image, else 1024 ({DEFAULT_MODEL_SIZE} on the "
-                          "bundled model, its training size)")
+                     help=f"default: the reference's size with one image, else the model's: 1024 ({DEFAULT_MODEL_SIZE} "
+                          "on the bundled model, its training size)")
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--text-guidance", type=float, default=None,
@@ -75,14 +75,6 @@ def text_guidance(args: argparse.Namespace) -> float:
     return DEFAULT_MODEL_TEXT_GUIDANCE if _model_source(args) is None else OFFICIAL_TEXT_GUIDANCE
 
 
-def output_size(args: argparse.Namespace) -> tuple[int | None, int | None]:
-    """(width, height) asked for; without them and without images, the bundled model's own size rather than the
-    release's 1024, at which a model trained on 64 x 64 images draws nothing (None: the pipeline decides)."""
-    if args.image or _model_source(args) is not None:
-        return args.width, args.height
-    return args.width or DEFAULT_MODEL_SIZE, args.height or DEFAULT_MODEL_SIZE
-
-
 def _progress_bar(step: int, total: int, _latents: torch.Tensor) -> None:
     filled = int(30 * step / total)
     print(f"\r[{'#' * filled}{'.' * (30 - filled)}] step {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
@@ -105,13 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         model = load_model(_model_source(args), device=args.device, dtype=DTYPES[args.dtype])
         images = [PIL.Image.open(path) for path in args.image]
-        width, height = output_size(args)
         result = model.generate(
             args.prompt,
             negative_prompt=args.negative_prompt,
             images=images,
-            width=width,
-            height=height,
+            width=args.width,
+            height=args.height,
             steps=args.steps,
             text_guidance_scale=text_guidance(args),
             image_guidance_scale=args.image_guidance,

@@ -87,11 +87,15 @@ class OmniGen2:
         vae: torch.nn.Module,
         text_encoder: TextEncoder,
         scheduler_config: dict[str, Any] | None = None,
+        default_size: int = DEFAULT_SIZE,
     ) -> None:
+        """default_size: the output side when no size is given and no single reference sets it (the official 1024;
+        a model trained smaller, like the bundled one, draws nothing at 1024)."""
         self.transformer = transformer
         self.vae = vae
         self.text_encoder = text_encoder
         self.scheduler_config = {"num_train_timesteps": 1000, "dynamic_time_shift": True, **(scheduler_config or {})}
+        self.default_size = default_size
 
     def with_loras(self, loras: Sequence[LoraSpec], replace: bool = False) -> "OmniGen2":
         """A new model with `loras` [(path, strength), ...] merged into a copy of the weights they change, on top of
@@ -167,15 +171,16 @@ class OmniGen2:
         """(sampled (H, W), delivered (H, W)) by the official rules.
 
         With exactly one reference and align_res (by default: when no size is given) the output takes the
-        reference's processed size; otherwise the requested size (default 1024) scaled to max_pixels and floored to
-        multiples of 16 is sampled, and the decoded image is resized back to the requested size.
+        reference's processed size; otherwise the requested size (default `default_size`, officially 1024) scaled to
+        max_pixels and floored to multiples of 16 is sampled, and the decoded image is resized back to the requested
+        size.
         """
         if align_res is None:
             align_res = width is None and height is None
         if align_res and len(condition.references) == 1:
             size = tuple(condition.references[0].pixel_size)
             return size, size
-        requested = (DEFAULT_SIZE if height is None else height, DEFAULT_SIZE if width is None else width)
+        requested = (self.default_size if height is None else height, self.default_size if width is None else width)
         return check_output_size(requested[0], requested[1], max_pixels), requested
 
     @torch.no_grad()

@@ -59,3 +59,16 @@ def test_the_bundled_model_is_the_trained_one_not_the_random_fixture(default_mod
     fixture = omni_core.load_model(FIXTURE)
     assert default_model.vae.config.block_out_channels != fixture.vae.config.block_out_channels
     assert default_model.transformer.config != fixture.transformer.config
+
+
+def test_without_a_size_the_bundled_model_draws_at_its_training_size(default_model):
+    """The official automatic size is 1024, where a model trained at 64 x 64 draws nothing: the bundled model's own
+    default is its training size (in the API, the command line and the nodes' width = height = 0); every other
+    model keeps the official 1024."""
+    condition = default_model.encode_condition("a red circle on a blue background")
+    side = omni_core.DEFAULT_MODEL_SIZE
+    assert default_model.output_size(condition, None, None, condition.max_pixels, None) == ((side, side), (side, side))
+    with_lora = default_model.with_loras([(omni_core.DEFAULT_MODEL_DIR / omni_core.INDEPENDENT_CONDITION_LORA, 1.0)])
+    assert with_lora.output_size(condition, None, 128, condition.max_pixels, None) == ((128, side), (128, side))  # (H, W)
+    fixture = omni_core.load_model(FIXTURE)
+    assert fixture.output_size(fixture.encode_condition("x"), None, None, 1024 * 1024, None) == ((1024, 1024),) * 2

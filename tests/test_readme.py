@@ -53,16 +53,6 @@ def test_cli_text_guidance_defaults_to_the_models_own():
     assert text_guidance(generate("--transformer", "t.safetensors", "--text-guidance", "3")) == 3.0
 
 
-def test_cli_output_size_defaults_to_the_bundled_models_own():
-    from omni_core.__main__ import _parser, output_size
-
-    generate = lambda *extra: _parser().parse_args(["generate", "--prompt", "x", *extra])  # noqa: E731
-    assert output_size(generate()) == (omni_core.DEFAULT_MODEL_SIZE,) * 2  # trained at 64, not the release's 1024
-    assert output_size(generate("--width", "128")) == (128, omni_core.DEFAULT_MODEL_SIZE)
-    assert output_size(generate("--model", "/any/release")) == (None, None)  # the pipeline's default (1024)
-    assert output_size(generate("--image", "a.png")) == (None, None)  # the reference's size
-
-
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "omni_core", "generate", "--prompt", "x", "--model", str(tmp_path), "--output", str(tmp_path / "x.png")],

@@ -13,7 +13,7 @@ from ..device_dtype import check_device, cpu_has_bf16_instructions, default_dtyp
 from ..errors import ModelFileError
 from ..lora import LoraSpec
 from ..lora.apply import resolve_loras
-from ..pipeline import OmniGen2
+from ..pipeline import DEFAULT_SIZE, OmniGen2
 from .strict import check_dtype
 from .text_encoder_loader import load_text_encoder
 from .transformer_loader import load_transformer
@@ -24,7 +24,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
 # The bundled model's text guidance: the best of 1.5-3.5 on unseen training-distribution prompts (docs/training.md);
 # the official 5.0 is the released model's.
 DEFAULT_MODEL_TEXT_GUIDANCE = 2.5
-DEFAULT_MODEL_SIZE = 64  # the image side the bundled model was trained at (the release's default output is 1024)
+DEFAULT_MODEL_SIZE = 64  # the bundled model's training size: its output side when none is given (the release: 1024)
 # Where a model folder keeps the independent-condition LoRA trained for it (the bundled model has one).
 INDEPENDENT_CONDITION_LORA = Path("loras") / "independent_condition.safetensors"
 log = logging.getLogger(__name__)
@@ -95,4 +95,6 @@ def load_model(
     text_encoder = load_text_encoder(
         files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device
     )
-    return OmniGen2(transformer, vae, text_encoder, scheduler_config).with_loras(loras)
+    bundled = not isinstance(path_or_files, Mapping) and Path(path_or_files).resolve() == DEFAULT_MODEL_DIR.resolve()
+    default_size = DEFAULT_MODEL_SIZE if bundled else DEFAULT_SIZE
+    return OmniGen2(transformer, vae, text_encoder, scheduler_config, default_size).with_loras(loras)
