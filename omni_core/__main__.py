@@ -67,14 +67,6 @@ def _model_source(args: argparse.Namespace):
     return args.model
 
 
-def text_guidance(args: argparse.Namespace) -> float:
-    """The text guidance asked for, else the model's own: the bundled model was tuned at a lower scale than the
-    release (docs/training.md)."""
-    if args.text_guidance is not None:
-        return args.text_guidance
-    return DEFAULT_MODEL_TEXT_GUIDANCE if _model_source(args) is None else OFFICIAL_TEXT_GUIDANCE
-
-
 def _progress_bar(step: int, total: int, _latents: torch.Tensor) -> None:
     filled = int(30 * step / total)
     print(f"\r[{'#' * filled}{'.' * (30 - filled)}] step {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
@@ -104,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             width=args.width,
             height=args.height,
             steps=args.steps,
-            text_guidance_scale=text_guidance(args),
+            text_guidance_scale=args.text_guidance,
             image_guidance_scale=args.image_guidance,
             cfg_range=tuple(args.cfg_range),
             max_pixels=args.max_pixels,

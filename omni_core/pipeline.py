@@ -88,14 +88,22 @@ class OmniGen2:
         text_encoder: TextEncoder,
         scheduler_config: dict[str, Any] | None = None,
         default_size: int = DEFAULT_SIZE,
+        default_text_guidance: float = OFFICIAL_TEXT_GUIDANCE,
     ) -> None:
-        """default_size: the output side when no size is given and no single reference sets it (the official 1024;
-        a model trained smaller, like the bundled one, draws nothing at 1024)."""
+        """The defaults are the official ones unless a model was tuned otherwise (the bundled one: 64, 2.5).
+        default_size: the output side when no size is given and no single reference sets it (the official 1024, where
+        a model trained at 64 x 64 draws nothing); default_text_guidance: the text guidance when none is given (the
+        official 5.0, too strong for a small model)."""
         self.transformer = transformer
         self.vae = vae
         self.text_encoder = text_encoder
         self.scheduler_config = {"num_train_timesteps": 1000, "dynamic_time_shift": True, **(scheduler_config or {})}
         self.default_size = default_size
+        self.default_text_guidance = default_text_guidance
+
+    def text_guidance(self, text_guidance_scale: float | None) -> float:
+        """The text guidance asked for, or this model's default."""
+        return self.default_text_guidance if text_guidance_scale is None else text_guidance_scale
 
     def with_loras(self, loras: Sequence[LoraSpec], replace: bool = False) -> "OmniGen2":
         """A new model with `loras` [(path, strength), ...] merged into a copy of the weights they change, on top of
@@ -190,7 +198,7 @@ class OmniGen2:
         width: int | None = None,
         height: int | None = None,
         steps: int = 50,
-        text_guidance_scale: float = OFFICIAL_TEXT_GUIDANCE,
+        text_guidance_scale: float | None = None,
         image_guidance_scale: float = 2.0,
         cfg_range: Sequence[float] = (0.0, 1.0),
         seed: int = 0,
@@ -206,7 +214,8 @@ class OmniGen2:
     ) -> GenerationResult:
         """Denoise `num_images` latents from seeded noise under `condition` and decode them.
 
-        max_pixels bounds the sampled size (default: the condition's, as given to `encode_condition`).
+        text_guidance_scale None: the model's default (`default_text_guidance`: the official 5.0, the bundled model's
+        2.5). max_pixels bounds the sampled size (default: the condition's, as given to `encode_condition`).
         cache_per_n_steps: compute reference features on steps 0, n, 2n, ... and reuse them in between (None: no
         reuse; n > steps: once). independent_condition: references attend only to themselves at
         `condition_timestep` (OminiControl2's asymmetric mask; exact to reuse); default: what the model was trained
@@ -218,8 +227,8 @@ class OmniGen2:
         max_pixels = condition.max_pixels if max_pixels is None else max_pixels
         (sample_h, sample_w), delivered = self.output_size(condition, width, height, max_pixels, align_res)
         options = SamplingOptions(
-            steps, text_guidance_scale, image_guidance_scale, tuple(cfg_range), seed, num_images,
-            cache_per_n_steps, independent_condition, condition_timestep, step_cache,
+            steps, self.text_guidance(text_guidance_scale), image_guidance_scale, tuple(cfg_range), seed,
+            num_images, cache_per_n_steps, independent_condition, condition_timestep, step_cache,
         )
         latent_size = (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR)
         latents, stats = self._denoise(condition, latent_size, options, progress, store=condition_features)
@@ -233,7 +242,7 @@ class OmniGen2:
         image: ImageLike,
         mask,
         steps: int = 50,
-        text_guidance_scale: float = OFFICIAL_TEXT_GUIDANCE,
+        text_guidance_scale: float | None = None,
         image_guidance_scale: float = 2.0,
         cfg_range: Sequence[float] = (0.0, 1.0),
         seed: int = 0,
@@ -272,8 +281,8 @@ class OmniGen2:
         known = (canvas_reference,) if len(known_index) else ()
         condition = dataclasses.replace(condition, references=known + condition.references, fingerprint="")
         options = SamplingOptions(
-            steps, text_guidance_scale, image_guidance_scale, tuple(cfg_range), seed, num_images,
-            cache_per_n_steps, independent_condition, step_cache=step_cache,
+            steps, self.text_guidance(text_guidance_scale), image_guidance_scale, tuple(cfg_range), seed,
+            num_images, cache_per_n_steps, independent_condition, step_cache=step_cache,
         )
         latents, stats = self._denoise(condition, tuple(canvas.shape[-2:]), options, progress, noise_index)
         latents = stitch_latents(canvas, latents, repainted)
@@ -369,7 +378,7 @@ class OmniGen2:
         width: int | None = None,
         height: int | None = None,
         steps: int = 50,
-        text_guidance_scale: float = OFFICIAL_TEXT_GUIDANCE,
+        text_guidance_scale: float | None = None,
         image_guidance_scale: float = 2.0,
         cfg_range: Sequence[float] = (0.0, 1.0),
         max_pixels: int = 1024 * 1024,

@@ -8,6 +8,7 @@ guard. benchmarks/quality.py measures the issue's targets on 48 held-out prompts
 """
 
 import pytest
+import torch
 
 import omni_core
 from omni_core.training.shapes.dataset import examples
@@ -72,3 +73,14 @@ def test_without_a_size_the_bundled_model_draws_at_its_training_size(default_mod
     assert with_lora.output_size(condition, None, 128, condition.max_pixels, None) == ((128, side), (128, side))  # (H, W)
     fixture = omni_core.load_model(FIXTURE)
     assert fixture.output_size(fixture.encode_condition("x"), None, None, 1024 * 1024, None) == ((1024, 1024),) * 2
+
+
+def test_without_a_text_guidance_the_bundled_model_samples_at_its_own(default_model):
+    """The official 5.0 is too strong for the bundled model (docs/training.md): None takes the model's own 2.5; every
+    other model keeps the official default."""
+    small = dict(width=64, height=64, steps=2, seed=1)
+    own = default_model.generate("a red circle on a blue background", **small).images
+    tuned = default_model.generate("a red circle on a blue background", text_guidance_scale=2.5, **small).images
+    official = default_model.generate("a red circle on a blue background", text_guidance_scale=5.0, **small).images
+    assert torch.equal(own, tuned) and not torch.equal(own, official)
+    assert omni_core.load_model(FIXTURE).text_guidance(None) == 5.0

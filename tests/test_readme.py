@@ -44,15 +44,6 @@ def test_readme_demo_runs_on_the_bundled_model(tmp_path):
     assert (shape.color, shape.shape, found.background) == (words[1], words[2], words[5]), found
 
 
-def test_cli_text_guidance_defaults_to_the_models_own():
-    from omni_core.__main__ import _parser, text_guidance
-
-    generate = lambda *extra: _parser().parse_args(["generate", "--prompt", "x", *extra])  # noqa: E731
-    assert text_guidance(generate()) == omni_core.DEFAULT_MODEL_TEXT_GUIDANCE  # the bundled model's tuned scale
-    assert text_guidance(generate("--model", "/any/release")) == 5.0  # the official pipeline's default
-    assert text_guidance(generate("--transformer", "t.safetensors", "--text-guidance", "3")) == 3.0
-
-
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "omni_core", "generate", "--prompt", "x", "--model", str(tmp_path), "--output", str(tmp_path / "x.png")],

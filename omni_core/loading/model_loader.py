@@ -13,7 +13,7 @@ from ..device_dtype import check_device, cpu_has_bf16_instructions, default_dtyp
 from ..errors import ModelFileError
 from ..lora import LoraSpec
 from ..lora.apply import resolve_loras
-from ..pipeline import DEFAULT_SIZE, OmniGen2
+from ..pipeline import OmniGen2
 from .strict import check_dtype
 from .text_encoder_loader import load_text_encoder
 from .transformer_loader import load_transformer
@@ -96,5 +96,7 @@ def load_model(
         files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device
     )
     bundled = not isinstance(path_or_files, Mapping) and Path(path_or_files).resolve() == DEFAULT_MODEL_DIR.resolve()
-    default_size = DEFAULT_MODEL_SIZE if bundled else DEFAULT_SIZE
-    return OmniGen2(transformer, vae, text_encoder, scheduler_config, default_size).with_loras(loras)
+    # the bundled model was tuned smaller than the release: its own automatic size and text guidance
+    defaults = dict(default_size=DEFAULT_MODEL_SIZE, default_text_guidance=DEFAULT_MODEL_TEXT_GUIDANCE)
+    defaults = defaults if bundled else {}
+    return OmniGen2(transformer, vae, text_encoder, scheduler_config, **defaults).with_loras(loras)
