@@ -206,6 +206,20 @@ def test_two_cpu_processes_under_accelerate_launch_agree_with_one(data_dir, tmp_
     assert max(max_abs_diff(a[k], b[k]) for k in a) < 1e-5
 
 
+def test_checkpoints_of_fsdp2_shards_restore_exactly_sharded_or_not(tmp_path):
+    """tests/fsdp_checkpoint.py under torchrun, two CPU processes over gloo: a checkpoint written from FSDP2 shards
+    (every transformer block a unit, as configs/accelerate/fsdp.yaml) restores parameters and optimizer state exactly,
+    into shards and into one unsharded model, and parameters that never had a gradient come back with no optimizer
+    state (not torch.distributed.checkpoint's zero-gradient step 1, which would change their first real update)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+               str(ROOT / "tests" / "fsdp_checkpoint.py"), str(tmp_path / "checkpoints" / "step_2")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["step"] == 2 and report["sharded"] == report["unsharded"] == [True, True], report
+
+
 def _tiny_trainable():
     transformer = omni_core.load_model(FIXTURES).transformer
     return transformer.requires_grad_(True)

@@ -88,7 +88,19 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
     groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in state["param_groups"]]
     set_state_dict(model, optimizer, model_state_dict=model_state,
                    optim_state_dict={"state": moments, "param_groups": groups}, options=LOAD_OPTIONS)
+    _drop_initialized_moments(model, optimizer, set(moments))
     return int(state["step"])
+
+
+def _drop_initialized_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: set[str]) -> None:
+    """Forget the optimizer state of parameters the checkpoint has none for (they never had a gradient).
+
+    torch.distributed.checkpoint gives every parameter a state before loading (a zero-gradient step: step 1, zero
+    moments). Left in place, a parameter's first real update after the resume would be bias-corrected as a second
+    step, unlike in the uninterrupted run, where AdamW starts its state at that first gradient."""
+    for name, parameter in model.named_parameters():
+        if name.removeprefix("module.") not in saved:  # DDP's wrapper prefix; FSDP2 keeps the names
+            optimizer.state.pop(parameter, None)
 
 
 def prune_checkpoints(output_dir: Path, keep: int | None) -> None:
