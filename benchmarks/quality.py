@@ -68,7 +68,9 @@ def grid(rows: list[list[Image.Image]], scale: int = 2) -> Image.Image:
     return canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
 
 
-def run_shape(condition: omni_core.Condition, size: int, steps: int, text_guidance: float, image_guidance: float) -> RunShape:
+def run_shape(
+    condition: omni_core.Condition, size: int, steps: int, text_guidance: float, image_guidance: float
+) -> RunShape:
     """What one sampling run of `condition` feeds the transformer, for counting its work."""
     negative = condition.negative or condition.positive  # the guidance passes' prompt without a negative one
     return RunShape(int(condition.positive.mask.sum()), int(negative.mask.sum()), (size // 16) ** 2,
