@@ -38,7 +38,8 @@ def check_device(device: str | torch.device) -> torch.device:
         if torch.backends.mps.is_available():
             usable.append("mps")
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]  # torch's dispatch errors run for pages
-        raise InvalidInputError(f"device={device!r} cannot be used here ({reason}); use one of {', '.join(usable)}.") from None
+        usable_names = ", ".join(usable)
+        raise InvalidInputError(f"device={device!r} cannot be used here ({reason}); use one of {usable_names}.") from None
     return parsed
 
 

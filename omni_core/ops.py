@@ -50,8 +50,6 @@ def _fast_norm(norm: torch.nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-
-
 def _inverse_rms(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
     """1 / rms(x) per row, [..., 1] float32, from one read of x whatever its dtype."""
     eps = torch.finfo(x.dtype).eps if norm.eps is None else norm.eps

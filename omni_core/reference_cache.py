@@ -133,19 +133,9 @@ class ConditionFeatureStore:
         self.entries.clear()
 
 
-def split_condition_features(features: ConditionFeatures) -> list[ConditionFeatures]:
-    """The features of a set of images as one `ConditionFeatures` per image (their keys/values are joined along the
-    token axis in image order)."""
-    sizes = [grid.num_tokens for grid in features.grids]
-    parts = [[] for _ in sizes]
-    for layer in features.layers:
-        for part, key, value in zip(parts, layer.key.split(sizes, dim=2), layer.value.split(sizes, dim=2)):
-            part.append(LayerKV(key, value))
-    return [ConditionFeatures((grid,), layers) for grid, layers in zip(features.grids, parts)]
-
-
 def join_condition_features(parts: list[ConditionFeatures]) -> ConditionFeatures:
-    """Per-image features as the features of the whole set, in the given order (the inverse of the split)."""
+    """Per-image features as the features of the whole set, in the given order (keys/values joined along the token
+    axis)."""
     layers = [
         LayerKV(torch.cat([p.layers[l].key for p in parts], dim=2), torch.cat([p.layers[l].value for p in parts], dim=2))
         for l in range(len(parts[0].layers))

@@ -32,7 +32,7 @@ from .guidance import GuidancePass, batchable_groups
 from .lora import lora_fingerprint
 from .reference_cache import (
     ConditionFeatures, ConditionFeatureStore, KVReuse, KVStore, LayerKV, ReferenceFeatureCache,
-    join_condition_features, split_condition_features,
+    join_condition_features,
 )
 from .step_cache import StepCacheRun
 from .transformer import OmniGen2Transformer
@@ -227,10 +227,10 @@ class TransformerPasses:
         keys = [(slot, reference_fingerprint(ref)) for slot, ref in enumerate(self.references)]
         missing = [slot for slot, key in enumerate(keys) if key not in self.store.entries]
         if missing:
-            computed = self.transformer.condition_branch(
+            computed = self.transformer.image_condition_features(
                 [self.references[slot] for slot in missing], self.condition_timestep, missing
             )
-            for slot, part in zip(missing, split_condition_features(computed)):
+            for slot, part in zip(missing, computed):
                 self.store.entries[keys[slot]] = part
         features = join_condition_features([self.store.entries[key] for key in keys])
         return features, sum(self.references[slot].num_tokens for slot in missing)

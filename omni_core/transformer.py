@@ -468,17 +468,24 @@ class OmniGen2Transformer(nn.Module):
         sequence id 0 here (its tokens share that id, so it cancels in their attention) and `place_condition` turns
         the keys to where the images sit after a given text. `slots`: each image's place among the sample's
         references (its image index embedding; default 0, 1, ...), so some images of a set can be computed alone.
-        Each image runs as a batch of its own: in one padded batch the other images' sizes would change its
-        round-off, and caches keep these features per image (`ConditionFeatureStore`), so an image's features must
-        be the same bit for bit whichever images come with it.
         """
+        parts = self.image_condition_features(references, condition_timestep, slots)
+        return join_condition_features(parts) if parts else ConditionFeatures((), [])
+
+    @torch.no_grad()
+    def image_condition_features(
+        self,
+        references: Sequence[torch.Tensor | ReferenceImage],
+        condition_timestep: float = 1.0,
+        slots: Sequence[int] | None = None,
+    ) -> list[ConditionFeatures]:
+        """`condition_branch` per image, each image run as a batch of its own: in one padded batch the other images'
+        sizes would change its round-off, and caches keep these features per image (`ConditionFeatureStore`), so an
+        image's features must be the same bit for bit whichever images come with it."""
         config, p = self.config, self.config.patch_size
         refs = [_as_reference(ref, f"references[{j}]", config.in_channels, p) for j, ref in enumerate(references)]
-        if not refs:
-            return ConditionFeatures((), [])
         slots = range(len(refs)) if slots is None else slots
-        parts = [self.condition_features([[ref]], condition_timestep, [slot])[0] for ref, slot in zip(refs, slots)]
-        return join_condition_features(parts)
+        return [self.condition_features([[ref]], condition_timestep, [slot])[0] for ref, slot in zip(refs, slots)]
 
     def condition_features(
         self,

@@ -97,6 +97,5 @@ def load_model(
     )
     bundled = not isinstance(path_or_files, Mapping) and Path(path_or_files).resolve() == DEFAULT_MODEL_DIR.resolve()
     # the bundled model was tuned smaller than the release: its own automatic size and text guidance
-    defaults = dict(default_size=DEFAULT_MODEL_SIZE, default_text_guidance=DEFAULT_MODEL_TEXT_GUIDANCE)
-    defaults = defaults if bundled else {}
+    defaults = dict(default_size=DEFAULT_MODEL_SIZE, default_text_guidance=DEFAULT_MODEL_TEXT_GUIDANCE) if bundled else {}
     return OmniGen2(transformer, vae, text_encoder, scheduler_config, **defaults).with_loras(loras)
