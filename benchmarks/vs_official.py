@@ -10,6 +10,12 @@ the table shows medians of wall and process CPU time and the ratios ours / offic
 shared machine use --threads 1 and read the CPU-time ratio, which other processes disturb least.
 --compare-kernels adds ours with each float32 kernel path forced (oneDNN, and torch's own = MKL + SDPA) to the same
 interleaved rounds, so one run shows whether the machine's automatic choice (kernel_choice.py) is the faster one.
+
+The "guided step" cases time one sampling step's guidance passes instead of one forward: the official pipeline calls
+its transformer once per pass (its `predict`: cond, ref, uncond with text and image guidance; cond, uncond with text
+guidance only), ours runs the same passes through `TransformerPasses`, which refines the noise and references once
+for all passes that see them. Ours gets a fresh runner per step, so it refines both prompts every timed step too
+(in a sampling run it does so on the first step only): the figure is an upper bound of ours.
 """
 
 from __future__ import annotations
@@ -35,7 +41,11 @@ from _common import (  # noqa: E402
     print_table,
     time_interleaved_with_cpu,
 )
+from ceilings import NEGATIVE_LEN  # noqa: E402
+from omni_core.condition import Condition, ReferenceImage, TextCondition  # noqa: E402
+from omni_core.guidance import COND, REF, UNCOND, GuidancePass, planned_passes  # noqa: E402
 from omni_core.kernel_choice import set_cpu_gemm  # noqa: E402
+from omni_core.reference_passes import TransformerPasses  # noqa: E402
 
 DEFAULT_OFFICIAL_REPO = "/tmp/official-omnigen2"
 TOLERANCE = 1e-4
@@ -49,6 +59,7 @@ class Case:
     num_refs: int
     text_len: int = 128
     ref_tokens: int | None = None  # None: as many as the noise image
+    guided: bool = False  # one sampling step's guidance passes (official: a forward per pass) instead of one forward
 
 
 def cases(quick: bool) -> list[Case]:
@@ -58,6 +69,9 @@ def cases(quick: bool) -> list[Case]:
         Case("1 reference", 1, tokens, 1),
         Case("3 references", 1, tokens, 3),
         Case("batch 2, 1 ref (guidance-like)", 2, tokens, 1),
+        Case("guided step, text-only (2 passes)", 1, tokens, 0, guided=True),
+        Case("guided step, 1 ref (3 passes)", 1, tokens, 1, guided=True),
+        Case("guided step, 3 refs (3 passes)", 1, tokens, 3, guided=True),
     ]
 
 
@@ -109,6 +123,33 @@ def forwards(ours, official, freqs_cis, inputs: dict):
     return run_ours, run_official
 
 
+def guided_steps(ours, official, freqs_cis, inputs: dict, negative: torch.Tensor):
+    """One step's guidance passes, each side as its sampler runs them; both return the passes' velocities joined."""
+    prompt = TextCondition(inputs["text_hidden_states"], inputs["text_attention_mask"])
+    negative_text = TextCondition(negative, torch.ones(negative.shape[:2], dtype=torch.long))
+    refs = inputs["ref_image_hidden_states"]
+    references = tuple(ReferenceImage(latent, (latent.shape[1] * 8, latent.shape[2] * 8)) for latent in refs[0]) if refs else ()
+    condition = Condition(positive=prompt, negative=negative_text, references=references)
+    texts = {COND: prompt, REF: negative_text, UNCOND: negative_text}
+    with_refs = {COND: bool(references), REF: bool(references), UNCOND: False}
+    names = planned_passes(5.0, 2.0 if references else 1.0)
+    passes = [GuidancePass(name, texts[name], with_refs[name]) for name in names]
+    x, t = inputs["hidden_states"], inputs["timestep"][0]
+
+    def run_ours():
+        velocity = TransformerPasses(ours, condition, cache=None, independent_condition=False)(x, t, passes, 0)
+        return torch.cat([velocity[name] for name in names])
+
+    def run_official():
+        with torch.no_grad():
+            return torch.cat([
+                official(x, t.expand(1), p.text.embeds, freqs_cis, p.text.mask, ref_image_hidden_states=refs if p.with_references else None)
+                for p in passes
+            ])
+
+    return run_ours, run_official
+
+
 def forced(run, path: str):
     """`run` with the float32 CPU kernels forced to `path` ("onednn" or "mkl"), the automatic choice restored after."""
 
@@ -147,7 +188,11 @@ def main(argv=None) -> int:
     rows = []
     for case in cases(args.quick):
         inputs = make_inputs(case.batch, case.noise_tokens, case.num_refs, case.ref_tokens, case.text_len, config.text_feat_dim)
-        run_ours, run_official = forwards(ours, official, freqs_cis, inputs)
+        if case.guided:
+            negative = torch.randn(1, NEGATIVE_LEN, config.text_feat_dim, generator=torch.Generator().manual_seed(2))
+            run_ours, run_official = guided_steps(ours, official, freqs_cis, inputs, negative)
+        else:
+            run_ours, run_official = forwards(ours, official, freqs_cis, inputs)
         diff = (run_ours() - run_official()).abs().max().item()
         candidates = {"ours": run_ours, "official": run_official}
         if args.compare_kernels:
