@@ -128,7 +128,8 @@ def guided_steps(ours, official, freqs_cis, inputs: dict, negative: torch.Tensor
     prompt = TextCondition(inputs["text_hidden_states"], inputs["text_attention_mask"])
     negative_text = TextCondition(negative, torch.ones(negative.shape[:2], dtype=torch.long))
     refs = inputs["ref_image_hidden_states"]
-    references = tuple(ReferenceImage(latent, (latent.shape[1] * 8, latent.shape[2] * 8)) for latent in refs[0]) if refs else ()
+    latents = refs[0] if refs else []
+    references = tuple(ReferenceImage(latent, (latent.shape[1] * 8, latent.shape[2] * 8)) for latent in latents)
     condition = Condition(positive=prompt, negative=negative_text, references=references)
     texts = {COND: prompt, REF: negative_text, UNCOND: negative_text}
     with_refs = {COND: bool(references), REF: bool(references), UNCOND: False}
@@ -142,10 +143,11 @@ def guided_steps(ours, official, freqs_cis, inputs: dict, negative: torch.Tensor
 
     def run_official():
         with torch.no_grad():
-            return torch.cat([
-                official(x, t.expand(1), p.text.embeds, freqs_cis, p.text.mask, ref_image_hidden_states=refs if p.with_references else None)
-                for p in passes
-            ])
+            return torch.cat([official_pass(p) for p in passes])
+
+    def official_pass(p: GuidancePass) -> torch.Tensor:
+        refs_seen = refs if p.with_references else None
+        return official(x, t.expand(1), p.text.embeds, freqs_cis, p.text.mask, ref_image_hidden_states=refs_seen)
 
     return run_ours, run_official
 
