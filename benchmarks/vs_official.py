@@ -11,10 +11,10 @@ shared machine use --threads 1 and read the CPU-time ratio, which other processe
 --compare-kernels adds ours with each float32 kernel path forced (oneDNN, and torch's own = MKL + SDPA) to the same
 interleaved rounds, so one run shows whether the machine's automatic choice (kernel_choice.py) is the faster one.
 
-The "guided step" cases time one sampling step's guidance passes instead of one forward: the official pipeline calls
+The "guided step" cases time one sampling step's guided velocity instead of one forward: the official pipeline calls
 its transformer once per pass (its `predict`: cond, ref, uncond with text and image guidance; cond, uncond with text
-guidance only), ours runs the same passes through `TransformerPasses`, which refines the noise and references once
-for all passes that see them. Ours gets a fresh runner per step, so it refines both prompts every timed step too
+guidance only) and combines them, ours runs the same passes through `GuidedVelocity` and `TransformerPasses`, which
+refines the noise and references once for all passes that see them. Ours gets a fresh runner per step, so it refines both prompts every timed step too
 (in a sampling run it does so on the first step only): the figure is an upper bound of ours.
 """
 
@@ -43,7 +43,7 @@ from _common import (  # noqa: E402
 )
 from ceilings import NEGATIVE_LEN  # noqa: E402
 from omni_core.condition import Condition, ReferenceImage, TextCondition  # noqa: E402
-from omni_core.guidance import COND, REF, UNCOND, GuidancePass, planned_passes  # noqa: E402
+from omni_core.guidance import GuidancePass, GuidedVelocity, combine_guidance, planned_passes  # noqa: E402
 from omni_core.kernel_choice import set_cpu_gemm  # noqa: E402
 from omni_core.reference_passes import TransformerPasses  # noqa: E402
 
@@ -124,26 +124,26 @@ def forwards(ours, official, freqs_cis, inputs: dict):
 
 
 def guided_steps(ours, official, freqs_cis, inputs: dict, negative: torch.Tensor):
-    """One step's guidance passes, each side as its sampler runs them; both return the passes' velocities joined."""
+    """One step's guided velocity, each side running the passes as its sampler does: ours `GuidedVelocity` over a
+    fresh `TransformerPasses`, the official a forward per pass, combined as its pipeline combines them."""
     prompt = TextCondition(inputs["text_hidden_states"], inputs["text_attention_mask"])
     negative_text = TextCondition(negative, torch.ones(negative.shape[:2], dtype=torch.long))
     refs = inputs["ref_image_hidden_states"]
     latents = refs[0] if refs else []
     references = tuple(ReferenceImage(latent, (latent.shape[1] * 8, latent.shape[2] * 8)) for latent in latents)
     condition = Condition(positive=prompt, negative=negative_text, references=references)
-    texts = {COND: prompt, REF: negative_text, UNCOND: negative_text}
-    with_refs = {COND: bool(references), REF: bool(references), UNCOND: False}
-    names = planned_passes(5.0, 2.0 if references else 1.0)
-    passes = [GuidancePass(name, texts[name], with_refs[name]) for name in names]
+    runner = lambda *step: TransformerPasses(ours, condition, cache=None, independent_condition=False)(*step)
+    guided = GuidedVelocity(runner, prompt, negative_text, bool(references), 1, 5.0, 2.0, (0.0, 1.0))
+    passes = [guided.passes[name] for name in planned_passes(guided.text_scale, guided.image_scale)]
     x, t = inputs["hidden_states"], inputs["timestep"][0]
 
     def run_ours():
-        velocity = TransformerPasses(ours, condition, cache=None, independent_condition=False)(x, t, passes, 0)
-        return torch.cat([velocity[name] for name in names])
+        return guided(x, t, 0)
 
     def run_official():
         with torch.no_grad():
-            return torch.cat([official_pass(p) for p in passes])
+            velocity = {p.name: official_pass(p) for p in passes}
+        return combine_guidance(velocity, guided.text_scale, guided.image_scale)
 
     def official_pass(p: GuidancePass) -> torch.Tensor:
         refs_seen = refs if p.with_references else None
