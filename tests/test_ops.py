@@ -6,6 +6,8 @@ import pytest
 
 from omni_core.ops import RMSNorm, add_rms_norm, rms_norm
 
+BF16_PASSES = 4  # bfloat16 roundings in our bfloat16 norm: statistic, inverse rms, x * inverse, * weight
+
 
 def test_rms_norm_matches_torch_and_falls_back_under_autograd():
     norm = RMSNorm(120, eps=1e-5)
@@ -20,9 +22,10 @@ def test_rms_norm_matches_torch_and_falls_back_under_autograd():
         half_norm.load_state_dict(norm.state_dict())
         plain.load_state_dict(half_norm.state_dict())  # the rounded weights, in float32
         exact = plain(half.float())
-        # bfloat16: statistic and scaling in float32 (as torch), rounded once: within half a bfloat16 step of exact
+        # bfloat16: sums of squares in float32, then bfloat16 passes (statistic, its inverse, the product and the
+        # weight each rounded once): within 4 unit round-offs of exact (measured up to 3.7)
         assert half_norm(half).dtype == torch.bfloat16
-        assert ((half_norm(half).float() - exact).abs() <= 2**-8 * exact.abs() + 1e-6).all()
+        assert ((half_norm(half).float() - exact).abs() <= BF16_PASSES * 2**-8 * exact.abs() + 1e-6).all()
     x.requires_grad_(True)
     norm(x).sum().backward()
     assert x.grad is not None
@@ -48,14 +51,20 @@ def test_scaled_norm_and_gated_residual_equal_their_composition(dtype):
     x, y = low(torch.randn(2, 37, 64) * 3), low(torch.randn(2, 37, 64))
     scale, gate = low(1 + torch.randn(2, 1, 64)), low(torch.randn(2, 1, 64).tanh())
     exact_scaled = plain(x.float()) * scale.float()
-    exact_residual = x.float() + gate.float() * plain(y.float())
-    step = 1e-6 if dtype == torch.float32 else 2**-8  # float32 round-off / one bfloat16 rounding (half a step)
+    exact_term = gate.float() * plain(y.float())
+    exact_residual = x.float() + exact_term
+    # float32: round-off of the result; bfloat16: the norm's passes on the gated term, one rounding of the sum
+    step = 1e-6 if dtype == torch.float32 else BF16_PASSES * 2**-8
+    sum_step, term_step = (1e-6, 0.0) if dtype == torch.float32 else (2**-8, step)
     scaled = rms_norm(ours, x, scale)
     residual = add_rms_norm(x, ours, y, gate)
     assert scaled.dtype == residual.dtype == dtype
     assert ((scaled.float() - exact_scaled).abs() <= step * exact_scaled.abs() + 1e-5).all()
-    assert ((residual.float() - exact_residual).abs() <= step * exact_residual.abs() + 1e-5).all()
-    assert rms_norm(ours, x, dtype=torch.float32).dtype == torch.float32  # unrounded for the rotation
+    residual_bound = sum_step * exact_residual.abs() + term_step * exact_term.abs() + 1e-5
+    assert ((residual.float() - exact_residual).abs() <= residual_bound).all()
+    unrounded = rms_norm(ours, x, scale, dtype=torch.float32)  # for the rotation: float32 from x as given
+    assert unrounded.dtype == torch.float32
+    assert ((unrounded - exact_scaled).abs() <= 1e-6 * exact_scaled.abs() + 1e-5).all()
     host = plain.to(dtype)
     assert torch.equal(rms_norm(host, x, scale), host(x) * scale)
     assert torch.equal(add_rms_norm(x, host, y, gate), x + gate * host(y))
