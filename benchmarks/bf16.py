@@ -1,12 +1,19 @@
 """bfloat16 against float32 for whole generations: PSNR of the images and time, on the pipeline fixtures.
 
     python benchmarks/bf16.py [--model PATH ...] [--repeats N] [--threads N] [--json PATH]
+    python benchmarks/bf16.py --forward [--forward-threads N ...] [--quick] [--repeats N] [--json PATH]
 
 Loads each model twice (float32 and bfloat16: transformer, VAE and text encoder alike), runs the official pipeline
 cases recorded in tests/fixtures/omnigen2-tiny/pipeline_cases.json (text-to-image, edit, in-context) with both, and
 prints per case the PSNR of the bfloat16 images against the float32 ones (and against the official float32 outputs
 recorded in the fixtures), and the median CPU time of each dtype over interleaved rounds. Models default to the
 fixtures' tiny model and the bundled default model. Peak signal is 1 (images in [0, 1]).
+
+The tiny models are too small to time. `--forward` times one transformer forward of the benchmark model instead
+(`_common.bench_config`: head_dim 120, 8 layers; 1024 noise tokens, text-only and with one 1024-token reference), both
+dtypes built in one process and called in alternating rounds at each thread count, so that the ratio is measured
+side by side: on a shared host the AMX (bfloat16) path swings with other load far more than float32 does, and
+processes run one after another (engine.py --dtypes) can land in different phases of it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,17 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, environment, median, print_table  # noqa: E402
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    bench_config,
+    build_ours,
+    environment,
+    kernels_line,
+    make_inputs,
+    median,
+    print_table,
+    time_interleaved_with_cpu,
+)
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "omnigen2-tiny"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -89,13 +106,72 @@ def compare(model_path: Path, repeats: int) -> list[dict]:
     return rows
 
 
+FORWARD_CASES = {"text-only": 0, "1 reference": 1}  # case -> references of the output's size
+
+
+def compare_forward(thread_counts: list[int], repeats: int, quick: bool) -> list[dict]:
+    """Our transformer's forward in float32 and bfloat16, alternating, per case and thread count (speed only: these
+    weights are random, so accuracy is the pipeline cases' PSNR above)."""
+    config = bench_config(num_layers=2 if quick else 8, num_refiner_layers=1 if quick else 2)
+    noise_tokens = 256 if quick else 1024
+    rows = []
+    for case, num_refs in FORWARD_CASES.items():
+        calls = {}
+        for name, dtype in DTYPES.items():
+            model = build_ours(config, dtype=dtype)
+            inputs = make_inputs(1, noise_tokens, num_refs, None, 128, config.text_feat_dim, dtype=dtype)
+            calls[name] = lambda model=model, inputs=inputs: model(**inputs)
+        with torch.no_grad():
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                wall, cpu = time_interleaved_with_cpu(calls, repeats)
+                ratios = [b / f for b, f in zip(wall["bfloat16"], wall["float32"])]
+                rows.append(
+                    {
+                        "case": case,
+                        "threads": threads,
+                        "float32_s": median(wall["float32"]),
+                        "bfloat16_s": median(wall["bfloat16"]),
+                        "bf16_over_fp32": median(ratios),
+                        "round_ratios": f"{min(ratios):.2f}-{max(ratios):.2f}",
+                        "cpu_bf16_over_fp32": median(cpu["bfloat16"]) / median(cpu["float32"]),
+                    }
+                )
+                print(f"  {case}, {threads} threads: bf16 / fp32 {rows[-1]['bf16_over_fp32']:.2f}", flush=True)
+    return rows
+
+
+FORWARD_COLUMNS = [
+    ("case", "case", "s"),
+    ("threads", "threads", "d"),
+    ("float32_s", "fp32 s", ".3f"),
+    ("bfloat16_s", "bf16 s", ".3f"),
+    ("bf16_over_fp32", "bf16/fp32", ".2f"),
+    ("round_ratios", "per round", "s"),
+    ("cpu_bf16_over_fp32", "CPU bf16/fp32", ".2f"),
+]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, nargs="+", default=None, help="model folders (default: fixtures, bundled)")
     parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds per case")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--forward", action="store_true", help="time one forward of the benchmark model instead")
+    parser.add_argument("--forward-threads", type=int, nargs="+", default=None, help="with --forward (default: 1, all)")
+    parser.add_argument("--quick", action="store_true", help="with --forward: 256 tokens, 2 layers")
     args = parser.parse_args(argv)
+    if args.forward:
+        threads = args.forward_threads or sorted({1, torch.get_num_threads()})
+        print(f"torch {torch.__version__}; one forward, bfloat16 vs float32, {args.repeats} alternating rounds")
+        print(kernels_line())
+        rows = compare_forward(threads, args.repeats, args.quick)
+        print()
+        print_table(rows, FORWARD_COLUMNS)
+        if args.json:
+            args.json.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     from omni_core import DEFAULT_MODEL_DIR

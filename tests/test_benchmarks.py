@@ -161,3 +161,17 @@ def test_step_cache_quality_benchmark_on_the_bundled_model(tmp_path):
     assert result["teacache_coefficients"]["model"] == shipped["teacache_coefficients"]
     for accuracy in (result["t2i_color_accuracy"], result["t2i_shape_accuracy"], result["in_context_accuracy"]):
         assert all(0 <= value <= 1 for value in accuracy.values())
+
+
+def test_bf16_forward_benchmark_times_both_dtypes_side_by_side(tmp_path):
+    out = tmp_path / "bf16_forward.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bf16.py"), "--forward", "--quick", "--repeats", "1",
+         "--forward-threads", "1", "--json", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["case"], row["threads"]) for row in rows] == [("text-only", 1), ("1 reference", 1)]
+    for row in rows:
+        assert row["float32_s"] > 0 and row["bfloat16_s"] > 0
+        assert row["bf16_over_fp32"] == row["bfloat16_s"] / row["float32_s"]  # one round: its own ratio
