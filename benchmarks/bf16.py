@@ -159,11 +159,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--forward", action="store_true", help="time one forward of the benchmark model instead")
-    parser.add_argument("--forward-threads", type=int, nargs="+", default=None, help="with --forward (default: 1, all)")
+    parser.add_argument(
+        "--forward-threads", type=int, nargs="+", default=None, help="with --forward (default: 1 and --threads or all)"
+    )
     parser.add_argument("--quick", action="store_true", help="with --forward: 256 tokens, 2 layers")
     args = parser.parse_args(argv)
     if args.forward:
-        threads = args.forward_threads or sorted({1, torch.get_num_threads()})
+        threads = args.forward_threads or sorted({1, args.threads or torch.get_num_threads()})
         print(f"torch {torch.__version__}; one forward, bfloat16 vs float32, {args.repeats} alternating rounds")
         print(kernels_line())
         rows = compare_forward(threads, args.repeats, args.quick)
