@@ -163,7 +163,7 @@ def run_worker(script: Path, args: Sequence[str], timeout: float | None = None) 
 
 
 def environment() -> dict:
-    """What the figures depend on, including the CPU and the float32 kernels chosen for it (kernel_choice.py)."""
+    """What the figures depend on, including the CPU and the kernels chosen for it in each dtype (kernel_choice.py)."""
     import dataclasses
 
     from omni_core.kernel_choice import cpu_description, current_kernels
@@ -174,17 +174,19 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "cpu": cpu_description()[0],
         "cpu_kernels": dataclasses.asdict(current_kernels()),
+        "cpu_kernels_bfloat16": dataclasses.asdict(current_kernels(torch.bfloat16)),
         "python": sys.version.split()[0],
     }
 
 
 def kernels_line() -> str:
-    """The CPU and the float32 kernel paths in force, for a benchmark's header."""
+    """The CPU and the kernel paths in force, for a benchmark's header."""
     env = environment()
-    kernels = env["cpu_kernels"]
+    kernels, bf16 = env["cpu_kernels"], env["cpu_kernels_bfloat16"]
     return (
         f"CPU {env['cpu']}; float32 kernels: linear {kernels['linear']}, attention {kernels['attention']} "
-        f"({kernels['source']}; override with OMNI_CORE_CPU_GEMM=onednn|mkl)"
+        f"({kernels['source']}); bfloat16 attention {bf16['attention']} ({bf16['source']}); "
+        "override with OMNI_CORE_CPU_GEMM=onednn|mkl"
     )
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_gemm import onednn_gemm_applies, onednn_linear
-from .kernel_choice import current_kernels
+from .kernel_choice import KERNEL_DTYPES, current_kernels
 
 SDPA_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa argument
 ONEDNN_ROWS = 256  # query rows (all heads of a group) per score block: 256 x S_k floats stay near the L2 cache
@@ -57,10 +57,22 @@ def attention(
     _check_shapes(query, key, value)
     B, _, S_q, _ = query.shape
     mask = normalize_mask(mask, B, S_q, key.shape[2])
-    blockable = mask is None or mask.shape[2] == 1
-    if blockable and onednn_gemm_applies(query, key, value) and current_kernels().attention == "onednn":
+    if _blocked_is_faster(query, key, value, mask):
         return blocked_attention_onednn(query, key, value, mask)
     return sdpa_attention(query, key, value, mask)
+
+
+def _blocked_is_faster(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+) -> bool:
+    """CPU inference in a dtype with a measured choice, a key mask at most, and blocks measured faster here."""
+    dtype = query.dtype
+    return (
+        (mask is None or mask.shape[2] == 1)
+        and dtype in KERNEL_DTYPES
+        and onednn_gemm_applies(query, key, value, dtype=dtype)
+        and current_kernels(dtype).attention == "onednn"
+    )
 
 
 def sdpa_attention(
@@ -83,26 +95,30 @@ def sdpa_attention(
 def blocked_attention_onednn(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """The same attention with both products as oneDNN GEMMs, in blocks of query rows (float32 CPU inference).
+    """The same attention with both products as oneDNN GEMMs, in blocks of query rows (float32 or bfloat16 CPU
+    inference).
 
     Query heads that share a key/value head are stacked into one GEMM, so keys are never repeated; each block's
     scores [rows, S_k] are softmaxed in place and multiplied by the values at once. mask: None or [B, 1, 1, S_k].
+    Scores and softmax are float32 in either dtype, as in torch's flash kernel: bfloat16 scores would double the
+    error of sharp attention. Only the probabilities are rounded to bfloat16, for the product with the values.
     """
     B, H, S_q, D = query.shape
     H_kv = key.shape[1]
     groups = H // H_kv
-    scaled = (query * D**-0.5).view(B, H_kv, groups, S_q, D)
+    scaled = (query.float() * D**-0.5).view(B, H_kv, groups, S_q, D)
     out = query.new_empty(B, H_kv, groups, S_q, D)
     block = max(1, ONEDNN_ROWS // groups)
     for b in range(B):
         hidden = None if mask is None else ~mask[b, 0, 0]  # keys to drop
         for h in range(H_kv):
-            k, v_t = key[b, h].contiguous(), value[b, h].t().contiguous()
+            k, v_t = key[b, h].float().contiguous(), value[b, h].t().contiguous()
             for start in range(0, S_q, block):
                 q = scaled[b, h, :, start : start + block]
                 n = q.shape[1]
                 scores = onednn_linear(q.reshape(groups * n, D), k)
                 if hidden is not None:
                     scores.masked_fill_(hidden, float("-inf"))
-                out[b, h, :, start : start + n] = onednn_linear(torch.softmax(scores, dim=-1), v_t).view(groups, n, D)
+                probabilities = torch.softmax(scores, dim=-1).to(value.dtype)
+                out[b, h, :, start : start + n] = onednn_linear(probabilities, v_t).view(groups, n, D)
     return out.view(B, H, S_q, D)

@@ -1,17 +1,19 @@
-"""Which float32 CPU kernels run the model's products on this machine: measured once, cached on disk, overridable.
+"""Which CPU kernels run the model's products on this machine: measured once, cached on disk, overridable.
 
 Two paths exist for float32 CPU inference: oneDNN (`torch.ops.mkldnn._linear_pointwise` for the linear layers, and
 blocked attention built on it) and torch's own kernels (`F.linear`, i.e. MKL's sgemm on x86 builds, and
-`F.scaled_dot_product_attention`). Which is faster is a property of the CPU, not of the engine: on the AMD EPYC
-(Zen 4) measured here oneDNN runs the model's GEMMs 2-2.9x faster, while on an Intel Xeon a user found the engine
-slower than the official one with oneDNN. So the choice is made by a micro-benchmark of both paths on a few
-representative shapes (interleaved rounds, medians; ~0.1-0.5 s once), cached per machine in
-`$XDG_CACHE_HOME/omni_core/cpu_kernels.json` (default `~/.cache/...`) under a key of everything that decides it:
-CPU model and its relevant instruction-set flags, torch version, thread count and dtype. A missing, unwritable or
-corrupt cache only means measuring again.
+`F.scaled_dot_product_attention`). Which is faster is a property of the CPU, not of the engine: on the AMD EPYCs
+measured here oneDNN runs the model's GEMMs 2-2.9x faster, while on an Intel Xeon with AMX MKL is the faster one.
+bfloat16 has one GEMM path (torch's own bfloat16 CPU GEMM is oneDNN), so only its attention is chosen: blocked
+oneDNN products against torch's bfloat16 flash kernel (2.4-2.6x apart on an AMD EPYC Zen 5 without AMX).
+
+So the choice is made by a micro-benchmark of both paths on a few representative shapes (interleaved rounds,
+medians; ~0.1-0.5 s once per dtype), cached per machine in `$XDG_CACHE_HOME/omni_core/cpu_kernels.json` (default
+`~/.cache/...`) under a key of everything that decides it: CPU model and its relevant instruction-set flags, torch
+version, thread count and dtype. A missing, unwritable or corrupt cache only means measuring again.
 
 Override: `OMNI_CORE_CPU_GEMM=auto|onednn|mkl` (read at first use) or `set_cpu_gemm(...)` (any time); `onednn` or
-`mkl` forces both linear layers and attention to that path (`mkl` = torch's own kernels).
+`mkl` forces both linear layers and attention to that path (`mkl` = torch's own kernels) in every dtype.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx51
 LINEAR_SHAPES = ((384, 1024, 1024), (384, 1024, 3072))  # (rows, in, out): attention-sized and feed-forward-sized
 ATTENTION_SHAPE = (6, 2, 512, 120)  # query heads, key/value heads, tokens, head_dim (the release's head shape)
 ROUNDS = 5
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the CPU inference dtypes with a choice of kernels
 
 
 @dataclass(frozen=True)
 class KernelChoice:
     """The path of each product ("onednn" or "mkl" = torch's own) and where the choice came from: "measured",
-    "cache", "override" or "unavailable" (no oneDNN GEMM in this build). Ratios are oneDNN / torch median times."""
+    "cache", "override" or "unavailable" (no oneDNN GEMM in this build). Ratios are oneDNN / torch median times.
+    bfloat16 linear layers are always "onednn" (torch's own bfloat16 GEMM is oneDNN), with no ratio."""
 
     linear: str
     attention: str
@@ -136,27 +140,35 @@ def _median_seconds(candidates: dict[str, Callable[[], object]], rounds: int = R
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
+def _attention_inputs(dtype: torch.dtype, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    heads, kv_heads, tokens, head_dim = ATTENTION_SHAPE
+    shapes = ((1, heads, tokens, head_dim), (1, kv_heads, tokens, head_dim), (1, kv_heads, tokens, head_dim))
+    return tuple(torch.randn(shape, generator=generator).to(dtype) for shape in shapes)
+
+
 @torch.no_grad()
-def measure() -> tuple[float, float]:
-    """(oneDNN / torch time for the linear shapes, the same for attention) on this machine, threads as set now."""
+def measure(dtype: torch.dtype = torch.float32) -> tuple[float | None, float]:
+    """(oneDNN / torch time for the linear shapes, the same for attention) in `dtype` on this machine, threads as
+    set now. bfloat16 has no linear ratio: both of its GEMM paths are oneDNN."""
     from .attention import blocked_attention_onednn, sdpa_attention  # they import this module: import late
     from .cpu_gemm import onednn_linear
 
     generator = torch.Generator().manual_seed(0)
-    linear_time = {"onednn": 0.0, "mkl": 0.0}
-    for rows, inner, outer in LINEAR_SHAPES:
-        x = torch.randn(rows, inner, generator=generator)
-        weight = torch.randn(outer, inner, generator=generator) * inner**-0.5
-        times = _median_seconds({"onednn": lambda: onednn_linear(x, weight), "mkl": lambda: F.linear(x, weight)})
-        for name in linear_time:
-            linear_time[name] += times[name]
-    heads, kv_heads, tokens, head_dim = ATTENTION_SHAPE
-    q = torch.randn(1, heads, tokens, head_dim, generator=generator)
-    k, v = (torch.randn(1, kv_heads, tokens, head_dim, generator=generator) for _ in range(2))
+    linear_ratio = None
+    if dtype == torch.float32:
+        linear_time = {"onednn": 0.0, "mkl": 0.0}
+        for rows, inner, outer in LINEAR_SHAPES:
+            x = torch.randn(rows, inner, generator=generator)
+            weight = torch.randn(outer, inner, generator=generator) * inner**-0.5
+            times = _median_seconds({"onednn": lambda: onednn_linear(x, weight), "mkl": lambda: F.linear(x, weight)})
+            for name in linear_time:
+                linear_time[name] += times[name]
+        linear_ratio = linear_time["onednn"] / linear_time["mkl"]
+    q, k, v = _attention_inputs(dtype, generator)
     attention_time = _median_seconds(
         {"onednn": lambda: blocked_attention_onednn(q, k, v, None), "mkl": lambda: sdpa_attention(q, k, v, None)}
     )
-    return linear_time["onednn"] / linear_time["mkl"], attention_time["onednn"] / attention_time["mkl"]
+    return linear_ratio, attention_time["onednn"] / attention_time["mkl"]
 
 
 def check_setting(setting: str, where: str) -> str:
@@ -165,27 +177,37 @@ def check_setting(setting: str, where: str) -> str:
     return setting
 
 
-def choose_kernels(setting: str = "auto", threads: int | None = None) -> KernelChoice:
-    """The kernel paths for `setting` at `threads` (default: torch's current count): forced, cached or measured now
-    (and cached). Measuring runs at the current thread count, so `threads` only names the cache entry."""
+def check_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype not in KERNEL_DTYPES:
+        raise InvalidInputError(f"CPU kernels are chosen for {', '.join(map(str, KERNEL_DTYPES))} only; got {dtype}.")
+    return dtype
+
+
+def choose_kernels(
+    setting: str = "auto", threads: int | None = None, dtype: torch.dtype = torch.float32
+) -> KernelChoice:
+    """The kernel paths for `setting` at `threads` (default: torch's current count) in `dtype`: forced, cached or
+    measured now (and cached). Measuring runs at the current thread count, so `threads` only names the cache entry."""
     check_setting(setting, "the CPU GEMM setting")
+    check_dtype(dtype)
+    fixed_linear = "onednn" if dtype == torch.bfloat16 else None
     if not onednn_available():
         return KernelChoice("mkl", "mkl", "unavailable")
     if setting != "auto":
-        return KernelChoice(setting, setting, "override")
-    key = cache_key(threads or torch.get_num_threads())
+        return KernelChoice(fixed_linear or setting, setting, "override")
+    key = cache_key(threads or torch.get_num_threads(), dtype)
     path = cache_file()
     entry = _read_entries(path).get(key)
     if _valid(entry):
         return KernelChoice(
             entry["linear"], entry["attention"], "cache", entry.get("linear_ratio"), entry.get("attention_ratio")
         )
-    linear_ratio, attention_ratio = measure()
+    linear_ratio, attention_ratio = measure(dtype)
     choice = KernelChoice(
-        "onednn" if linear_ratio < 1.0 else "mkl",
+        fixed_linear or ("onednn" if linear_ratio < 1.0 else "mkl"),
         "onednn" if attention_ratio < 1.0 else "mkl",
         "measured",
-        round(linear_ratio, 3),
+        None if linear_ratio is None else round(linear_ratio, 3),
         round(attention_ratio, 3),
     )
     _write_entry(path, key, choice)
@@ -193,7 +215,7 @@ def choose_kernels(setting: str = "auto", threads: int | None = None) -> KernelC
 
 
 _setting: str | None = None  # set_cpu_gemm's value; None: the environment variable, else "auto"
-_chosen: dict[int, KernelChoice] = {}  # per thread count, for this process
+_chosen: dict[tuple[int, torch.dtype], KernelChoice] = {}  # per thread count and dtype, for this process
 
 
 def set_cpu_gemm(setting: str | None) -> None:
@@ -203,16 +225,17 @@ def set_cpu_gemm(setting: str | None) -> None:
     _chosen.clear()
 
 
-def current_kernels() -> KernelChoice:
-    """The choice in force for torch's current thread count: made once per count and process, logged once."""
+def current_kernels(dtype: torch.dtype = torch.float32) -> KernelChoice:
+    """The choice in force for torch's current thread count and `dtype`: made once per count, dtype and process,
+    logged once."""
     threads = torch.get_num_threads()
-    choice = _chosen.get(threads)
+    choice = _chosen.get((threads, dtype))
     if choice is None:
         setting = _setting or check_setting(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", ENV_VAR)
-        choice = _chosen[threads] = choose_kernels(setting, threads)
+        choice = _chosen[threads, dtype] = choose_kernels(setting, threads, dtype)
         log.info(
-            "float32 CPU kernels (%d threads): linear %s, attention %s (%s; oneDNN/torch time %s / %s); set %s="
-            "onednn|mkl to override", threads, choice.linear, choice.attention, choice.source,
-            choice.linear_ratio, choice.attention_ratio, ENV_VAR,
+            "%s CPU kernels (%d threads): linear %s, attention %s (%s; oneDNN/torch time %s / %s); set %s="
+            "onednn|mkl to override", str(dtype).removeprefix("torch."), threads, choice.linear, choice.attention,
+            choice.source, choice.linear_ratio, choice.attention_ratio, ENV_VAR,
         )
     return choice

@@ -1,5 +1,6 @@
-"""The float32 CPU kernel choice: overrides force each path (seen in the profiler), both agree to round-off, and the
-per-machine cache survives round trips, misses on another key and shrugs off corrupt or unwritable files."""
+"""The CPU kernel choice: overrides force each path (seen in the profiler), both agree to round-off (bfloat16
+attention: as close to exact as torch's own kernel), and the per-machine cache survives round trips, misses on
+another key (thread count, dtype) and shrugs off corrupt or unwritable files."""
 
 import json
 
@@ -51,6 +52,26 @@ def test_override_forces_each_path_and_both_agree():
         assert (fast - plain).abs().max() < 1e-5
 
 
+@torch.no_grad()
+def test_bfloat16_attention_paths_are_forced_and_as_exact_as_torchs_kernel():
+    generator = torch.Generator().manual_seed(0)
+    # sharp attention (logits of tens): rounding the scores to bfloat16 would double the error
+    q, k, v = (3 * torch.randn(1, heads, 300, 64, generator=generator, dtype=torch.float64) for heads in (6, 2, 2))
+    exact = attention(q, k, v).float()
+    errors = {}
+    for setting in ("onednn", "mkl"):
+        kernel_choice.set_cpu_gemm(setting)
+        assert kernel_choice.current_kernels(torch.bfloat16) == kernel_choice.KernelChoice("onednn", setting, "override")
+        inputs = [t.to(torch.bfloat16) for t in (q, k, v)]
+        ops = ops_run(lambda: attention(*inputs))
+        assert ("mkldnn::_linear_pointwise" in ops) == (setting == "onednn")
+        assert ("aten::scaled_dot_product_attention" in ops) == (setting == "mkl")
+        out = attention(*inputs)
+        assert out.dtype == torch.bfloat16
+        errors[setting] = (out.float() - exact).pow(2).mean().sqrt().item()
+    assert errors["onednn"] < 1.1 * errors["mkl"], errors
+
+
 def test_environment_variable_overrides_and_bad_values_name_it(monkeypatch):
     monkeypatch.setenv(kernel_choice.ENV_VAR, "mkl")
     kernel_choice.set_cpu_gemm(None)
@@ -74,6 +95,14 @@ def test_measured_choice_is_cached_per_key(cache_home):
     # another key (here: thread count) is not served the cached entry; both are kept
     assert kernel_choice.choose_kernels("auto", threads=3).source == "measured"
     assert len(json.loads(kernel_choice.cache_file().read_text())["entries"]) == 2
+    # bfloat16 has its own entry; its linear layers have one path (torch's bfloat16 GEMM is oneDNN), so no ratio
+    bf16 = kernel_choice.choose_kernels("auto", threads=1, dtype=torch.bfloat16)
+    assert bf16.source == "measured" and bf16.linear == "onednn" and bf16.linear_ratio is None
+    assert bf16.attention_ratio > 0 and bf16.attention in ("onednn", "mkl")
+    assert kernel_choice.choose_kernels("auto", threads=1, dtype=torch.bfloat16).source == "cache"
+    assert kernel_choice.cache_key(1, torch.bfloat16) in json.loads(kernel_choice.cache_file().read_text())["entries"]
+    with pytest.raises(InvalidInputError, match="float16"):
+        kernel_choice.choose_kernels("auto", threads=1, dtype=torch.float16)
 
 
 def test_corrupt_or_unwritable_cache_is_ignored(cache_home, monkeypatch):
