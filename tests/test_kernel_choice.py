@@ -56,13 +56,16 @@ def test_override_forces_each_path_and_both_agree():
 def test_bfloat16_attention_paths_are_forced_and_as_exact_as_torchs_kernel():
     generator = torch.Generator().manual_seed(0)
     # sharp attention (logits of tens): rounding the scores to bfloat16 would double the error
-    q, k, v = (3 * torch.randn(1, heads, 300, 64, generator=generator, dtype=torch.float64) for heads in (6, 2, 2))
-    exact = attention(q, k, v).float()
+    q, k, v = (3 * torch.randn(2, heads, 300, 64, generator=generator, dtype=torch.float64) for heads in (6, 2, 2))
+    keys = torch.ones(2, 300, dtype=torch.bool)
+    keys[1, 250:] = False
+    v[1, :, 250:] = 1e4  # padded keys: any weight on them would show
+    exact = attention(q, k, v, keys).float()
     errors = {}
     for setting in ("onednn", "mkl"):
         kernel_choice.set_cpu_gemm(setting)
         assert kernel_choice.current_kernels(torch.bfloat16) == kernel_choice.KernelChoice("onednn", setting, "override")
-        inputs = [t.to(torch.bfloat16) for t in (q, k, v)]
+        inputs = [t.to(torch.bfloat16) for t in (q, k, v)] + [keys]
         ops = ops_run(lambda: attention(*inputs))
         assert ("mkldnn::_linear_pointwise" in ops) == (setting == "onednn")
         assert ("aten::scaled_dot_product_attention" in ops) == (setting == "mkl")
