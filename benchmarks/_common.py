@@ -98,19 +98,21 @@ def make_inputs(
     seed: int = 1,
     dtype: torch.dtype = torch.float32,
 ) -> dict:
-    """Random transformer inputs: latents [B, 16, H, W], timestep [B], text [B, L, D] + mask, refs per sample."""
+    """Random transformer inputs: latents [B, 16, H, W], timestep [B], text [B, L, D] + mask, refs per sample.
+    Values are drawn in float32 and then cast, so every dtype gets the same inputs, rounded."""
     g = torch.Generator().manual_seed(seed)
     side = latent_side(noise_tokens)
     ref_side = latent_side(ref_tokens or noise_tokens)
-    latents = torch.randn(batch, LATENT_CHANNELS, side, side, generator=g, dtype=dtype)
-    refs = [
-        [torch.randn(LATENT_CHANNELS, ref_side, ref_side, generator=g, dtype=dtype) for _ in range(num_refs)]
-        for _ in range(batch)
-    ]
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    latents = draw(batch, LATENT_CHANNELS, side, side)
+    refs = [[draw(LATENT_CHANNELS, ref_side, ref_side) for _ in range(num_refs)] for _ in range(batch)]
     return {
         "hidden_states": latents,
         "timestep": torch.full((batch,), 0.3, dtype=dtype),
-        "text_hidden_states": torch.randn(batch, text_len, text_feat_dim, generator=g, dtype=dtype),
+        "text_hidden_states": draw(batch, text_len, text_feat_dim),
         "text_attention_mask": torch.ones(batch, text_len, dtype=torch.long),
         "ref_image_hidden_states": refs if num_refs else None,
     }
