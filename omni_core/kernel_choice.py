@@ -5,7 +5,7 @@ blocked attention built on it) and torch's own kernels (`F.linear`, i.e. MKL's s
 `F.scaled_dot_product_attention`). Which is faster is a property of the CPU, not of the engine: on the AMD EPYCs
 measured here oneDNN runs the model's GEMMs 2-2.9x faster, while on an Intel Xeon with AMX MKL is the faster one.
 bfloat16 has one GEMM path (torch's own bfloat16 CPU GEMM is oneDNN), so only its attention is chosen: blocked
-oneDNN products against torch's bfloat16 flash kernel (2.4-2.6x apart on an AMD EPYC Zen 5 without AMX).
+oneDNN products against torch's bfloat16 flash kernel (the blocks 1.9x faster on an AMD EPYC Zen 5 without AMX).
 
 So the choice is made by a micro-benchmark of both paths on a few representative shapes (interleaved rounds,
 medians; ~0.1-0.5 s once per dtype), cached per machine in `$XDG_CACHE_HOME/omni_core/cpu_kernels.json` (default
