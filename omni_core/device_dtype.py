@@ -7,9 +7,10 @@ bfloat16 where the device supports it; anything else float32. OmniGen2's transfo
 FLUX), so of the half-precision types only bfloat16 is offered, which is also what the official pipeline runs in.
 
 On the CPU float32 stays the default here too: it is what matches the official outputs to round-off. bfloat16 is
-an opt-in (`load_model(dtype=torch.bfloat16)`): on the AMD EPYC (Zen 4, AVX512-BF16, no AMX) measured here it takes
-0.5-0.7x the float32 time at ~50 dB PSNR against float32 on the pipeline fixtures (benchmarks/README.md), and
-`load_model` says so in its log on CPUs that have bfloat16 instructions.
+an opt-in (`load_model(dtype=torch.bfloat16)`): measured here it takes 0.57-0.61x the float32 time on an AMD EPYC
+Zen 5 (AVX512-BF16, no AMX) and 0.29-0.41x on an Intel Xeon with AMX, at ~50 dB PSNR against float32 on the
+pipeline fixtures (benchmarks/README.md), and `load_model` says so in its log on CPUs that have bfloat16
+instructions.
 """
 
 from __future__ import annotations

@@ -121,3 +121,13 @@ def test_corrupt_or_unwritable_cache_is_ignored(cache_home, monkeypatch):
     blocked.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # the cache folder cannot be created
     assert kernel_choice.choose_kernels("auto", threads=1).source == "measured"
+
+
+def test_load_model_chooses_the_kernels_before_any_generation(cache_home, monkeypatch):
+    from omni_core import load_model
+
+    monkeypatch.delenv(kernel_choice.ENV_VAR, raising=False)
+    kernel_choice.set_cpu_gemm(None)  # forget this process's choices: the next one is measured, into cache_home
+    load_model(dtype=torch.bfloat16)
+    entries = json.loads(kernel_choice.cache_file().read_text())["entries"]
+    assert list(entries) == [kernel_choice.cache_key(torch.get_num_threads(), torch.bfloat16)]

@@ -11,6 +11,7 @@ import torch
 
 from ..device_dtype import check_device, cpu_has_bf16_instructions, default_dtype
 from ..errors import ModelFileError
+from ..kernel_choice import KERNEL_DTYPES, current_kernels
 from ..lora import LoraSpec
 from ..lora.apply import resolve_loras
 from ..pipeline import OmniGen2
@@ -91,6 +92,8 @@ def load_model(
         if scheduler_file.is_file():
             scheduler_config = json.loads(scheduler_file.read_text())
     transformer = load_transformer(files["transformer"], dtype=dtype, device=device, storage_dtype=transformer_storage_dtype)
+    if device.type == "cpu" and dtype in KERNEL_DTYPES:
+        current_kernels(dtype)  # a new machine measures its kernels now, not inside the first (timed) generation
     vae = load_vae(files["vae"], dtype=vae_dtype or dtype, device=device)
     text_encoder = load_text_encoder(
         files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device
