@@ -177,7 +177,8 @@ def check_setting(setting: str, where: str) -> str:
     return setting
 
 
-def check_dtype(dtype: torch.dtype) -> torch.dtype:
+def _check_kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    """`dtype`, if it is one with a choice of CPU kernels (not loading.strict.check_dtype, which checks model dtypes)."""
     if dtype not in KERNEL_DTYPES:
         raise InvalidInputError(f"CPU kernels are chosen for {', '.join(map(str, KERNEL_DTYPES))} only; got {dtype}.")
     return dtype
@@ -189,7 +190,7 @@ def choose_kernels(
     """The kernel paths for `setting` at `threads` (default: torch's current count) in `dtype`: forced, cached or
     measured now (and cached). Measuring runs at the current thread count, so `threads` only names the cache entry."""
     check_setting(setting, "the CPU GEMM setting")
-    check_dtype(dtype)
+    _check_kernel_dtype(dtype)
     fixed_linear = "onednn" if dtype == torch.bfloat16 else None
     if not onednn_available():
         return KernelChoice("mkl", "mkl", "unavailable")
