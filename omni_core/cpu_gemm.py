@@ -1,12 +1,12 @@
 """Float32 CPU GEMMs for inference on the faster of oneDNN and MKL, as measured on the machine that runs them.
 
 PyTorch sends float32 CPU matmuls to MKL's sgemm; oneDNN (`torch.ops.mkldnn._linear_pointwise`, the op inductor
-uses) runs the same products too. Neither is faster everywhere: on the AMD EPYCs measured here (Zen 4, Zen 5)
-oneDNN is 2-2.9x faster for every linear shape of the model, while on an Intel Xeon with AMX MKL is faster and
-oneDNN always on made the engine slower than the official one. The rule (kernel_choice.py): a micro-benchmark of
-both paths, run once per machine and cached on disk under the CPU model and flags, torch version, thread count and
-dtype, decides (it picked oneDNN on both EPYCs and MKL on the Xeon); `OMNI_CORE_CPU_GEMM=auto|onednn|mkl` or
-`kernel_choice.set_cpu_gemm` overrides it.
+uses) runs the same products too. Neither is faster everywhere: on an AMD EPYC Zen 5 oneDNN is ~2x faster for
+every linear shape of the model, on a Zen 4 0-25% faster, while on an Intel Xeon with AMX MKL is faster and oneDNN
+always on made the engine slower than the official one. The rule (kernel_choice.py): a micro-benchmark of both
+paths, run once per machine and cached on disk under the CPU model (family and model numbers included) and flags,
+torch version, thread count and dtype, decides (it picked oneDNN on both EPYCs and MKL on the Xeon);
+`OMNI_CORE_CPU_GEMM=auto|onednn|mkl` or `kernel_choice.set_cpu_gemm` overrides it.
 
 `linear` takes the chosen path where it applies and F.linear everywhere else (GPU, bfloat16 and other dtypes, which
 torch already sends to oneDNN, autograd, builds without the op, which is private to PyTorch and checked for).

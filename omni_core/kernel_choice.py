@@ -2,15 +2,18 @@
 
 Two paths exist for float32 CPU inference: oneDNN (`torch.ops.mkldnn._linear_pointwise` for the linear layers, and
 blocked attention built on it) and torch's own kernels (`F.linear`, i.e. MKL's sgemm on x86 builds, and
-`F.scaled_dot_product_attention`). Which is faster is a property of the CPU, not of the engine: on the AMD EPYCs
-measured here oneDNN runs the model's GEMMs 2-2.9x faster, while on an Intel Xeon with AMX MKL is the faster one.
+`F.scaled_dot_product_attention`). Which is faster is a property of the CPU, not of the engine: on an AMD EPYC Zen 5,
+whose cores run 512-bit vectors at full width, oneDNN runs the model's GEMMs ~2x faster than MKL (which runs at the
+rate of 256-bit vectors on both AMD generations measured); on a Zen 4, which splits 512-bit vectors in two halves,
+the two are within a few percent; on an Intel Xeon with AMX MKL is the faster one.
 bfloat16 has one GEMM path (torch's own bfloat16 CPU GEMM is oneDNN), so only its attention is chosen: blocked
 oneDNN products against torch's bfloat16 flash kernel (the blocks 1.9x faster on an AMD EPYC Zen 5 without AMX).
 
 So the choice is made by a micro-benchmark of both paths on a few representative shapes (interleaved rounds,
 medians; ~0.1-0.5 s once per dtype), cached per machine in `$XDG_CACHE_HOME/omni_core/cpu_kernels.json` (default
-`~/.cache/...`) under a key of everything that decides it: CPU model and its relevant instruction-set flags, torch
-version, thread count and dtype. A missing, unwritable or corrupt cache only means measuring again.
+`~/.cache/...`) under a key of everything that decides it: CPU model with its family and model numbers, its relevant
+instruction-set flags, torch version, thread count and dtype. A missing, unwritable or corrupt cache only means
+measuring again.
 
 Override: `OMNI_CORE_CPU_GEMM=auto|onednn|mkl` (read at first use) or `set_cpu_gemm(...)` (any time); `onednn` or
 `mkl` forces both linear layers and attention to that path (`mkl` = torch's own kernels) in every dtype.
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "OMNI_CORE_CPU_GEMM"
 SETTINGS = ("auto", "onednn", "mkl")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: CPU family and model in the key
 # instruction-set extensions that change which GEMM kernels oneDNN and MKL dispatch to
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 LINEAR_SHAPES = ((384, 1024, 1024), (384, 1024, 3072))  # (rows, in, out): attention-sized and feed-forward-sized
@@ -68,21 +71,26 @@ def onednn_available() -> bool:
     )
 
 
-def cpu_description() -> tuple[str, tuple[str, ...]]:
-    """(CPU model string, its relevant flags). Linux reads /proc/cpuinfo; elsewhere platform and torch's view."""
-    model, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == "model name" and not model:
-                model = value.strip()
-            elif name.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    model = model or platform.processor() or platform.machine()
+def cpu_description(cpuinfo: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """(CPU model string, its relevant flags) from `cpuinfo` (default: /proc/cpuinfo; elsewhere platform and torch's
+    view).
+
+    The string carries the family and model numbers where the OS gives them: a virtual machine may name every
+    generation alike ("AMD EPYC" for Zen 4 and Zen 5, with equal flags), yet their kernel choices differ."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():  # the first processor's entry
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    generation = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model")) if key in fields]
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", ...: torch's own dispatch level
-    return f"{model} ({capability})", tuple(flag for flag in RELEVANT_FLAGS if flag in flags)
+    flags = set(fields.get("flags", "").split())
+    return f"{model} ({', '.join([*generation, capability])})", tuple(flag for flag in RELEVANT_FLAGS if flag in flags)
 
 
 def cache_key(threads: int, dtype: torch.dtype = torch.float32) -> str:

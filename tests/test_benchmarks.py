@@ -175,3 +175,39 @@ def test_bf16_forward_benchmark_times_both_dtypes_side_by_side(tmp_path):
     for row in rows:
         assert row["float32_s"] > 0 and row["bfloat16_s"] > 0
         assert row["bf16_over_fp32"] == row["bfloat16_s"] / row["float32_s"]  # one round: its own ratio
+
+
+def test_kernel_floor_replays_exactly_the_forwards_gemm_and_attention_calls():
+    """benchmarks/profile_forward.py's kernel floor: the replay of one recorded forward runs the same GEMM and
+    attention kernels as the forward itself (counted by torch's profiler, under either kernel path) and nothing of
+    what lies between them (norms, RoPE, residuals)."""
+    from collections import Counter
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import profile_forward
+    from _common import bench_config, build_ours, make_inputs
+
+    from omni_core import kernel_choice
+
+    def ops(fn) -> Counter:
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return Counter({event.key: event.count for event in prof.key_averages()})
+
+    model = build_ours(bench_config(num_layers=2, num_refiner_layers=1))
+    inputs = make_inputs(1, 64, 1, 64, 16, 256)
+    forward = lambda: model(**inputs)  # noqa: E731
+    try:
+        for setting in ("onednn", "mkl"):
+            kernel_choice.set_cpu_gemm(setting)
+            replay, calls = profile_forward.kernel_replay(forward)
+            ran, replayed = ops(forward), ops(replay)
+            kernels = {name: count for name, count in ran.items() if profile_forward.kernel_kind(name) != "other"}
+            assert sum(kernels.values()) == calls > 0
+            assert {name: replayed[name] for name in kernels} == kernels, setting
+            assert "aten::linalg_vector_norm" in ran and "aten::linalg_vector_norm" not in replayed
+    finally:
+        kernel_choice.set_cpu_gemm(None)

@@ -115,7 +115,7 @@ def test_corrupt_or_unwritable_cache_is_ignored(cache_home, monkeypatch):
     assert kernel_choice.choose_kernels("auto", threads=1).source == "measured"
     assert kernel_choice.choose_kernels("auto", threads=1).source == "cache"  # rewritten whole
     key = kernel_choice.cache_key(1)
-    path.write_text(json.dumps({"format": 1, "entries": {key: {"linear": "cublas", "attention": 3}}}))
+    path.write_text(json.dumps({"format": kernel_choice.CACHE_FORMAT, "entries": {key: {"linear": "cublas", "attention": 3}}}))
     assert kernel_choice.choose_kernels("auto", threads=1).source == "measured"
     blocked = cache_home / "not-a-dir"
     blocked.write_text("")
@@ -131,3 +131,33 @@ def test_load_model_chooses_the_kernels_before_any_generation(cache_home, monkey
     load_model(dtype=torch.bfloat16)
     entries = json.loads(kernel_choice.cache_file().read_text())["entries"]
     assert list(entries) == [kernel_choice.cache_key(torch.get_num_threads(), torch.bfloat16)]
+
+
+# /proc/cpuinfo of two 2-core KVM guests this project ran on (first lines, flags cut to the relevant ones): both name
+# themselves "AMD EPYC" with equal flags, but oneDNN's lead and the attention path differ (benchmarks/README.md)
+ZEN4_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu avx2 fma avx512f avx512_bf16 avx512_vnni
+"""
+ZEN5_CPUINFO = ZEN4_CPUINFO.replace("cpu family\t: 25", "cpu family\t: 26").replace("model\t\t: 17", "model\t\t: 2")
+
+
+def test_cpu_generations_with_one_name_get_their_own_kernel_choice():
+    zen4, zen5 = kernel_choice.cpu_description(ZEN4_CPUINFO), kernel_choice.cpu_description(ZEN5_CPUINFO)
+    assert zen4[1] == zen5[1] == ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16")
+    assert zen4[0].startswith("AMD EPYC (family 25, model 17, ") and zen5[0].startswith("AMD EPYC (family 26, model 2, ")
+    # this machine's cache key carries its own generation, read from the OS
+    family = next((line.split(":")[1].strip() for line in _cpuinfo().splitlines() if line.startswith("cpu family")), None)
+    if family is not None:
+        assert f"(family {family}, model " in kernel_choice.cache_key(1)
+
+
+def _cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo") as file:
+            return file.read()
+    except OSError:
+        return ""
