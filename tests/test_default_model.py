@@ -84,3 +84,28 @@ def test_without_a_text_guidance_the_bundled_model_samples_at_its_own(default_mo
     official = default_model.generate("a red circle on a blue background", text_guidance_scale=5.0, **small).images
     assert torch.equal(own, tuned) and not torch.equal(own, official)
     assert omni_core.load_model(FIXTURE).text_guidance(None) == 5.0
+
+
+def test_a_copy_of_the_bundled_folder_keeps_its_defaults_and_bad_declarations_name_the_key(tmp_path):
+    """The defaults live in the folder's model_index.json, not in where the folder sits: a copy (say, into ComfyUI's
+    models/omnigen2/) draws at 64 x 64 with guidance 2.5 as the bundled one does; a folder declaring none keeps the
+    official 1024 and 5.0; a wrong declaration fails at load, naming the file and the key."""
+    import json
+    import shutil
+
+    from omni_core.errors import ModelFileError
+    from omni_core.loading.model_loader import FOLDER_DEFAULTS_KEY
+
+    copy = shutil.copytree(omni_core.DEFAULT_MODEL_DIR, tmp_path / "my-shapes-model")
+    model = omni_core.load_model(copy)
+    assert (model.default_size, model.text_guidance(None)) == (omni_core.DEFAULT_MODEL_SIZE, omni_core.DEFAULT_MODEL_TEXT_GUIDANCE)
+    index = copy / "model_index.json"
+    declared = json.loads(index.read_text())
+    undeclared = {key: value for key, value in declared.items() if key != FOLDER_DEFAULTS_KEY}
+    index.write_text(json.dumps(undeclared))
+    official = omni_core.load_model(copy)
+    assert (official.default_size, official.text_guidance(None)) == (1024, 5.0)
+    for bad in ({"size": 60}, {"size": "64"}, {"text_guidance_scale": -1}, {"steps": 20}, [64]):
+        index.write_text(json.dumps({**undeclared, FOLDER_DEFAULTS_KEY: bad}))
+        with pytest.raises(ModelFileError, match=FOLDER_DEFAULTS_KEY):
+            omni_core.load_model(copy)

@@ -26,6 +26,9 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
 # the official 5.0 is the released model's.
 DEFAULT_MODEL_TEXT_GUIDANCE = 2.5
 DEFAULT_MODEL_SIZE = 64  # the bundled model's training size: its output side when none is given (the release: 1024)
+# The key of a folder's model_index.json under which a model tuned otherwise than the release declares its sampling
+# defaults ({"size": 64, "text_guidance_scale": 2.5} for the bundled model); diffusers ignores keys starting with "_".
+FOLDER_DEFAULTS_KEY = "_omni_core_defaults"
 # Where a model folder keeps the independent-condition LoRA trained for it (the bundled model has one).
 INDEPENDENT_CONDITION_LORA = Path("loras") / "independent_condition.safetensors"
 log = logging.getLogger(__name__)
@@ -98,7 +101,31 @@ def load_model(
     text_encoder = load_text_encoder(
         files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device
     )
-    bundled = not isinstance(path_or_files, Mapping) and Path(path_or_files).resolve() == DEFAULT_MODEL_DIR.resolve()
-    # the bundled model was tuned smaller than the release: its own automatic size and text guidance
-    defaults = dict(default_size=DEFAULT_MODEL_SIZE, default_text_guidance=DEFAULT_MODEL_TEXT_GUIDANCE) if bundled else {}
+    defaults = {} if isinstance(path_or_files, Mapping) else folder_defaults(Path(path_or_files))
     return OmniGen2(transformer, vae, text_encoder, scheduler_config, **defaults).with_loras(loras)
+
+
+def folder_defaults(root: Path) -> dict[str, float]:
+    """The sampling defaults a model folder declares in its model_index.json (`FOLDER_DEFAULTS_KEY`), as OmniGen2's
+    keyword arguments; {} (the official 1024 and 5.0) where it declares none. They travel with the folder: a copy of
+    the bundled model, or one trained by make_default_model, keeps its own size and guidance."""
+    index = root / "model_index.json"
+    if not index.is_file():
+        return {}
+    try:
+        declared = json.loads(index.read_text()).get(FOLDER_DEFAULTS_KEY, {})
+    except (OSError, ValueError, AttributeError) as error:
+        raise ModelFileError(f"'{index}' is not a readable JSON object ({error}); restore it from the model's release.")
+    allowed = {"size": "default_size", "text_guidance_scale": "default_text_guidance"}
+    if not isinstance(declared, dict) or set(declared) - set(allowed):
+        raise ModelFileError(
+            f"'{index}': {FOLDER_DEFAULTS_KEY} must be an object with keys among {sorted(allowed)}; got {declared!r}."
+        )
+    size, guidance = declared.get("size"), declared.get("text_guidance_scale")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 16):
+        raise ModelFileError(f"'{index}': {FOLDER_DEFAULTS_KEY}.size must be a positive multiple of 16; got {size!r}.")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or guidance < 0):
+        raise ModelFileError(
+            f"'{index}': {FOLDER_DEFAULTS_KEY}.text_guidance_scale must be a number >= 0; got {guidance!r}."
+        )
+    return {allowed[key]: value for key, value in declared.items()}

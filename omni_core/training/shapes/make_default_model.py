@@ -31,7 +31,13 @@ from pathlib import Path
 
 import torch
 
-from ...loading.model_loader import DEFAULT_MODEL_TEXT_GUIDANCE, INDEPENDENT_CONDITION_LORA, load_model
+from ...loading.model_loader import (
+    DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_TEXT_GUIDANCE,
+    FOLDER_DEFAULTS_KEY,
+    INDEPENDENT_CONDITION_LORA,
+    load_model,
+)
 from ..calibrate_teacache import calibrate, prompts_and_images, write_coefficients
 from .dataset import write_dataset
 from .vae import train_vae
@@ -50,6 +56,8 @@ MODEL_INDEX = {
     "scheduler": ["omnigen2", "FlowMatchEulerDiscreteScheduler"],
     "transformer": ["omnigen2", "OmniGen2Transformer2DModel"],
     "vae": ["diffusers", "AutoencoderKL"],
+    # trained at 64 x 64, where the official 1024 draws nothing and its text guidance 5.0 is too strong
+    FOLDER_DEFAULTS_KEY: {"size": DEFAULT_MODEL_SIZE, "text_guidance_scale": DEFAULT_MODEL_TEXT_GUIDANCE},
 }
 
 
