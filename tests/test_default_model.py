@@ -105,6 +105,7 @@ def test_a_copy_of_the_bundled_folder_keeps_its_defaults_and_bad_declarations_na
     index.write_text(json.dumps(undeclared))
     official = omni_core.load_model(copy)
     assert (official.default_size, official.text_guidance(None)) == (1024, 5.0)
+    (copy / "transformer" / "diffusion_pytorch_model.safetensors").unlink()  # checked before any weights load
     for bad in ({"size": 60}, {"size": "64"}, {"text_guidance_scale": -1}, {"steps": 20}, [64]):
         index.write_text(json.dumps({**undeclared, FOLDER_DEFAULTS_KEY: bad}))
         with pytest.raises(ModelFileError, match=FOLDER_DEFAULTS_KEY):

@@ -77,6 +77,7 @@ def load_model(
         path_or_files = DEFAULT_MODEL_DIR
     scheduler_config: dict = {}
     tokenizer = None
+    defaults: dict[str, float] = {}  # single files declare none: the official size and guidance
     if isinstance(path_or_files, Mapping):
         missing = [name for name in COMPONENTS if name not in path_or_files]
         if missing:
@@ -91,6 +92,7 @@ def load_model(
                 "{'transformer': ..., 'vae': ..., 'text_encoder': ..., 'tokenizer': ...}."
             )
         files = _release_files(root)
+        defaults = folder_defaults(root)  # a bad declaration fails before minutes of loading
         scheduler_file = root / "scheduler" / "scheduler_config.json"
         if scheduler_file.is_file():
             scheduler_config = json.loads(scheduler_file.read_text())
@@ -101,7 +103,6 @@ def load_model(
     text_encoder = load_text_encoder(
         files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device
     )
-    defaults = {} if isinstance(path_or_files, Mapping) else folder_defaults(Path(path_or_files))
     return OmniGen2(transformer, vae, text_encoder, scheduler_config, **defaults).with_loras(loras)
 
 
