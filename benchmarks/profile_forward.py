@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
 from typing import Callable
 
 import torch
