@@ -20,8 +20,9 @@ would hide any difference in how the two sides compute.
 The "guided step" cases time one sampling step's guided velocity instead of one forward: the official pipeline calls
 its transformer once per pass (its `predict`: cond, ref, uncond with text and image guidance; cond, uncond with text
 guidance only) and combines them, ours runs the same passes through `GuidedVelocity` and `TransformerPasses`, which
-refines the noise and references once for all passes that see them. Ours gets a fresh runner per step, so it refines both prompts every timed step too
-(in a sampling run it does so on the first step only): the figure is an upper bound of ours.
+refines the noise and references once for all passes that see them. As in a sampling run, ours keeps one runner for
+the run: its first step (the untimed call that checks the outputs) refines both prompts, which the context refiner
+sees alone, and the timed steps reuse them, as steps 2 to N of a run do.
 """
 
 from __future__ import annotations
@@ -132,15 +133,15 @@ def forwards(ours, official, freqs_cis, inputs: dict):
 
 
 def guided_steps(ours, official, freqs_cis, inputs: dict, negative: torch.Tensor):
-    """One step's guided velocity, each side running the passes as its sampler does: ours `GuidedVelocity` over a
-    fresh `TransformerPasses`, the official a forward per pass, combined as its pipeline combines them."""
+    """One step's guided velocity, each side running the passes as its sampler does: ours `GuidedVelocity` over the
+    run's `TransformerPasses`, the official a forward per pass, combined as its pipeline combines them."""
     prompt = TextCondition(inputs["text_hidden_states"], inputs["text_attention_mask"])
     negative_text = TextCondition(negative, torch.ones(negative.shape[:2], dtype=torch.long))
     refs = inputs["ref_image_hidden_states"]
     latents = refs[0] if refs else []
     references = tuple(ReferenceImage(latent, (latent.shape[1] * 8, latent.shape[2] * 8)) for latent in latents)
     condition = Condition(positive=prompt, negative=negative_text, references=references)
-    runner = lambda *step: TransformerPasses(ours, condition, cache=None, independent_condition=False)(*step)
+    runner = TransformerPasses(ours, condition, cache=None, independent_condition=False)
     guided = GuidedVelocity(runner, prompt, negative_text, bool(references), 1, 5.0, 2.0, (0.0, 1.0))
     passes = [guided.passes[name] for name in planned_passes(guided.text_scale, guided.image_scale)]
     x, t = inputs["hidden_states"], inputs["timestep"][0]
