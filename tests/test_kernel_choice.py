@@ -133,18 +133,22 @@ def test_corrupt_or_unwritable_cache_is_ignored(cache_home, monkeypatch):
     assert kernel_choice.choose_kernels("auto", threads=1).source == "measured"
 
 
-def test_load_model_chooses_the_kernels_before_any_generation(cache_home, monkeypatch):
+def test_load_model_chooses_the_kernels_before_any_generation(cache_home, monkeypatch, caplog):
     from omni_core import load_model
 
     monkeypatch.delenv(kernel_choice.ENV_VAR, raising=False)
     kernel_choice.set_cpu_gemm(None)  # forget this process's choices: the next one is measured, into cache_home
-    load_model(dtype=torch.bfloat16)
+    with caplog.at_level("WARNING", logger="omni_core"):
+        load_model(dtype=torch.bfloat16)
+    slow = "bfloat16 runs on torch's generic kernels" in caplog.text
     if BF16_ONEDNN:
         entries = json.loads(kernel_choice.cache_file().read_text())["entries"]
         assert list(entries) == [kernel_choice.cache_key(torch.get_num_threads(), torch.bfloat16)]
-    else:  # chosen at load all the same: torch's own kernels, nothing to measure or cache
+        assert not slow
+    else:  # chosen at load all the same: torch's own kernels, nothing to measure or cache, and the user is told
         assert not kernel_choice.cache_file().exists()
         assert kernel_choice._chosen[torch.get_num_threads(), torch.bfloat16].source == "unavailable"
+        assert slow
 
 
 def test_forcing_onednn_where_it_cannot_run_names_the_path_at_load(monkeypatch):
