@@ -74,11 +74,19 @@ class TextEncoder:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
     @property
+    def _text_config(self) -> Any:
+        config = self.mllm.config
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    @property
     def max_tokens(self) -> int:
         """The longest token sequence the MLLM reads: its language model's `max_position_embeddings`."""
-        config = self.mllm.config
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        return int(text_config.max_position_embeddings)
+        return int(self._text_config.max_position_embeddings)
+
+    @property
+    def hidden_size(self) -> int:
+        """The width of the features it returns (the transformer's `text_feat_dim` must equal it)."""
+        return int(self._text_config.hidden_size)
 
     def _check_length(self, tokens: int, name: str) -> None:
         if tokens > self.max_tokens:
