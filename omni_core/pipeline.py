@@ -19,6 +19,7 @@ from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage, check_re
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import OFFICIAL_TEXT_GUIDANCE, GuidedVelocity
 from .lora import LoraSpec, apply_loras
+from .non_finite import explain_non_finite
 from .image_processing import ImageLike, check_output_size, image_array, postprocess, preprocess_reference, to_pil
 from .judges import resolve_judge
 from .reference_cache import ConditionFeatureStore, ReferenceFeatureCache
@@ -351,10 +352,7 @@ class OmniGen2:
             if step_cache is not None:
                 step_cache.clear()
         if not torch.isfinite(latents).all():
-            raise OmniGen2Error(
-                "sampling produced NaN or infinite values; float16 weights can overflow, load the model in "
-                "bfloat16 or float32 instead."
-            )
+            raise OmniGen2Error(explain_non_finite(self.transformer, condition, self.dtype))
         grid_tokens = (latent_size[0] // 2) * (latent_size[1] // 2)
         stats = {
             "steps": steps,
