@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import omni_core
-from comfyui_server import FIXTURE_MODEL, MODEL_NAME, SINGLE_FILES
+from comfyui_server import FIXTURE_MODEL, MODEL_NAME, PACK_FOLDER, SINGLE_FILES
 from omni_core.config import TransformerConfig
 from omni_core.transformer import OmniGen2Transformer
 from test_comfyui_api import example, failed, node_of
@@ -216,3 +216,18 @@ def test_nan_weights_are_named_not_blamed_on_float16(comfyui, object_info):
     assert error["node_type"] == "OmniGen2CachedSampler", error
     message = error["exception_message"]
     assert "layers.0.attn.to_q.weight" in message and "float16" not in message, message
+
+
+def test_comfyui_never_imports_the_packs_subprocess_use(comfyui, object_info):
+    """The registry scans for process launching: only the training script (make_default_model) has any, and nothing
+    ComfyUI imports from the pack, at start or while running the examples' nodes, reaches it."""
+    imported = set()
+    for name in ("omnigen2_chat.json", "omnigen2_reflect.json", "omnigen2_bundled_in_context.json"):
+        prompt = example(name, object_info)
+        save = node_of(prompt, "SaveImage")
+        prompt["80"] = {"class_type": "OmniGen2TestImportedFiles",
+                        "inputs": {"under": f"/custom_nodes/{PACK_FOLDER}/", "after": prompt[save]["inputs"]["images"]}}
+        imported.update(comfyui.run(prompt)["outputs"]["80"]["files"])
+    assert any(path.endswith("/omni_core/reflection.py") for path in imported), sorted(imported)
+    launching = [path for path in imported if "subprocess" in Path(path).read_text()]
+    assert launching == [], launching
