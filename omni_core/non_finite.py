@@ -37,7 +37,7 @@ def explain_non_finite(transformer: nn.Module, condition: Condition, dtype: torc
         )
     if dtype == torch.float16:
         return (
-            "sampling produced NaN or infinite values with finite weights and condition, computing in float16: "
+            f"sampling produced NaN or infinite values with finite weights and condition, computing in {dtype}: "
             "OmniGen2's transformer overflows float16. Load the model in bfloat16 or float32 instead."
         )
     wider = "" if dtype == torch.float32 else ", or load the model in float32"
