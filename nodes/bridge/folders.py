@@ -67,6 +67,23 @@ def _roots(key: str = MODEL_FOLDER_KEY, env: str = MODEL_DIRS_ENV) -> list[str]:
     return [p for p in os.environ.get(env, "").split(os.pathsep) if p]
 
 
+def _folder_names(key: str, env: str, is_folder: Callable[[str], bool]) -> list[str]:
+    """The names of the folders directly under the roots of `key` that `is_folder` accepts: a folder node's choices."""
+    names = set()
+    for root in _roots(key, env):
+        if os.path.isdir(root):
+            names.update(n for n in os.listdir(root) if is_folder(os.path.join(root, n)))
+    return sorted(names)
+
+
+def _listed_folder(name: str, key: str, env: str, is_folder: Callable[[str], bool]) -> str | None:
+    """The path of `name` when it is one of `_folder_names` (the first root that holds it), else None: only a listed
+    name resolves, so no absolute path or `..` reaches past the roots."""
+    if name not in _folder_names(key, env, is_folder):
+        return None
+    return next(os.path.join(r, name) for r in _roots(key, env) if is_folder(os.path.join(r, name)))
+
+
 def is_model_folder(path: str) -> bool:
     """A diffusers-layout OmniGen2 root: it has `model_index.json` or a `transformer/` folder."""
     return os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isdir(os.path.join(path, "transformer"))
@@ -74,11 +91,7 @@ def is_model_folder(path: str) -> bool:
 
 def list_model_folders() -> list[str]:
     """The bundled model first, then the diffusers-layout folders found directly under every `omnigen2` root."""
-    names = set()
-    for root in _roots():
-        if os.path.isdir(root):
-            names.update(n for n in os.listdir(root) if is_model_folder(os.path.join(root, n)))
-    return [BUNDLED_MODEL_CHOICE, *sorted(names)]
+    return [BUNDLED_MODEL_CHOICE, *_folder_names(MODEL_FOLDER_KEY, MODEL_DIRS_ENV, is_model_folder)]
 
 
 def resolve_model_folder(name: str) -> str:
@@ -89,10 +102,9 @@ def resolve_model_folder(name: str) -> str:
         return str(omni_core.DEFAULT_MODEL_DIR)
     if _script_path(name, os.path.isdir):
         return name
-    if name in list_model_folders():
-        for root in _roots():
-            if is_model_folder(os.path.join(root, name)):
-                return os.path.join(root, name)
+    found = _listed_folder(name, MODEL_FOLDER_KEY, MODEL_DIRS_ENV, is_model_folder)
+    if found is not None:
+        return found
     roots = "models/omnigen2" if IN_COMFYUI else (_roots() or f"(none: set {MODEL_DIRS_ENV})")
     raise _unlisted(
         name, "OmniGen2 model folder",
@@ -108,21 +120,16 @@ def is_judge_folder(path: str) -> bool:
 
 def list_judge_folders() -> list[str]:
     """Names of the model folders directly under every registered `vlm` root."""
-    names = set()
-    for root in _roots(JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV):
-        if os.path.isdir(root):
-            names.update(n for n in os.listdir(root) if is_judge_folder(os.path.join(root, n)))
-    return sorted(names)
+    return _folder_names(JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV, is_judge_folder)
 
 
 def resolve_judge_folder(name: str) -> str:
     """The full path of a judge folder chosen from `list_judge_folders()` (or an existing absolute path, for scripts)."""
     if _script_path(name, os.path.isdir):
         return name
-    if name in list_judge_folders():
-        for root in _roots(JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV):
-            if is_judge_folder(os.path.join(root, name)):
-                return os.path.join(root, name)
+    found = _listed_folder(name, JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV, is_judge_folder)
+    if found is not None:
+        return found
     raise _unlisted(
         name, "Judge folder",
         f"Put a vision-language model folder (e.g. Qwen2.5-VL-7B-Instruct, safetensors with its processor files) into "
