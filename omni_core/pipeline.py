@@ -419,7 +419,7 @@ class OmniGen2:
         **settings: Any,
     ) -> ReflectionResult:
         """Generate, let a judge look at the result, regenerate with its correction until it is satisfied or
-        `max_rounds` ran (see reflection.py). judge: None (this model's MLLM through `chat`), a local
+        `max_rounds` ran (see reflection.py). judge: None (this model's MLLM, see judges.py), a local
         vision-language model folder, or a callable judge(question, images) -> str. settings: `generate`'s."""
         return reflect(self, prompt, images, max_rounds, resolve_judge(self, judge), on_round=on_round, **settings)
 
