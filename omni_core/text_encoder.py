@@ -96,7 +96,9 @@ class TextEncoder:
             )
 
     @torch.no_grad()
-    def encode_batch(self, prompts: Sequence[str], names: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_batch(
+        self, prompts: Sequence[str], names: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features [B, L, D] and attention mask [B, L] (int64) of right-padded ("longest") templated prompts.
         `names` (default prompts[i]) are what errors call each prompt."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts) or not prompts:

@@ -123,8 +123,10 @@ def test_non_finite_results_are_reported(tiny_model):
     assert "float16" not in str(error.value)  # the condition was found broken, not the dtype blamed
 
 
-@pytest.mark.parametrize("dtype,hint", [(torch.float16, "overflows float16"), (torch.bfloat16, "load the model in float32"),
-                                        (torch.float32, "Lower the guidance scales.")])
+@pytest.mark.parametrize("dtype,hint", [
+    (torch.float16, "overflows float16"), (torch.bfloat16, "load the model in float32"),
+    (torch.float32, "Lower the guidance scales."),
+])
 def test_non_finite_with_finite_inputs_names_the_dtype(tiny_model, dtype, hint):
     from omni_core.non_finite import explain_non_finite
 

@@ -95,4 +95,5 @@ def test_the_packed_archive_holds_the_pack_alone(tmp_path):
     names = zipfile.ZipFile(copy / "node.zip").namelist()
     assert [n for n in names if n.startswith(LEFT_OUT)] == []
     assert [n for n in SHIPPED if n not in names] == []
-    assert {f"example_workflows/{w.stem}.{ext}" for w in WORKFLOWS.glob("*.json") for ext in ("json", "jpg")} <= set(names)
+    templates = {f"example_workflows/{w.stem}.{ext}" for w in WORKFLOWS.glob("*.json") for ext in ("json", "jpg")}
+    assert templates <= set(names)

@@ -58,10 +58,9 @@ def title_card(workflow: Path) -> Image.Image:
     task = workflow.stem.removeprefix("omnigen2_").replace("_", " ")
     card = Image.new("RGB", (SIDE, SIDE), CARD_BACKGROUND)
     draw = ImageDraw.Draw(card)
-    draw.text((SIDE // 2, SIDE // 2 - 40), "OmniGen2", font=ImageFont.load_default(size=34), fill=CARD_TEXT, anchor="mm")
-    draw.text((SIDE // 2, SIDE // 2 + 10), task, font=ImageFont.load_default(size=20), fill=CARD_TEXT, anchor="mm")
-    draw.text((SIDE // 2, SIDE // 2 + 50), "needs the OmniGen2 release", font=ImageFont.load_default(size=14),
-              fill=CARD_TEXT, anchor="mm")
+    for text, size, height in (("OmniGen2", 34, -40), (task, 20, 10), ("needs the OmniGen2 release", 14, 50)):
+        font = ImageFont.load_default(size=size)
+        draw.text((SIDE // 2, SIDE // 2 + height), text, font=font, fill=CARD_TEXT, anchor="mm")
     return card
 
 
@@ -79,7 +78,8 @@ def icon() -> Image.Image:
     for i, prompt in enumerate(ICON_PROMPTS):
         image = model.generate(prompt, steps=20, seed=i).images[0]
         picture = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-        square.paste(Image.fromarray(picture).resize((half, half), Image.Resampling.NEAREST), (i % 2 * half, i // 2 * half))
+        quarter = Image.fromarray(picture).resize((half, half), Image.Resampling.NEAREST)
+        square.paste(quarter, (i % 2 * half, i // 2 * half))
     return square
 
 

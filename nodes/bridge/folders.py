@@ -95,7 +95,8 @@ def list_model_folders() -> list[str]:
 
 
 def resolve_model_folder(name: str) -> str:
-    """The full path of a model folder chosen from `list_model_folders()` (or an existing absolute path, for scripts)."""
+    """The full path of a model folder chosen from `list_model_folders()` (or an existing absolute path, for
+    scripts)."""
     if not name:
         raise ModelFileError("No OmniGen2 model folder chosen. Put a diffusers-layout folder under models/omnigen2.")
     if name == BUNDLED_MODEL_CHOICE:
@@ -124,7 +125,8 @@ def list_judge_folders() -> list[str]:
 
 
 def resolve_judge_folder(name: str) -> str:
-    """The full path of a judge folder chosen from `list_judge_folders()` (or an existing absolute path, for scripts)."""
+    """The full path of a judge folder chosen from `list_judge_folders()` (or an existing absolute path, for
+    scripts)."""
     if _script_path(name, os.path.isdir):
         return name
     found = _listed_folder(name, JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV, is_judge_folder)
@@ -152,8 +154,8 @@ def resolve_file(folder_key: str, name: str) -> str:
         path = folder_paths.get_full_path(folder_key, name)
         if path is not None:
             return path
-    raise _unlisted(name, f"models/{folder_key} file", f"Put the file into ComfyUI's models/{folder_key} folder, refresh "
-                    "and choose it.")
+    raise _unlisted(name, f"models/{folder_key} file",
+                    f"Put the file into ComfyUI's models/{folder_key} folder, refresh and choose it.")
 
 
 def list_loras() -> list[str]:
