@@ -13,7 +13,7 @@ from .sampler import (
     sampling_options,
 )
 
-OWN_MLLM = "own MLLM"  # the judge choice that means the loaded model's Qwen2.5-VL, through the chat path
+OWN_MLLM = "own MLLM"  # the judge choice that means the loaded model's Qwen2.5-VL (omni_core/judges.py)
 IMAGE_INPUTS = tuple(f"image_{i}" for i in range(1, 6))
 
 

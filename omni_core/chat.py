@@ -132,7 +132,7 @@ def take_turn(
         return ChatTurn(reply, None, {**stats, "drew": False})
     condition = Condition(
         positive=encoder.encode_chat(prompt, shown),
-        negative=encoder.encode_chat("" if negative_prompt is None else negative_prompt),
+        negative=encoder.encode_chat("" if negative_prompt is None else negative_prompt, name="negative_prompt"),
         references=model.encode_references(shown, max_pixels, max_input_image_side_length),
         max_pixels=max_pixels,
     )

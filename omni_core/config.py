@@ -14,6 +14,13 @@ from .errors import CheckpointMismatchError, ModelFileError
 from .step_cache import is_polynomial
 
 
+# The keys a config.json must give: the sizes of the weights (the others have one value across OmniGen2 models).
+SHAPE_KEYS = (
+    "patch_size", "in_channels", "hidden_size", "num_layers", "num_refiner_layers", "num_attention_heads",
+    "num_kv_heads", "multiple_of", "axes_dim_rope", "text_feat_dim",
+)
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
     """OmniGen2 transformer hyper-parameters.
@@ -122,13 +129,24 @@ class TransformerConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TransformerConfig":
+        """Read a `config.json`; it must give every size of the weights (`SHAPE_KEYS`): a missing one would silently
+        take the released model's value and fail later, blaming another key."""
         path = Path(path)
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            values = json.loads(path.read_text())
         except FileNotFoundError as error:
             raise ModelFileError(f"Transformer config '{path}' not found.") from error
         except json.JSONDecodeError as error:
             raise ModelFileError(f"Transformer config '{path}' is not valid JSON: {error}.") from error
+        if not isinstance(values, dict):
+            raise ModelFileError(f"Transformer config '{path}' must hold a JSON object, got {type(values).__name__}.")
+        missing = [key for key in SHAPE_KEYS if key not in values]
+        if missing:
+            raise ModelFileError(
+                f"Transformer config '{path}' lacks {missing}: it must give every size of the weights "
+                f"({', '.join(SHAPE_KEYS)}). Restore the config.json that came with the weights."
+            )
+        return cls.from_dict(values)
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "TransformerConfig":

@@ -1,5 +1,9 @@
 """The judges of the reflection loop, all of the shape `judge(question, images) -> answer text`: OmniGen2's own MLLM
-through the chat path (the default), a local vision-language model folder, or any Python callable."""
+(the default), a local vision-language model folder, or any Python callable.
+
+A judge answers in text and never draws, so it is shown every input image and the result (up to 6 images): the chat
+path's limit of 5 is the transformer's reference slots for a drawing, which a judge does not use.
+"""
 
 from __future__ import annotations
 
@@ -20,17 +24,9 @@ if TYPE_CHECKING:
 MAX_ANSWER_TOKENS = 256
 
 
-def own_mllm_judge(model: OmniGen2, max_new_tokens: int = MAX_ANSWER_TOKENS) -> Judge:
-    """The model's own Qwen2.5-VL answering through `model.chat(..., respond="text")`."""
-
-    def judge(question: str, images: Sequence[PIL.Image.Image]) -> str:
-        return model.chat(question, images=list(images), respond="text", max_new_tokens=max_new_tokens).text
-
-    return judge
-
-
 def encoder_judge(encoder: TextEncoder, max_new_tokens: int = MAX_ANSWER_TOKENS) -> Judge:
-    """A loaded vision-language model (`load_judge_folder`) answering greedily, as the chat path does."""
+    """A vision-language model (the model's own MLLM, or one from `load_judge_folder`) answering greedily, as the chat
+    path's text answers do."""
 
     def judge(question: str, images: Sequence[PIL.Image.Image]) -> str:
         return answer_text(encoder.generate(question, list(images), max_new_tokens).text)
@@ -42,7 +38,7 @@ def resolve_judge(model: OmniGen2, judge: Any) -> Judge:
     """None: the model's own MLLM; a folder path: that model, in the text encoder's dtype on its device; a callable:
     itself."""
     if judge is None:
-        return own_mllm_judge(model)
+        return encoder_judge(model.text_encoder)
     if isinstance(judge, (str, Path)):
         return encoder_judge(load_judge_folder(judge, model.text_encoder.dtype, model.text_encoder.device))
     if callable(judge):

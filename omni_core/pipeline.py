@@ -19,6 +19,7 @@ from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage, check_re
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import OFFICIAL_TEXT_GUIDANCE, GuidedVelocity
 from .lora import LoraSpec, apply_loras
+from .non_finite import explain_non_finite
 from .image_processing import ImageLike, check_output_size, image_array, postprocess, preprocess_reference, to_pil
 from .judges import resolve_judge
 from .reference_cache import ConditionFeatureStore, ReferenceFeatureCache
@@ -351,10 +352,7 @@ class OmniGen2:
             if step_cache is not None:
                 step_cache.clear()
         if not torch.isfinite(latents).all():
-            raise OmniGen2Error(
-                "sampling produced NaN or infinite values; float16 weights can overflow, load the model in "
-                "bfloat16 or float32 instead."
-            )
+            raise OmniGen2Error(explain_non_finite(self.transformer, condition, self.dtype))
         grid_tokens = (latent_size[0] // 2) * (latent_size[1] // 2)
         stats = {
             "steps": steps,
@@ -421,7 +419,7 @@ class OmniGen2:
         **settings: Any,
     ) -> ReflectionResult:
         """Generate, let a judge look at the result, regenerate with its correction until it is satisfied or
-        `max_rounds` ran (see reflection.py). judge: None (this model's MLLM through `chat`), a local
+        `max_rounds` ran (see reflection.py). judge: None (this model's MLLM, see judges.py), a local
         vision-language model folder, or a callable judge(question, images) -> str. settings: `generate`'s."""
         return reflect(self, prompt, images, max_rounds, resolve_judge(self, judge), on_round=on_round, **settings)
 

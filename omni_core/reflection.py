@@ -4,7 +4,8 @@ rule, how a correction folds into the instruction and which references the next 
 The loop (`reflect`, called by `OmniGen2.reflect`):
 1. Round 1 samples the prompt with the original references, as `generate` does.
 2. The judge sees the original references and the result (the last image) with `judge_prompt` and answers in free
-   text; `parse_judgement` reads a verdict (yes / no / unclear) and a correction from it.
+   text; `parse_judgement` reads a verdict (yes / no / unclear) and a correction from it. With 5 references that is
+   6 images: a judge only reads them (judges.py), so the 5 reference slots of a drawing do not limit it.
 3. `stop_reason` ends the loop when the judge is satisfied, when its answer gives nothing to act on (unclear, or "no"
    without a fix), or at `max_rounds`. Every round is judged, the last one too, so the record says why it stopped.
 4. Otherwise the next round samples `fold_correction(prompt, correction, slot)` with `round_references(...)`: the

@@ -4,6 +4,10 @@ Generation (`encode`) formats each prompt with the tokenizer's chat template (sy
 right-pads, and keeps every template token. The chat path (`chat_inputs`, `generate`, `encode_chat`) shows images to
 the MLLM with `<imgN>: <|vision_start|><|image_pad|><|vision_end|>` before the text and drops the image-pad positions
 from the features it returns.
+
+Every text is checked before the tokenizer sees it (a string, valid Unicode) and its tokens, template and images
+included, against the MLLM's `max_position_embeddings`, so a bad or overlong prompt is an error naming the input
+instead of a tokenizer exception or minutes of work past what the model can read. Nothing is truncated.
 """
 
 from __future__ import annotations
@@ -69,43 +73,77 @@ class TextEncoder:
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
+    @property
+    def _text_config(self) -> Any:
+        config = self.mllm.config
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest token sequence the MLLM reads: its language model's `max_position_embeddings`."""
+        return int(self._text_config.max_position_embeddings)
+
+    @property
+    def hidden_size(self) -> int:
+        """The width of the features it returns (the transformer's `text_feat_dim` must equal it)."""
+        return int(self._text_config.hidden_size)
+
+    def _check_length(self, tokens: int, name: str) -> None:
+        if tokens > self.max_tokens:
+            raise InvalidInputError(
+                f"{name} is too long: {tokens} tokens with the chat template and any images, and the MLLM reads at "
+                f"most {self.max_tokens} (its max_position_embeddings). Shorten it."
+            )
+
     @torch.no_grad()
-    def encode_batch(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features [B, L, D] and attention mask [B, L] (int64) of right-padded ("longest") templated prompts."""
+    def encode_batch(
+        self, prompts: Sequence[str], names: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features [B, L, D] and attention mask [B, L] (int64) of right-padded ("longest") templated prompts.
+        `names` (default prompts[i]) are what errors call each prompt."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts) or not prompts:
             raise InvalidInputError(f"prompts must be a non-empty list of strings, got {prompts!r}.")
+        names = names or [f"prompts[{i}]" for i in range(len(prompts))]
+        for prompt, name in zip(prompts, names):
+            check_text(prompt, name)
         tokens = self.tokenizer(
             [self.template(p) for p in prompts], padding="longest", return_tensors="pt"
         ).to(self.device)
+        for length, name in zip(tokens.attention_mask.sum(dim=1).tolist(), names):
+            self._check_length(int(length), name)
         features = self.mllm(
             input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
         ).hidden_states[-1]
         return features, tokens.attention_mask.to(torch.int64)
 
-    def encode(self, prompts: Sequence[str]) -> list[TextCondition]:
+    def encode(self, prompts: Sequence[str], names: Sequence[str] | None = None) -> list[TextCondition]:
         """One condition per prompt, each cut to its own tokens (as if encoded alone), mask all ones."""
-        features, mask = self.encode_batch(prompts)
+        features, mask = self.encode_batch(prompts, names)
         conditions = []
         for row, prompt in enumerate(prompts):
             length = int(mask[row].sum())
             conditions.append(TextCondition(features[row : row + 1, :length], mask[row : row + 1, :length], prompt))
         return conditions
 
-    def encode_prompt(self, prompt: str) -> TextCondition:
-        """One prompt to a condition: embeds [1, L, D], mask [1, L]."""
-        return self.encode([prompt])[0]
+    def encode_prompt(self, prompt: str, name: str = "prompt") -> TextCondition:
+        """One prompt to a condition: embeds [1, L, D], mask [1, L]. `name` is what errors call it."""
+        return self.encode([prompt], [name])[0]
 
     def encode_negative(self, prompt: str | None = None) -> TextCondition:
         """The negative prompt; None means "" as in the official pipeline."""
-        return self.encode_prompt("" if prompt is None else prompt)
+        return self.encode_prompt("" if prompt is None else prompt, "negative_prompt")
 
     # Chat path: images shown to the MLLM.
 
-    def chat_inputs(self, prompt: str, images: Sequence[Image.Image], answer: str = "") -> dict[str, torch.Tensor]:
+    def chat_inputs(
+        self, prompt: str, images: Sequence[Image.Image], answer: str = "", name: str = "prompt"
+    ) -> dict[str, torch.Tensor]:
         """Model inputs for the chat conversation with `images` shown; `answer` continues the assistant turn.
 
         Each `<|image_pad|>` becomes one pad per merged patch (grid t*h*w / merge_size^2), as the processor does.
+        `name` is what errors call the prompt.
         """
+        check_text(prompt, name)
         text = chat_template(prompt, len(images)) + answer
         vision: dict[str, torch.Tensor] = {}
         if images:
@@ -121,6 +159,7 @@ class TextEncoder:
             for grid, piece in zip(vision["image_grid_thw"], pieces[1:]):
                 text += IMAGE_PAD * (int(grid.prod()) // merge) + piece
         tokens = self.tokenizer([text], padding="longest", return_tensors="pt")
+        self._check_length(tokens.input_ids.shape[1], name)
         inputs = {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask.to(torch.int64)}
         if vision:
             inputs["pixel_values"] = vision["pixel_values"].to(self.dtype)
@@ -158,15 +197,31 @@ class TextEncoder:
         return ChatReply(new_ids, self.tokenizer.decode(new_ids, skip_special_tokens=False))
 
     @torch.no_grad()
-    def encode_chat(self, prompt: str, images: Sequence[Image.Image] = (), answer: str = "") -> TextCondition:
+    def encode_chat(
+        self, prompt: str, images: Sequence[Image.Image] = (), answer: str = "", name: str = "prompt"
+    ) -> TextCondition:
         """Features of the chat conversation with images shown, image-pad positions removed (the chat pipeline's
         condition when the answer asks for an image; `answer` is the text before `<|img|>`)."""
-        inputs = self.chat_inputs(prompt, images, answer)
+        inputs = self.chat_inputs(prompt, images, answer, name)
         features = self.mllm(**inputs, output_hidden_states=True).hidden_states[-1]
         image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
         keep = (inputs["input_ids"][0] != image_id) & inputs["attention_mask"][0].bool()
         embeds = features[:, keep]
         return TextCondition(embeds, torch.ones(embeds.shape[:2], dtype=torch.int64, device=embeds.device), prompt)
+
+
+def check_text(text: Any, name: str) -> None:
+    """A prompt the tokenizer can read: a string of valid Unicode (no lone surrogate such as "\\ud800", which a
+    broken copy and paste or a JSON escape can leave and which no UTF-8 tokenizer can encode)."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{name} must be a string, got {type(text).__name__}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInputError(
+            f"{name} holds an invalid character at position {error.start} ({text[error.start]!r}, a lone surrogate "
+            "that is not valid Unicode). Retype or delete the text around it."
+        ) from None
 
 
 class _TokenProgress(StoppingCriteria):

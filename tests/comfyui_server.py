@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 import omni_core
-from loopback import HTTPError, WebSocket, free_port, request_json
+from loopback import HTTPError, WebSocket, free_port, request_bytes, request_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK_FOLDER = "comfyui-omnigen2"
@@ -41,7 +41,7 @@ SINGLE_FILES = {
     "vae": ("vae", "tiny_ae.safetensors", "vae_bfl/ae.safetensors"),
 }
 PROBE = Path(__file__).resolve().parent / "comfyui_probe"
-COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".comfyui-venv", "__pycache__", ".pytest_cache", "outputs", "*.pyc")
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".comfyui-venv", ".comfy-cli", "__pycache__", ".pytest_cache", "outputs", "*.pyc")
 
 
 def comfyui_location() -> tuple[Path, Path]:
@@ -91,6 +91,9 @@ class ComfyUI:
 
     def get(self, route: str) -> Any:
         return request_json(self.url + route)
+
+    def get_bytes(self, route: str) -> bytes:
+        return request_bytes(self.url + route)
 
     def post(self, route: str, body: Any) -> Any:
         return request_json(self.url + route, body)

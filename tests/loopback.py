@@ -41,14 +41,13 @@ class HTTPError(Exception):
         self.status, self.body = status, body
 
 
-def request_json(url: str, body: Any = None, timeout: float = 30) -> Any:
-    """GET (body None) or POST JSON; the decoded answer, {} for an empty one."""
+def request_bytes(url: str, data: bytes | None = None, timeout: float = 30) -> bytes:
+    """GET (data None) or POST JSON bytes; the answer's body (HTTPError with the decoded body on an error status)."""
     _loopback(url)
-    data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
+            return response.read()
     except urllib.error.HTTPError as error:
         raw = error.read()
         try:
@@ -56,6 +55,11 @@ def request_json(url: str, body: Any = None, timeout: float = 30) -> Any:
         except ValueError:
             decoded = raw.decode(errors="replace")
         raise HTTPError(error.code, decoded) from None
+
+
+def request_json(url: str, body: Any = None, timeout: float = 30) -> Any:
+    """GET (body None) or POST JSON; the decoded answer, {} for an empty one."""
+    raw = request_bytes(url, None if body is None else json.dumps(body).encode(), timeout)
     return json.loads(raw) if raw.strip() else {}
 
 

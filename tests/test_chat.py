@@ -158,6 +158,21 @@ def test_more_than_five_images_are_rejected_naming_the_input(model):
         model.chat("six", pictures(6), respond="text")
 
 
+@pytest.mark.parametrize("field,text,message", [
+    ("prompt", "a\ud800b", "prompt holds an invalid character at position 1"),
+    ("negative_prompt", "\udfff", "negative_prompt holds an invalid character at position 0"),
+    ("prompt", "word " * 3000, "prompt is too long"),
+    ("negative_prompt", "word " * 3000, "negative_prompt is too long"),
+])
+def test_a_bad_prompt_is_an_error_naming_the_input(model, field, text, message):
+    """Checked where the tokenizer would see it: a lone surrogate, and more tokens (template and images included)
+    than the MLLM's max_position_embeddings."""
+    inputs = {"prompt": "draw it", "negative_prompt": "", field: text}
+    with pytest.raises(InvalidInputError, match=message):
+        take_turn(model, inputs["prompt"], [Image.new("RGB", (32, 32))], inputs["negative_prompt"], "image",
+                  max_new_tokens=0)
+
+
 def test_bad_settings_are_named_before_the_mllm_runs(model):
     with pytest.raises(InvalidInputError, match="stepz"):
         model.chat("x", respond="text", stepz=3)

@@ -11,6 +11,7 @@ memory manager reload and give the same pictures.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import time
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from comfy_workflow import CORE_OBJECT_INFO, node_info, run_directly, to_api_prompt
 from comfyui_server import BROKEN_MODEL_NAME, FIXTURE_MODEL, MODEL_NAME, PACK_FOLDER, SINGLE_FILES
@@ -25,12 +27,14 @@ from loopback import HTTPError
 from omni_core.training.shapes.measure import main_object, read_scene, scene_matches
 from omni_core.training.shapes.scenes import PAIR_SIZE, POSITIONS, SIZES, Scene, Shape
 from test_nodes import load_pack
+from workflow_thumbnails import enlarge
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 # Sizes and counts small enough for seconds per run on a 2-core CPU, whatever the example asks for.
 SMALL = {"steps": 3, "width": 64, "height": 48, "max_pixels": 64 * 64, "max_input_image_side_length": 64,
          "max_new_tokens": 8, "max_rounds": 2}
+JPEG_LEVELS = 2  # mean difference a thumbnail's JPEG compression leaves (a different picture differs by tens)
 ROUNDING = 1  # Save Image truncates to 8 bits: the same floats from two torch builds may land one level apart
 
 
@@ -324,6 +328,10 @@ def test_a_fresh_comfyui_draws_the_bundled_model_examples_as_asked(name, comfyui
     Scene references, the bundled LoRA for in-context): each saved picture reads back, from its pixels, as asked."""
     prompt = to_api_prompt(json.loads((ROOT / "example_workflows" / name).read_text()), object_info)
     (pictures,) = comfyui.saved_images(comfyui.run(prompt)).values()
+    # Its thumbnail (tests/workflow_thumbnails.py) is this picture, as the template browser shows it.
+    served = Image.open(io.BytesIO(comfyui.get_bytes(f"/api/workflow_templates/{PACK_FOLDER}/{Path(name).stem}.jpg")))
+    difference = np.abs(np.asarray(served.convert("RGB"), np.int16) - np.asarray(enlarge(pictures[0]), np.int16))
+    assert served.format == "JPEG" and difference.mean() < JPEG_LEVELS, difference.mean()
     found, want = read_scene(pictures[0]), BUNDLED_EXPECTED[name]
     if "text_to_image" in name:  # as quality.py scores text-to-image: the background and the main object
         shape = main_object(found)

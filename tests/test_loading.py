@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 import omni_core
 from conftest import max_abs_diff
 from omni_core import CheckpointMismatchError, InvalidInputError, ModelFileError
+from omni_core.config import TransformerConfig
 from omni_core.loading.transformer_loader import load_transformer
 
 
@@ -121,3 +122,11 @@ def test_unsupported_dtype(fixture_dir):
 def test_unusable_device_is_named_before_any_weights_load(fixture_dir, device):
     with pytest.raises(InvalidInputError, match=rf"device='{device}' cannot be used here .*use one of cpu"):
         omni_core.load_model(fixture_dir, device=device)
+
+
+def test_a_transformer_config_missing_sizes_names_them(tmp_path, fixture_dir):
+    config = json.loads((fixture_dir / "transformer" / "config.json").read_text())
+    del config["hidden_size"], config["text_feat_dim"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match=r"lacks \['hidden_size', 'text_feat_dim'\]"):
+        TransformerConfig.from_json(tmp_path / "config.json")

@@ -1,5 +1,7 @@
 """The whole pipeline (prompt and images in, image out) against the official pipeline's recorded outputs."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -116,5 +118,18 @@ def test_non_finite_results_are_reported(tiny_model):
     condition = tiny_model.encode_condition("x")
     positive = type(condition.positive)(condition.positive.embeds * float("nan"), condition.positive.mask)
     broken = type(condition)(positive=positive, negative=condition.negative)
-    with pytest.raises(OmniGen2Error, match="NaN"):
+    with pytest.raises(OmniGen2Error, match="the prompt's text features already held them") as error:
         tiny_model.sample(broken, width=32, height=32, steps=1)
+    assert "float16" not in str(error.value)  # the condition was found broken, not the dtype blamed
+
+
+@pytest.mark.parametrize("dtype,hint", [
+    (torch.float16, "overflows float16"), (torch.bfloat16, "load the model in float32"),
+    (torch.float32, "Lower the guidance scales."),
+])
+def test_non_finite_with_finite_inputs_names_the_dtype(tiny_model, dtype, hint):
+    from omni_core.non_finite import explain_non_finite
+
+    message = explain_non_finite(tiny_model.transformer, tiny_model.encode_condition("x"), dtype)
+    assert f"computing in {dtype}" in message and hint in message
+    assert bool(re.search(r"(?<!b)float16", message)) == (dtype == torch.float16)

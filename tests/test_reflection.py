@@ -19,6 +19,7 @@ import omni_core
 from omni_core import reflection
 from omni_core.errors import InvalidInputError, ModelFileError
 from omni_core.image_processing import to_pil
+from omni_core.chat import answer_text
 from omni_core.judges import encoder_judge
 from omni_core.loading.judge_loader import load_judge_folder
 from omni_core.reflection import (
@@ -321,6 +322,16 @@ def test_the_default_judge_is_the_models_own_mllm_on_the_chat_path(model):
     assert result.stop_reason == STOP_UNCLEAR  # the tiny random MLLM's answer says nothing
 
 
+def test_the_default_judge_reads_five_inputs_and_the_result(model):
+    """6 images for the model's own MLLM: more than a chat turn may draw from, as many as a judge must read."""
+    images = [picture(20 + i, 32, 32) for i in range(5)]
+    result = model.reflect("combine them", images=images, max_rounds=2, width=32, height=32, **SETTINGS)
+    references = model.encode_condition("x", images=images, **LIMITS).references
+    shown = [*(to_pil((ref.pixels[0] + 1) / 2) for ref in references), to_pil(result.rounds[0].image[0])]
+    expected = answer_text(model.text_encoder.generate(judge_prompt("combine them", 5), shown, 256).text)
+    assert result.rounds[0].judge_text == expected and expected
+
+
 def test_a_text_only_model_folder_is_rejected(tmp_path):
     config = Qwen2Config(vocab_size=526, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1)
@@ -438,7 +449,7 @@ def test_reflect_node_judges_with_a_folder(pack, node_model, bridge, monkeypatch
     assert pack.NODE_CLASS_MAPPINGS["OmniGen2Reflect"].INPUT_TYPES()["required"]["judge"][0] == ["own MLLM", *bridge.list_judge_folders()]
     _, rounds, transcript = run_node(pack, node_model, judge="omnigen2-tiny")["result"]
     assert rounds.shape[0] == 1 and STOP_UNCLEAR in transcript  # the tiny random MLLM answers garbage
-    with pytest.raises(ModelFileError, match="not found under models/vlm"):
+    with pytest.raises(ModelFileError, match="not one of the choices listed.*models/vlm"):
         run_node(pack, node_model, judge="no-such-judge")
 
 

@@ -3,11 +3,17 @@ with ComfyUI next to its standard folders, or roots from environment variables o
 
 Loader, LoRA and Reflect nodes list their choices and resolve the chosen name to a path here, with an error that says
 where to put the files when it is not found.
+
+Inside ComfyUI a name resolves only when it is one of the choices listed here: ComfyUI checks a dropdown's value only
+when it is typed, and a linked input (a string from a Primitive through a Switch) could otherwise name any path,
+absolute or with `..`. The refusal is the same whether such a path exists or not, so it tells a caller nothing about
+the disk. Scripts outside ComfyUI may still give existing absolute paths.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import omni_core
 from omni_core.errors import ModelFileError
@@ -43,10 +49,39 @@ def register_folders() -> None:
         folder_paths.add_model_folder_path(key, os.path.join(folder_paths.models_dir, key), is_default=True)
 
 
+def _unlisted(name: str, what: str, fix: str) -> ModelFileError:
+    """The error for a name that is not one of the listed choices: the same words whether a path of that name exists
+    or not."""
+    return ModelFileError(f"{what} '{name}' is not one of the choices listed. {fix}")
+
+
+def _script_path(name: str, exists: Callable[[str], bool]) -> bool:
+    """Whether `name` is an existing absolute path given by a script: never inside ComfyUI, where only listed names
+    resolve."""
+    return not IN_COMFYUI and bool(name) and os.path.isabs(name) and exists(name)
+
+
 def _roots(key: str = MODEL_FOLDER_KEY, env: str = MODEL_DIRS_ENV) -> list[str]:
     if IN_COMFYUI:
         return list(folder_paths.get_folder_paths(key))
     return [p for p in os.environ.get(env, "").split(os.pathsep) if p]
+
+
+def _folder_names(key: str, env: str, is_folder: Callable[[str], bool]) -> list[str]:
+    """The names of the folders directly under the roots of `key` that `is_folder` accepts: a folder node's choices."""
+    names = set()
+    for root in _roots(key, env):
+        if os.path.isdir(root):
+            names.update(n for n in os.listdir(root) if is_folder(os.path.join(root, n)))
+    return sorted(names)
+
+
+def _listed_folder(name: str, key: str, env: str, is_folder: Callable[[str], bool]) -> str | None:
+    """The path of `name` when it is one of `_folder_names` (the first root that holds it), else None: only a listed
+    name resolves, so no absolute path or `..` reaches past the roots."""
+    if name not in _folder_names(key, env, is_folder):
+        return None
+    return next(os.path.join(r, name) for r in _roots(key, env) if is_folder(os.path.join(r, name)))
 
 
 def is_model_folder(path: str) -> bool:
@@ -56,29 +91,26 @@ def is_model_folder(path: str) -> bool:
 
 def list_model_folders() -> list[str]:
     """The bundled model first, then the diffusers-layout folders found directly under every `omnigen2` root."""
-    names = set()
-    for root in _roots():
-        if os.path.isdir(root):
-            names.update(n for n in os.listdir(root) if is_model_folder(os.path.join(root, n)))
-    return [BUNDLED_MODEL_CHOICE, *sorted(names)]
+    return [BUNDLED_MODEL_CHOICE, *_folder_names(MODEL_FOLDER_KEY, MODEL_DIRS_ENV, is_model_folder)]
 
 
 def resolve_model_folder(name: str) -> str:
-    """The full path of a model folder chosen by name (or given as an existing absolute path, for scripts)."""
+    """The full path of a model folder chosen from `list_model_folders()` (or an existing absolute path, for
+    scripts)."""
     if not name:
         raise ModelFileError("No OmniGen2 model folder chosen. Put a diffusers-layout folder under models/omnigen2.")
     if name == BUNDLED_MODEL_CHOICE:
         return str(omni_core.DEFAULT_MODEL_DIR)
-    if os.path.isabs(name) and os.path.isdir(name):
+    if _script_path(name, os.path.isdir):
         return name
-    for root in _roots():
-        candidate = os.path.join(root, name)
-        if os.path.isdir(candidate):
-            return candidate
-    roots = _roots() or [f"(none: set {MODEL_DIRS_ENV})"]
-    raise ModelFileError(
-        f"OmniGen2 model folder '{name}' not found in {roots}. Download OmniGen2/OmniGen2 (diffusers layout) into "
-        "models/omnigen2/<name>/ or pick single files with 'Load OmniGen2 (single files)'."
+    found = _listed_folder(name, MODEL_FOLDER_KEY, MODEL_DIRS_ENV, is_model_folder)
+    if found is not None:
+        return found
+    roots = "models/omnigen2" if IN_COMFYUI else (_roots() or f"(none: set {MODEL_DIRS_ENV})")
+    raise _unlisted(
+        name, "OmniGen2 model folder",
+        f"Choose a folder listed from {roots}: download OmniGen2/OmniGen2 (diffusers layout) into "
+        "models/omnigen2/<name>/ and refresh, or pick single files with 'Load OmniGen2 (single files)'.",
     )
 
 
@@ -89,23 +121,21 @@ def is_judge_folder(path: str) -> bool:
 
 def list_judge_folders() -> list[str]:
     """Names of the model folders directly under every registered `vlm` root."""
-    names = set()
-    for root in _roots(JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV):
-        if os.path.isdir(root):
-            names.update(n for n in os.listdir(root) if is_judge_folder(os.path.join(root, n)))
-    return sorted(names)
+    return _folder_names(JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV, is_judge_folder)
 
 
 def resolve_judge_folder(name: str) -> str:
-    """The full path of a judge folder chosen by name (or given as an existing absolute path, for scripts)."""
-    if os.path.isabs(name) and os.path.isdir(name):
+    """The full path of a judge folder chosen from `list_judge_folders()` (or an existing absolute path, for
+    scripts)."""
+    if _script_path(name, os.path.isdir):
         return name
-    for root in _roots(JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV):
-        if os.path.isdir(os.path.join(root, name)):
-            return os.path.join(root, name)
-    raise ModelFileError(
-        f"Judge folder '{name}' not found under models/{JUDGE_FOLDER_KEY}. Put a vision-language model folder (e.g. "
-        f"Qwen2.5-VL-7B-Instruct, safetensors with its processor files) into models/{JUDGE_FOLDER_KEY}/<name>/."
+    found = _listed_folder(name, JUDGE_FOLDER_KEY, JUDGE_DIRS_ENV, is_judge_folder)
+    if found is not None:
+        return found
+    raise _unlisted(
+        name, "Judge folder",
+        f"Put a vision-language model folder (e.g. Qwen2.5-VL-7B-Instruct, safetensors with its processor files) into "
+        f"models/{JUDGE_FOLDER_KEY}/<name>/, refresh and choose it.",
     )
 
 
@@ -117,14 +147,15 @@ def list_files(folder_key: str) -> list[str]:
 
 
 def resolve_file(folder_key: str, name: str) -> str:
-    """The full path of a file chosen from a ComfyUI folder (or an existing absolute path, for scripts)."""
-    if name and os.path.isabs(name) and os.path.exists(name):
+    """The full path of a file chosen from `list_files(folder_key)` (or an existing absolute path, for scripts)."""
+    if _script_path(name, os.path.exists):
         return name
-    if IN_COMFYUI and name:
+    if name in list_files(folder_key):
         path = folder_paths.get_full_path(folder_key, name)
         if path is not None:
             return path
-    raise ModelFileError(f"'{name}' not found in ComfyUI's models/{folder_key} folder. Put the file there and refresh.")
+    raise _unlisted(name, f"models/{folder_key} file",
+                    f"Put the file into ComfyUI's models/{folder_key} folder, refresh and choose it.")
 
 
 def list_loras() -> list[str]:
@@ -133,7 +164,7 @@ def list_loras() -> list[str]:
 
 
 def resolve_lora(name: str) -> str:
-    """The full path of a LoRA chosen by name: the bundled one, a file in models/loras or an absolute path."""
+    """The full path of a LoRA chosen from `list_loras()` (or an existing absolute path, for scripts)."""
     if name == BUNDLED_LORA_CHOICE:
         if not BUNDLED_LORA.is_file():
             raise ModelFileError(f"The bundled LoRA {BUNDLED_LORA} is missing: reinstall the pack, or make it with "
@@ -174,12 +205,13 @@ def resolve_tokenizer(name: str) -> str:
     """The tokenizer folder for a choice from `list_tokenizers()` (or an existing folder path, for scripts)."""
     if name == COMFY_TOKENIZER_CHOICE and _comfy_tokenizer_dir() is not None:
         return _comfy_tokenizer_dir()
-    if name and os.path.isabs(name) and os.path.isdir(name):
+    if _script_path(name, os.path.isdir):
         return name
     found = _processor_dir_of(name) if name else None
     if found is None:
-        raise ModelFileError(
-            f"No tokenizer for '{name}'. The single-file text encoder holds no tokenizer: choose a model folder with a "
-            "processor/ subfolder under models/omnigen2, or ComfyUI's qwen25_tokenizer."
+        raise _unlisted(
+            name, "Tokenizer source",
+            "The single-file text encoder holds no tokenizer: choose a model folder with a processor/ subfolder under "
+            "models/omnigen2, or ComfyUI's qwen25_tokenizer.",
         )
     return found

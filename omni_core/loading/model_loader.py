@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..device_dtype import check_device, cpu_has_bf16_instructions, default_dtype
-from ..errors import ModelFileError
+from ..errors import CheckpointMismatchError, ModelFileError
 from ..kernel_choice import KERNEL_DTYPES, current_kernels
 from ..lora import LoraSpec
 from ..lora.apply import resolve_loras
@@ -110,6 +110,12 @@ def load_model(
     text_encoder = load_text_encoder(
         files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device
     )
+    if transformer.config.text_feat_dim != text_encoder.hidden_size:
+        raise CheckpointMismatchError(
+            f"The transformer '{files['transformer']}' reads text features {transformer.config.text_feat_dim} wide "
+            f"(text_feat_dim), but the text encoder '{files['text_encoder']}' gives {text_encoder.hidden_size} "
+            "(its hidden_size): they belong to different models. Load the text encoder of the transformer's release."
+        )
     return OmniGen2(transformer, vae, text_encoder, scheduler_config, **defaults).with_loras(loras)
 
 

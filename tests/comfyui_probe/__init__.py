@@ -4,7 +4,11 @@ OmniGen2TestUnloadAll reports which models ComfyUI's memory manager holds, calls
 `comfy.model_management.unload_all_models()` and reports again; OmniGen2TestLoadedModels only reports. Both take our
 OMNIGEN2_MODEL handles so the report can say which loaded entries are whose, and an IMAGE so they run after a
 sampler. They always run (IS_CHANGED is NaN, never equal to itself), so ComfyUI's cache never skips them.
+OmniGen2TestImportedFiles reports the source files of every module the server has imported from a folder whose path
+contains `under` (the pack's folder), after an IMAGE.
 """
+
+import sys
 
 import comfy.model_management as model_management
 
@@ -47,4 +51,24 @@ class OmniGen2TestUnloadAll(OmniGen2TestLoadedModels):
         return {"ui": {"loaded_before": before, "loaded_after": _report(handles)}, "result": (model,)}
 
 
-NODE_CLASS_MAPPINGS = {"OmniGen2TestLoadedModels": OmniGen2TestLoadedModels, "OmniGen2TestUnloadAll": OmniGen2TestUnloadAll}
+class OmniGen2TestImportedFiles:
+    RETURN_TYPES = ()
+    FUNCTION = "probe"
+    OUTPUT_NODE = True
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"under": ("STRING", {"default": ""}), "after": ("IMAGE",)}}
+
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        return float("nan")
+
+    def probe(self, under, after):
+        files = sorted({getattr(module, "__file__", None) or "" for module in list(sys.modules.values())})
+        return {"ui": {"files": [path for path in files if under and under in path]}}
+
+
+NODE_CLASS_MAPPINGS = {"OmniGen2TestLoadedModels": OmniGen2TestLoadedModels, "OmniGen2TestUnloadAll": OmniGen2TestUnloadAll,
+                       "OmniGen2TestImportedFiles": OmniGen2TestImportedFiles}
