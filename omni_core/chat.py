@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from .condition import MAX_REFERENCE_IMAGES, Condition
+from .condition import Condition, check_reference_count
 from .errors import InvalidInputError
 from .image_processing import ImageLike, to_pil
 from .text_encoder import END_TOKENS, IMAGE_REQUEST, ChatReply
@@ -114,11 +114,7 @@ def take_turn(
             "draws without an answer)."
         )
     images = [] if images is None else list(images)
-    if len(images) > MAX_REFERENCE_IMAGES:
-        raise InvalidInputError(
-            f"images: {len(images)} given; a conversation shows OmniGen2 at most {MAX_REFERENCE_IMAGES} (one image "
-            "slot each). Remove some or combine them into one picture."
-        )
+    check_reference_count(len(images), "images", " to the conversation")
     encoder = model.text_encoder
     check_image_request(encoder.tokenizer, respond)
     shown = [to_pil(image, f"images[{i}]") for i, image in enumerate(images)]

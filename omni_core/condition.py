@@ -68,12 +68,20 @@ class Condition:
             object.__setattr__(self, "fingerprint", condition_fingerprint(self))
 
 
-def check_reference_count(count: int) -> None:
-    """Raise unless `count` reference images fit the checkpoint's image slots."""
-    if count > MAX_REFERENCE_IMAGES:
+def check_reference_count(
+    count: int,
+    what: str = "reference images",
+    detail: str = "",
+    reserved_for: str | None = None,
+) -> None:
+    """The one rule of how many images OmniGen2 is shown: at most the checkpoint's image slots (one fewer when one is
+    `reserved_for` something else, as repaint's canvas). The error names `what` was given (and `detail`)."""
+    limit = MAX_REFERENCE_IMAGES - (reserved_for is not None)
+    if count > limit:
+        besides = "" if reserved_for is None else f" besides {reserved_for}"
         raise InvalidInputError(
-            f"{count} reference images given; OmniGen2 takes at most {MAX_REFERENCE_IMAGES}. "
-            "Remove some images or combine them into one."
+            f"{count} {what} given{detail}; OmniGen2 takes at most {limit}{besides}. Remove some or combine them into "
+            "one picture."
         )
 
 

@@ -15,7 +15,7 @@ import torch
 
 from .chat import ChatResult, run_chat
 from .compact import compact_condition
-from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage, check_reference_count
+from .condition import Condition, ReferenceImage, check_reference_count
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import OFFICIAL_TEXT_GUIDANCE, GuidedVelocity
 from .lora import LoraSpec, apply_loras
@@ -265,11 +265,7 @@ class OmniGen2:
         array = image_array(image, "image")
         original = to_pil(array, "image")
         soft_mask = to_mask(mask, (original.height, original.width))
-        if len(condition.references) > MAX_REFERENCE_IMAGES - 1:
-            raise InvalidInputError(
-                f"the condition has {len(condition.references)} reference images; repaint takes at most "
-                f"{MAX_REFERENCE_IMAGES - 1} besides the canvas (image 1)."
-            )
+        check_reference_count(len(condition.references), detail=" in the condition", reserved_for="the canvas (image 1)")
         max_pixels = condition.max_pixels if max_pixels is None else max_pixels
         pixels = preprocess_reference(original, max_pixels, max_input_image_side_length, name="image")
         canvas = encode_to_latents(self.vae, pixels.to(self.device))[0]

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
-from .condition import MAX_REFERENCE_IMAGES, ReferenceImage
+from .condition import MAX_REFERENCE_IMAGES, ReferenceImage, check_reference_count
 from .config import TransformerConfig
 from .errors import InvalidInputError
 from .layout import SampleLayout, TokenGrid
@@ -563,10 +563,7 @@ class OmniGen2Transformer(nn.Module):
         layouts, references = [], []
         for i, (latent, refs) in enumerate(zip(latents, ref_image_hidden_states)):
             refs = list(refs or [])
-            if len(refs) > MAX_REFERENCE_IMAGES:
-                raise InvalidInputError(
-                    f"sample {i} has {len(refs)} reference images; OmniGen2 takes at most {MAX_REFERENCE_IMAGES}."
-                )
+            check_reference_count(len(refs), detail=f" for sample {i}")
             _check_latent(latent, f"hidden_states[{i}]", config.in_channels, p)
             refs = [_as_reference(ref, f"ref_image_hidden_states[{i}][{j}]", config.in_channels, p) for j, ref in enumerate(refs)]
             grids = tuple(grid for _, grid in refs)

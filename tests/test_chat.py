@@ -154,7 +154,7 @@ def test_conversation_shows_the_images_to_the_mllm_and_the_vae(model, count):
 
 
 def test_more_than_five_images_are_rejected_naming_the_input(model):
-    with pytest.raises(InvalidInputError, match=r"images: 6 given.*at most 5"):
+    with pytest.raises(InvalidInputError, match=r"6 images given to the conversation; OmniGen2 takes at most 5"):
         model.chat("six", pictures(6), respond="text")
 
 

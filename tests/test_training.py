@@ -389,7 +389,7 @@ def test_config_file_errors(tmp_path):
         ('{"task_type": "t2i", "instruction": "x", "output_image": "red.png", "extra": 1}', "unknown key"),
         ('{"task_type": "t2i", "instruction": "x"}', "missing key 'output_image'"),
         ('{"task_type": "in_context", "instruction": "x", "input_images": ["red.png", "red.png", "red.png", '
-         '"red.png", "red.png", "red.png"], "output_image": "red.png"}', "6 input_images; OmniGen2 takes at most 5"),
+         '"red.png", "red.png", "red.png"], "output_image": "red.png"}', "6 input_images given; OmniGen2 takes at most 5"),
         ('{"task_type": "edit", "instruction": "x", "input_images": "red.png", "output_image": "red.png"}',
          "input_images must be a list"),
     ],

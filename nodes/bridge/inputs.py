@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import torch
 
-from omni_core.condition import MAX_REFERENCE_IMAGES
+from omni_core.condition import check_reference_count
 from omni_core.errors import InvalidInputError
 from omni_core.step_cache import STEP_CACHE_CHOICES, step_cache_by_name
 
@@ -36,13 +36,8 @@ def collect_images(**inputs: Any) -> list[torch.Tensor] | None:
         if height < 1 or width < 1:
             raise InvalidInputError(f"'{name}' is empty: {width}x{height} pixels. Give an image of at least 16x16.")
         images.extend(value.unbind(0))
-    if len(images) > MAX_REFERENCE_IMAGES:
-        given = ", ".join(f"{name}: {len(value) if value.ndim == 4 else 1}" for name, value in inputs.items()
-                          if value is not None)
-        raise InvalidInputError(
-            f"{len(images)} reference images given ({given}; batches count image by image); OmniGen2 takes at most "
-            f"{MAX_REFERENCE_IMAGES}. Remove some or combine them into one picture."
-        )
+    given = ", ".join(f"{name}: {len(value) if value.ndim == 4 else 1}" for name, value in inputs.items() if value is not None)
+    check_reference_count(len(images), detail=f" ({given}; batches count image by image)")
     return images or None
 
 

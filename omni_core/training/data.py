@@ -13,8 +13,8 @@ from typing import Sequence
 
 import PIL.Image
 
-from ..condition import MAX_REFERENCE_IMAGES
-from ..errors import OmniGen2Error
+from ..condition import check_reference_count
+from ..errors import InvalidInputError, OmniGen2Error
 from ..image_processing import fit_reference_size
 
 TASK_TYPES = ("t2i", "edit", "in_context")
@@ -67,10 +67,10 @@ def parse_line(text: str, folder: Path, where: str) -> TrainingItem:
     inputs = record.get("input_images") or []
     if not isinstance(inputs, list):
         raise TrainingDataError(f"{where}: input_images must be a list of paths, got {inputs!r}.")
-    if len(inputs) > MAX_REFERENCE_IMAGES:
-        raise TrainingDataError(
-            f"{where}: {len(inputs)} input_images; OmniGen2 takes at most {MAX_REFERENCE_IMAGES}."
-        )
+    try:
+        check_reference_count(len(inputs), "input_images")
+    except InvalidInputError as error:
+        raise TrainingDataError(f"{where}: {error}") from None
     if task_type == "t2i" and inputs:
         raise TrainingDataError(f"{where}: a t2i line has no input_images; use task_type edit or in_context.")
     if task_type != "t2i" and not inputs:
