@@ -11,7 +11,14 @@ from typing import Any, Mapping
 import torch
 
 from .errors import CheckpointMismatchError, ModelFileError
-from .step_cache import is_polynomial
+
+
+def is_polynomial(values) -> bool:
+    """Whether `values` can be a rescale polynomial: a non-empty sequence of real numbers (no strings, no bools)."""
+    return (
+        not isinstance(values, (str, bytes)) and hasattr(values, "__len__") and len(values) > 0
+        and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in values)
+    )
 
 
 # The keys a config.json must give: the sizes of the weights (the others have one value across OmniGen2 models).

@@ -32,18 +32,11 @@ from typing import Union
 import numpy as np
 import torch
 
+from .config import is_polynomial
 from .errors import InvalidInputError
 
 # The official rescale polynomial (highest power first), fitted to the released 3B model's outputs.
 OFFICIAL_TEACACHE_COEFFICIENTS = (-5.48259225, 11.48772289, -4.47407401, 2.47730926, -0.03316487)
-
-
-def is_polynomial(values) -> bool:
-    """Whether `values` can be a rescale polynomial: a non-empty sequence of real numbers (no strings, no bools)."""
-    return (
-        not isinstance(values, (str, bytes)) and hasattr(values, "__len__") and len(values) > 0
-        and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in values)
-    )
 
 
 def _check_whole(name: str, value, minimum: int) -> None:
