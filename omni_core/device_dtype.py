@@ -12,7 +12,7 @@ Zen 5 (AVX512-BF16, no AMX) and 0.29-0.41x on an Intel Xeon with AMX, at ~50 dB 
 pipeline fixtures (benchmarks/README.md), and `load_model` says so in its log on CPUs that have bfloat16
 instructions. On a CPU without AVX-512 (an AMD Zen 3, most desktop and laptop CPUs) oneDNN has no bfloat16 kernels:
 bfloat16 still runs, on torch's generic kernels (kernel_choice.py probes for this), at several times the float32 time
-(BF16_AVX2_NOTE), and `load_model` warns.
+(3.4-3.8x on a Zen 4 capped at AVX2, 5-7x on a Zen 3), and `load_model` warns.
 """
 
 from __future__ import annotations
