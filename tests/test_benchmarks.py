@@ -35,6 +35,7 @@ def _counted_macs(model, mode, steps, noise_side):
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     import conditioning
+    from omni_core.kernel_choice import current_kernels
 
     def onednn_linear_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs):
         return 2 * math.prod(x_shape[:-1]) * weight_shape[0] * weight_shape[1]
@@ -48,6 +49,7 @@ def _counted_macs(model, mode, steps, noise_side):
         torch.ops.mkldnn._linear_pointwise: onednn_linear_flops,
         torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flops,
     }
+    current_kernels()  # chosen (probed, measured) at load, as load_model does: not part of the counted run
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         _, stats, _ = run()
     return counter.get_total_flops() // 2, stats
