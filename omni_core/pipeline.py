@@ -15,6 +15,7 @@ import torch
 
 from .chat import ChatResult, run_chat
 from .compact import compact_condition
+from .device_dtype import execution_device
 from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage, check_reference_count
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import OFFICIAL_TEXT_GUIDANCE, GuidedVelocity
@@ -113,7 +114,7 @@ class OmniGen2:
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        return execution_device(self.transformer)
 
     @property
     def dtype(self) -> torch.dtype:

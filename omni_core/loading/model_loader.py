@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import torch
@@ -55,6 +56,7 @@ def load_model(
     vae_dtype: torch.dtype | None = None,
     transformer_storage_dtype: torch.dtype | None = None,
     loras: Sequence[LoraSpec] = (),
+    operations: Mapping[str, SimpleNamespace] | None = None,
 ) -> OmniGen2:
     """Load OmniGen2 from local files only (safetensors, never pickles).
 
@@ -65,6 +67,8 @@ def load_model(
     GPUs). The MLLM and VAE use `dtype` unless given their own; `transformer_storage_dtype` (torch.float8_e4m3fn) stores
     the transformer's projection matrices narrower, computed in `dtype`. `loras` [(path, strength), ...] are
     merged into the transformer (see `OmniGen2.with_loras`); their files are checked before the models load.
+    `operations` {'transformer' | 'vae' | 'text_encoder': namespace}: a host's layer classes per part (see ops.py);
+    parts not named keep ours.
     """
     device = check_device(device)
     if dtype is None:
@@ -96,12 +100,17 @@ def load_model(
         scheduler_file = root / "scheduler" / "scheduler_config.json"
         if scheduler_file.is_file():
             scheduler_config = json.loads(scheduler_file.read_text())
-    transformer = load_transformer(files["transformer"], dtype=dtype, device=device, storage_dtype=transformer_storage_dtype)
+    operations = operations or {}
+    transformer = load_transformer(
+        files["transformer"], dtype=dtype, device=device, operations=operations.get("transformer"),
+        storage_dtype=transformer_storage_dtype,
+    )
     if device.type == "cpu" and dtype in KERNEL_DTYPES:
         current_kernels(dtype)  # a new machine measures its kernels now, not inside the first (timed) generation
-    vae = load_vae(files["vae"], dtype=vae_dtype or dtype, device=device)
+    vae = load_vae(files["vae"], dtype=vae_dtype or dtype, device=device, operations=operations.get("vae"))
     text_encoder = load_text_encoder(
-        files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device
+        files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device,
+        operations=operations.get("text_encoder"),
     )
     return OmniGen2(transformer, vae, text_encoder, scheduler_config, **defaults).with_loras(loras)
 

@@ -14,7 +14,7 @@ import torch
 
 from ..config import TransformerConfig
 from ..errors import CheckpointMismatchError
-from ..ops import StorageCastLinear, storage_cast_operations
+from ..ops import storage_cast_operations
 from ..transformer import OmniGen2Transformer
 from .safetensors_io import load_state_dict
 from .strict import assign_state_dict, check_dtype
@@ -41,10 +41,11 @@ def load_transformer(
 ) -> OmniGen2Transformer:
     """An OmniGen2Transformer with the checkpoint's weights, in `dtype` on `device`, in eval mode.
 
-    storage_dtype (e.g. torch.float8_e4m3fn) keeps the projection matrices in that dtype, computed in `dtype`.
+    storage_dtype (e.g. torch.float8_e4m3fn) keeps the projection matrices in that dtype, computed in `dtype`, by
+    `operations` that cast them per call (ours, or a host's).
     """
     check_dtype(dtype, "transformer")
-    if storage_dtype is not None:
+    if storage_dtype is not None and operations is None:
         operations = storage_cast_operations
     path = Path(path)
     state_dict = _strip_prefix(load_state_dict(path, dtype=dtype, device=device))
@@ -60,7 +61,7 @@ def load_transformer(
         model = OmniGen2Transformer(config, operations=operations, dtype=dtype)
     if storage_dtype is not None:
         for name, module in model.named_modules():
-            if isinstance(module, StorageCastLinear) and f"{name}.weight" in state_dict:
+            if isinstance(module, torch.nn.Linear) and f"{name}.weight" in state_dict:
                 state_dict[f"{name}.weight"] = state_dict[f"{name}.weight"].to(storage_dtype)
     assign_state_dict(model, state_dict, str(path))
     logger.info("loaded OmniGen2 transformer from %s: %d layers, hidden %d, %s", path, config.num_layers, config.hidden_size, dtype)
