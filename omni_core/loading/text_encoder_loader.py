@@ -21,9 +21,10 @@ from accelerate import init_empty_weights
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
 
 from ..errors import CheckpointMismatchError, InvalidInputError, ModelFileError
-from ..ops import adopt_operations
+from ..ops import adopt_operations, storage_cast_operations
 from ..text_encoder import TextEncoder
-from .safetensors_io import load_state_dict
+from .quantized import fp8_weight_names
+from .safetensors_io import load_state_dict, read_meta
 from .strict import check_dtype, check_state_dict
 
 try:  # transformers 5: the PIL image processor is its own class; the default one needs torchvision
@@ -67,12 +68,15 @@ def load_text_encoder(
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
     operations: SimpleNamespace | None = None,
+    storage_dtype: torch.dtype | None = None,
 ) -> TextEncoder:
     """The MLLM and its tokenizer from a release root, its `mllm/` folder or a single safetensors file.
 
     `tokenizer_path` is a folder with tokenizer.json or vocab.json + merges.txt (ComfyUI's
     `comfy/text_encoders/qwen25_tokenizer`); it defaults to the release's `processor/` folder.
-    `operations`: a host's layer classes (see ops.adopt_operations).
+    `operations`: a host's layer classes (see ops.adopt_operations). storage_dtype (torch.float8_e4m3fn) keeps the
+    layers' projection matrices in that dtype (see quantized.py), computed in `dtype` by `operations` that cast them
+    per call (ours, or a host's).
     """
     check_dtype(dtype, "text encoder")
     if attn_implementation not in ATTENTION:
@@ -87,7 +91,10 @@ def load_text_encoder(
             "release's processor/ folder."
         )
     tokenizer = load_tokenizer(processor_dir)
-    state_dict = load_state_dict(weights, dtype=dtype)
+    if storage_dtype is not None and operations is None:
+        operations = storage_cast_operations
+    narrow = set() if storage_dtype is None else fp8_weight_names({k: t.shape for k, t in read_meta(weights).items()})
+    state_dict = load_state_dict(weights, dtype=lambda key: storage_dtype if key in narrow else dtype)
     if config_file:
         config = json.loads(config_file.read_text())
     else:  # sizes from the tensors, token ids from the tokenizer
