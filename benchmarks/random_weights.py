@@ -34,7 +34,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from omni_core.config import TransformerConfig  # noqa: E402
 from omni_core.loading.model_loader import DEFAULT_MODEL_DIR  # noqa: E402
-from omni_core.loading.quantized import FP8, fp8_weight_names  # noqa: E402
+from omni_core.loading.quantized import FP8, comfy_quant_entry, fp8_weight_names, quantize_scaled  # noqa: E402
 from omni_core.loading.text_encoder_loader import BUNDLED_CONFIG, _legacy_name  # noqa: E402
 from omni_core.loading.vae_loader import FLUX_VAE_CONFIG  # noqa: E402
 from omni_core.transformer import OmniGen2Transformer  # noqa: E402
@@ -119,11 +119,10 @@ def _plain(name: str, shape, dtype) -> tuple:
     return shape, dtype, lambda: random_tensor(name, shape)
 
 
-def _scaled(name: str, shape) -> dict[str, tuple]:
-    """A weight as e4m3fn values and its per-tensor float32 scale (weight ~ values * scale)."""
-    scale = random_tensor(name, shape).abs().max() / torch.finfo(FP8).max
-    return {name: (shape, FP8, lambda: random_tensor(name, shape) / scale),
-            name[: -len("weight")] + "scale": ((), torch.float32, lambda: scale.reshape(()))}
+def _scaled(name: str, shape) -> tuple[tuple, tuple]:
+    """A weight's entries as e4m3fn values and its per-tensor float32 scale (weight ~ values * scale)."""
+    return ((shape, FP8, lambda: quantize_scaled(random_tensor(name, shape))[0]),
+            ((), torch.float32, lambda: quantize_scaled(random_tensor(name, shape))[1]))
 
 
 def layout_tensors(part: str, layout: str, reduced: bool) -> dict[str, tuple]:
@@ -139,16 +138,14 @@ def layout_tensors(part: str, layout: str, reduced: bool) -> dict[str, tuple]:
         elif layout == "comfy_fp8":
             tensors[key] = _plain(name, shape, FP8)
         else:
-            scaled = _scaled(name, shape)
             layer = key[: -len(".weight")]
-            tensors[key] = scaled[name]
-            scale = scaled[name[: -len("weight")] + "scale"]
+            tensors[key], scale = _scaled(name, shape)
             if layout == "comfy_scaled_fp8":
                 tensors[f"{layer}.scale_weight"] = scale
             else:
-                conf = list(json.dumps({"format": "float8_e4m3fn"}).encode())
+                conf = comfy_quant_entry()
                 tensors[f"{layer}.weight_scale"] = scale
-                tensors[f"{layer}.comfy_quant"] = ((len(conf),), torch.uint8, lambda conf=conf: torch.tensor(conf, dtype=torch.uint8))
+                tensors[f"{layer}.comfy_quant"] = (tuple(conf.shape), torch.uint8, lambda conf=conf: conf)
     if layout == "comfy_scaled_fp8" and narrow:
         tensors["scaled_fp8"] = ((0,), FP8, lambda: torch.empty(0))
     return tensors

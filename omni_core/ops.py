@@ -115,11 +115,14 @@ default_operations = SimpleNamespace(Linear=Linear, RMSNorm=RMSNorm, LayerNorm=t
 
 class StorageCastLinear(torch.nn.Linear):
     """A Linear whose weights may be stored narrower than they are computed (float8 storage, bf16 compute): each
-    call casts them to the input's dtype, so the 4B transformer fits 8-12 GB cards."""
+    call casts them to the input's dtype, so the 4B transformer fits 8-12 GB cards. A `weight_scale` buffer (ComfyUI's
+    scaled fp8 files) multiplies the cast weight."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return linear(x, self.weight.to(x.dtype), bias)
+        scale = self._buffers.get("weight_scale")  # float32, 0-dim: the product is x's dtype, rounded once
+        weight = self.weight.to(x.dtype) if scale is None else self.weight.to(x.dtype) * scale
+        return linear(x, weight, bias)
 
 
 storage_cast_operations = SimpleNamespace(

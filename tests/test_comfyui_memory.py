@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from comfyui_server import ROOT, comfyui_location
+from omni_core.loading.quantized import FP8, fp8_weight_names
 from omni_core.lora import save_lora
+from test_fp8 import psnr, scaled_file
 
 FIXTURES = ROOT / "tests" / "fixtures" / "omnigen2-tiny"
 WORKER = ROOT / "tests" / "comfyui_inprocess" / "partial_load.py"
@@ -32,8 +34,18 @@ def partial_load(tmp_path_factory):
     lora = save_lora(folder / "lora.safetensors",
                      {m: (torch.randn(4, i, generator=g), torch.randn(o, 4, generator=g) * 0.05) for m, (o, i) in shapes.items()},
                      alpha=4.0)
+    weights = load_file(str(FIXTURES / "transformer" / "diffusion_pytorch_model.safetensors"))
+    narrow = fp8_weight_names({k: v.shape for k, v in weights.items()})
+    save_file({k: v.to(FP8) if k in narrow else v.to(torch.bfloat16) for k, v in weights.items()}, str(folder / "fp8.safetensors"))
+    variants = {"fp8_storage": [None, "fp8_e4m3fn"], "bf16": [None, "bf16"],
+                "fp8_file": [str(folder / "fp8.safetensors"), "bf16"]}
+    for layout in ("scaled_fp8", "comfy_quant"):
+        scaled_file(folder / f"{layout}.safetensors", weights, layout)
+        variants[layout] = [str(folder / f"{layout}.safetensors"), "bf16"]
+    (folder / "variants.json").write_text(json.dumps(variants))
     report = folder / "report.json"
-    run = subprocess.run([str(python), str(WORKER), str(tree), str(ROOT), str(BUDGET), str(lora), str(report)],
+    run = subprocess.run([str(python), str(WORKER), str(tree), str(ROOT), str(BUDGET), str(lora),
+                          str(folder / "variants.json"), str(report)],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-4000:]
     return json.loads(report.read_text()), load_file(str(report) + ".safetensors")
@@ -74,3 +86,21 @@ def test_comfyui_layers_keep_parity_with_the_official_pipeline(partial_load):
     official = load_file(str(FIXTURES / "pipeline_cases.safetensors"))
     for name in ("t2i", "edit", "in_context"):
         assert (images[f"{name}.base.full"] - official[f"{name}.output"]).abs().max().item() < TOLERANCE, name
+
+
+def test_fp8_weights_load_whole_and_partially_in_comfyui(partial_load):
+    """fp8 storage by weight dtype, an fp8 e4m3fn file and both scaled-fp8 formats, through ComfyUI's layer classes:
+    projections stay fp8 (scaled ones as ComfyUI's quantized tensors), modulation in bf16; a 30% load gives the full
+    load's image bit for bit, and each is close to bf16."""
+    report, images = partial_load
+    for label in ("fp8_storage", "fp8_file", "scaled_fp8", "comfy_quant"):
+        assert report[label]["modulation"][1] == "torch.bfloat16", (label, report[label])
+        assert report[label]["projection"][1] in ("torch.float8_e4m3fn", "torch.bfloat16"), (label, report[label])
+        assert torch.equal(images[f"{label}.partial"], images[f"{label}.full"]), label
+        assert report["cases"][f"{label}.partial"]["transformer"]["loaded_bytes"] <= report["cases"][f"{label}.partial"]["transformer"]["budget"]
+        assert psnr(images[f"{label}.full"], images["bf16.full"]) > 35, label
+    assert report["fp8_storage"]["projection"][1] == report["fp8_file"]["projection"][1] == "torch.float8_e4m3fn"
+    for label in ("scaled_fp8", "comfy_quant"):  # ComfyUI's quantized layers, holding 8-bit weights
+        assert report[label]["projection"][0].startswith("mixed_precision_ops"), report[label]
+        sizes = [report["cases"][f"{name}.full"]["transformer"]["size"] for name in (label, "fp8_storage", "bf16")]
+        assert sizes[0] < 1.01 * sizes[1] < 0.7 * sizes[2], sizes

@@ -20,11 +20,16 @@ from .host import comfy_ops, model_management
 LAYERS = ("Linear", "Conv2d", "Conv3d", "GroupNorm", "LayerNorm", "RMSNorm", "Embedding")
 
 
-def comfy_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype, device: torch.device) -> SimpleNamespace:
-    """The layer classes ComfyUI picks for a model stored in `weight_dtype`, computed in `compute_dtype` on `device`,
-    plus `castable` for layers comfy.ops has no class for (see `omni_core.ops.adopt_operations`)."""
-    picked = comfy_ops.pick_operations(weight_dtype, compute_dtype, load_device=device)
-    return SimpleNamespace(**{name: getattr(picked, name) for name in LAYERS}, castable=castable)
+def comfy_operations(
+    weight_dtype: torch.dtype, compute_dtype: torch.dtype, device: torch.device, quantized: bool = False
+) -> SimpleNamespace:
+    """The layer classes ComfyUI picks for a model stored in `weight_dtype`, computed in `compute_dtype` on `device`
+    (`quantized`: a file with ComfyUI's quantization metadata, whose layers read their scales themselves:
+    `reads_quantized`), plus `castable` for layers comfy.ops has no class for (see `omni_core.ops.adopt_operations`)."""
+    config = SimpleNamespace(quant_config={"mixed_ops": True}) if quantized else None
+    picked = comfy_ops.pick_operations(weight_dtype, compute_dtype, load_device=device, model_config=config)
+    return SimpleNamespace(**{name: getattr(picked, name) for name in LAYERS}, castable=castable,
+                           reads_quantized=quantized)
 
 
 def castable(layer: torch.nn.Module) -> None:

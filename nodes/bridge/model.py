@@ -13,6 +13,8 @@ import torch
 
 import omni_core
 from omni_core.errors import InvalidInputError
+from omni_core.loading.model_loader import component_path
+from omni_core.loading.transformer_loader import file_is_scaled, file_storage_dtype
 from omni_core.lora import Lora, check_loras_fit, lora_stack, resolve_loras, shallow_transformer
 
 from .devices import WeightDtypes, offload_device, weight_dtypes
@@ -80,13 +82,14 @@ class _ManagedPart(torch.nn.Module):
 _MANAGED = {p: type("OmniGen2" + p.title().replace("_", ""), (_ManagedPart,), {}) for p in PARTS}
 
 
-def _part_dtypes(dtypes: WeightDtypes) -> dict[str, tuple[torch.dtype, torch.dtype]]:
-    """(weight, compute) dtype of each part inside ComfyUI; the VAE follows ComfyUI's VAE dtype rule."""
+def _part_dtypes(dtypes: WeightDtypes, transformer_file: torch.dtype | None) -> dict[str, tuple[torch.dtype, torch.dtype]]:
+    """(weight, compute) dtype of each part inside ComfyUI, ComfyUI's layer classes being picked by them: an fp8
+    transformer file (`transformer_file`) keeps its fp8 weights; the VAE follows ComfyUI's VAE dtype rule."""
     # bf16 or fp32 only, as ComfyUI's own FLUX VAE: in fp16 the FLUX VAE overflows (dark or black images).
     vae = model_management.vae_dtype(model_management.vae_device(), [torch.bfloat16, torch.float32])
     return {
-        "transformer": (dtypes.storage or dtypes.compute, dtypes.compute),
-        "text_encoder": (dtypes.compute, dtypes.compute),
+        "transformer": (dtypes.storage or transformer_file or dtypes.compute, dtypes.compute),
+        "text_encoder": (dtypes.storage or dtypes.compute, dtypes.compute),
         "vae": (vae, vae),
     }
 
@@ -103,15 +106,17 @@ def _part_devices(part: str) -> tuple[torch.device, torch.device]:
 def load_model(source: str | dict[str, str], dtype_choice: str) -> OmniGen2Model:
     """Load an OmniGen2 model from a folder or single files, in the chosen dtypes, ready for ComfyUI memory management."""
     dtypes = weight_dtypes(dtype_choice)
+    storage = {"transformer_storage_dtype": dtypes.storage, "text_encoder_storage_dtype": dtypes.storage}
     if not IN_COMFYUI:
-        engine = omni_core.load_model(
-            source, device=offload_device(), dtype=dtypes.compute, transformer_storage_dtype=dtypes.storage
-        )
+        engine = omni_core.load_model(source, device=offload_device(), dtype=dtypes.compute, **storage)
         return OmniGen2Model(engine=engine, source=_label(source))
-    part_dtypes = _part_dtypes(dtypes)
+    transformer_file = component_path(source, "transformer")
+    part_dtypes = _part_dtypes(dtypes, file_storage_dtype(transformer_file))
     operations = {p: comfy_operations(*part_dtypes[p], _part_devices(p)[0]) for p in PARTS}
+    if file_is_scaled(transformer_file):
+        operations["transformer"] = comfy_operations(*part_dtypes["transformer"], _part_devices("transformer")[0], True)
     engine = omni_core.load_model(
-        source, device=offload_device(), dtype=dtypes.compute, transformer_storage_dtype=dtypes.storage,
+        source, device=offload_device(), dtype=dtypes.compute, **storage,
         text_encoder_dtype=part_dtypes["text_encoder"][1], vae_dtype=part_dtypes["vae"][1], operations=operations,
     )
     patchers = {}

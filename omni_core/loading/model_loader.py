@@ -48,6 +48,13 @@ def _release_files(root: Path) -> dict[str, Path]:
     return parts
 
 
+def component_path(path_or_files: str | Path | Mapping[str, str | Path], name: str) -> Path:
+    """Where one component's ('transformer', 'vae', 'text_encoder') weights are: in a release folder, or a dict."""
+    if isinstance(path_or_files, Mapping):
+        return Path(path_or_files[name])
+    return _release_files(Path(path_or_files))[name]
+
+
 def load_model(
     path_or_files: str | Path | Mapping[str, str | Path] | None = None,
     device: str | torch.device = "cpu",
@@ -55,6 +62,7 @@ def load_model(
     text_encoder_dtype: torch.dtype | None = None,
     vae_dtype: torch.dtype | None = None,
     transformer_storage_dtype: torch.dtype | None = None,
+    text_encoder_storage_dtype: torch.dtype | None = None,
     loras: Sequence[LoraSpec] = (),
     operations: Mapping[str, SimpleNamespace] | None = None,
 ) -> OmniGen2:
@@ -64,8 +72,9 @@ def load_model(
     'transformer', 'vae' and 'text_encoder' files or folders and an optional 'tokenizer' folder (required for a
     single-file text encoder). None loads the small default model bundled with the package.
     `dtype` None takes the device's default (`device_dtype.default_dtype`: float32 on the CPU, bfloat16 on recent
-    GPUs). The MLLM and VAE use `dtype` unless given their own; `transformer_storage_dtype` (torch.float8_e4m3fn) stores
-    the transformer's projection matrices narrower, computed in `dtype`. `loras` [(path, strength), ...] are
+    GPUs). The MLLM and VAE use `dtype` unless given their own; `transformer_storage_dtype` and
+    `text_encoder_storage_dtype` (torch.float8_e4m3fn) store their projection matrices narrower, computed in `dtype`
+    (an fp8 transformer file keeps its fp8 projections either way). `loras` [(path, strength), ...] are
     merged into the transformer (see `OmniGen2.with_loras`); their files are checked before the models load.
     `operations` {'transformer' | 'vae' | 'text_encoder': namespace}: a host's layer classes per part (see ops.py);
     parts not named keep ours.
@@ -110,7 +119,7 @@ def load_model(
     vae = load_vae(files["vae"], dtype=vae_dtype or dtype, device=device, operations=operations.get("vae"))
     text_encoder = load_text_encoder(
         files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device,
-        operations=operations.get("text_encoder"),
+        operations=operations.get("text_encoder"), storage_dtype=text_encoder_storage_dtype,
     )
     return OmniGen2(transformer, vae, text_encoder, scheduler_config, **defaults).with_loras(loras)
 

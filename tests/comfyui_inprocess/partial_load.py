@@ -6,7 +6,10 @@ limit and once with a fraction of the weights' bytes, and sampled with the same 
 LoRA the same again through ComfyUI's weight patches. Prints one JSON report: per run the image, ComfyUI's loaded
 bytes, how many layers it left to cast per call (lowvram), and any weight-owning layer it could neither load nor cast.
 
-usage: python partial_load.py COMFYUI_DIR PACK_DIR FRACTION LORA_FILE OUT_FILE
+Then the t2i case again for each fp8 variant in VARIANTS_JSON ({label: [transformer file or null for the fixture
+folder, weight dtype choice]}), loaded whole and partially, with the layer classes and weight dtypes it got.
+
+usage: python partial_load.py COMFYUI_DIR PACK_DIR FRACTION LORA_FILE VARIANTS_JSON OUT_FILE
 """
 
 import importlib.util
@@ -14,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-comfy_dir, pack_dir, fraction, lora_file, out_file = sys.argv[1:6]
+comfy_dir, pack_dir, fraction, lora_file, variants_file, out_file = sys.argv[1:7]
 sys.path.insert(0, comfy_dir)
 import comfy.cli_args  # noqa: E402
 
@@ -39,9 +42,10 @@ def weight_owning_layers(module: torch.nn.Module):
 
 
 def stranded(module: torch.nn.Module) -> list[str]:
-    """Weight-owning layers that ModelPatcher neither moved to the load device nor set to cast per call."""
+    """Weight-owning layers that ModelPatcher neither moved to the load device nor set to cast per call (lowvram:
+    it keeps the layer's own setting in `prev_comfy_cast_weights`)."""
     return [name for name, layer in weight_owning_layers(module)
-            if not getattr(layer, "comfy_patched_weights", False) and not getattr(layer, "comfy_cast_weights", False)]
+            if not getattr(layer, "comfy_patched_weights", False) and not hasattr(layer, "prev_comfy_cast_weights")]
 
 
 def not_comfy_ops(module: torch.nn.Module) -> list[str]:
@@ -65,7 +69,7 @@ def load(model, parts, budget_fraction):
         entry.model_load(budget)
         loaded.append(entry)
         report[part] = {"budget": budget, "loaded_bytes": int(patcher.loaded_size()), "size": int(patcher.model_size()),
-                        "lowvram_layers": sum(bool(getattr(m, "comfy_cast_weights", False)) for m in patcher.model.modules()),
+                        "lowvram_layers": sum(hasattr(m, "prev_comfy_cast_weights") for m in patcher.model.modules()),
                         "lowvram_patches": int(patcher.lowvram_patch_counter()),
                         "stranded": stranded(patcher.model)}
     return report, lambda: [entry.model_unload() for entry in loaded]
@@ -110,6 +114,19 @@ def main():
             for budget in (None, float(fraction)):
                 key = f"{name}.{label}.{'full' if budget is None else 'partial'}"
                 out["cases"][key], images[key] = sample(handle, condition, case, budget)
+    case = meta["cases"]["t2i"]
+    for label, (transformer, choice) in json.loads(Path(variants_file).read_text()).items():
+        source = str(FIXTURES) if transformer is None else {
+            "transformer": transformer, "text_encoder": str(FIXTURES / "mllm" / "model.safetensors"),
+            "vae": str(FIXTURES / "vae_bfl" / "ae.safetensors"), "tokenizer": str(FIXTURES / "processor")}
+        variant = bridge.load_model(source, choice)
+        layers = bridge.part_module(variant.engine, "transformer").layers[0]
+        condition = encode(variant, case, [], None)[1]
+        for budget in (None, float(fraction)):
+            key = f"{label}.{'full' if budget is None else 'partial'}"
+            out["cases"][key], images[key] = sample(variant, condition, case, budget)
+        out[label] = {"projection": [type(layers.attn.to_q).__qualname__, str(layers.attn.to_q.weight.dtype)],
+                      "modulation": [type(layers.norm1.linear).__qualname__, str(layers.norm1.linear.weight.dtype)]}
     save_file(images, out_file + ".safetensors")
     Path(out_file).write_text(json.dumps(out, indent=1))
 
