@@ -58,8 +58,8 @@ def text_encoder_config(reduced: bool) -> dict:
     if reduced:  # the fixture tokenizer's vocabulary; layers wide enough that weights dominate the process
         fixture = json.loads((REPO_ROOT / "tests" / "fixtures" / "omnigen2-tiny" / "mllm" / "config.json").read_text())
         ids = {k: v for k, v in fixture.items() if k.endswith("token_id")}
-        config.update(ids, vocab_size=526, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=2, max_window_layers=4)
+        config.update(ids, vocab_size=526, hidden_size=1024, intermediate_size=4096, num_hidden_layers=12,
+                      num_attention_heads=8, num_key_value_heads=2, max_window_layers=12)
         config["rope_scaling"]["mrope_section"] = [16, 24, 24]
         config["vision_config"].update(depth=2, hidden_size=512, intermediate_size=1024, num_heads=8,
                                        out_hidden_size=1024, fullatt_block_indexes=[1])
@@ -112,7 +112,7 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[tuple[int, ...], torc
         out.write(len(encoded).to_bytes(8, "little") + encoded)
         for name, (shape, dtype, make) in tensors.items():
             tensor = make().to(dtype).contiguous().reshape(shape)
-            out.write(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            out.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _plain(name: str, shape, dtype) -> tuple:

@@ -1,7 +1,7 @@
 """Host memory while loading: every layout peaks at <= 1.2x the weight bytes it loads, in RSS.
 
 Random weights in the released structure, reduced (benchmarks/random_weights.py --reduced: a 200M-parameter
-transformer, a 74M MLLM, the FLUX VAE), written in the layouts users have; each load runs in a fresh process that
+transformer, a 195M MLLM, the FLUX VAE), written in the layouts users have; each load runs in a fresh process that
 touches every loaded weight once and reports its peak RSS above what it held before loading.
 """
 
@@ -49,7 +49,10 @@ CASES = {  # id: (part, layout, file or folder in it, dtype, storage dtype)
     "transformer-fp16-file-as-bf16": ("transformer", "comfy_fp16", "transformer.safetensors", "bfloat16", "none"),
     "transformer-bf16-file-as-fp8": ("transformer", "comfy_bf16", "transformer.safetensors", "bfloat16", "float8_e4m3fn"),
     "transformer-fp16-file-as-fp8": ("transformer", "comfy_fp16", "transformer.safetensors", "bfloat16", "float8_e4m3fn"),
+    "transformer-fp8-file": ("transformer", "comfy_fp8", "transformer.safetensors", "bfloat16", "none"),
+    "transformer-scaled-fp8-file": ("transformer", "comfy_scaled_fp8", "transformer.safetensors", "bfloat16", "none"),
     "mllm-folder-bf16": ("text_encoder", "folder", "mllm", "bfloat16", "none"),
+    "mllm-fp16-file-as-fp8": ("text_encoder", "comfy_fp16", "text_encoder.safetensors", "bfloat16", "float8_e4m3fn"),
     "mllm-fp16-file-as-bf16": ("text_encoder", "comfy_fp16", "text_encoder.safetensors", "bfloat16", "none"),
     "vae-fp16-file-as-bf16": ("vae", "comfy_fp16", "vae.safetensors", "bfloat16", "none"),
 }
@@ -72,5 +75,5 @@ def test_loading_peaks_at_most_1_2x_the_loaded_weight_bytes(layouts, case):
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     print(case, report)
-    assert report["loaded_bytes"] > 100 * 2**20  # weights dominate the process, so the ratio measures the loader
+    assert report["loaded_bytes"] > 60 * 2**20  # weights dominate the process, so the ratio measures the loader
     assert report["ratio"] <= PEAK_RATIO, report
