@@ -7,6 +7,7 @@ patches.
 """
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -104,3 +105,13 @@ def test_fp8_weights_load_whole_and_partially_in_comfyui(partial_load):
         assert report[label]["projection"][0].startswith("mixed_precision_ops"), report[label]
         sizes = [report["cases"][f"{name}.full"]["transformer"]["size"] for name in (label, "fp8_storage", "bf16")]
         assert sizes[0] < 1.01 * sizes[1] < 0.7 * sizes[2], sizes
+
+
+def test_the_memory_benchmark_checks_partial_against_full_on_the_cpu(tmp_path):
+    tree, python = comfyui_location()
+    out = tmp_path / "memory.json"
+    run = subprocess.run([str(python), str(ROOT / "benchmarks" / "memory.py"), "--cpu", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "COMFYUI_DIR": str(tree)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["partial_equals_full"] and result["partial"]["transformer"]["lowvram_layers"] > 0
