@@ -1,10 +1,11 @@
-"""Where one transformer forward spends its time, ours beside the official one, and the lowest ours / official that
-the machine's kernels allow.
+"""Where one transformer forward (or one guided sampling step) spends its time, ours beside the official one, and the
+lowest ours / official that the machine's kernels allow.
 
     python benchmarks/profile_forward.py [--case NAME ...] [--noise-tokens N] [--layers N] [--top K] [--threads N]
                                          [--rounds N] [--json PATH]
 
-Same weights and inputs as `vs_official.py` (whose official-code setup it shares).
+Same weights, inputs and cases as `vs_official.py` (whose official-code setup and case runs it shares), the guided
+steps included: for those the floor is ours' kernels of one step in a sampling run against the official's passes.
 
 * Tables (`--top K`, 0 for none): torch.profiler's top operators by self CPU time of one forward of each side after a
   warm-up, so a kernel counts once however deep it is called.
@@ -22,6 +23,7 @@ Findings are kept in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -36,12 +38,11 @@ from _common import (  # noqa: E402
     bench_config,
     environment,
     kernels_line,
-    make_inputs,
     median,
     print_table,
     time_interleaved_with_cpu,
 )
-from vs_official import DEFAULT_OFFICIAL_REPO, build_pair, cases, forwards  # noqa: E402
+from vs_official import DEFAULT_OFFICIAL_REPO, build_pair, case_runs, cases  # noqa: E402
 
 # the products both sides spend most of their time in: GEMMs (MKL through aten, oneDNN) and attention kernels
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise")
@@ -129,7 +130,7 @@ COLUMNS = [
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official-repo", default=DEFAULT_OFFICIAL_REPO)
-    known = [case.name for case in cases(quick=True) if not case.guided]
+    known = [case.name for case in cases(quick=True)]
     parser.add_argument("--case", action="append", choices=known, help="repeatable; default: 1 reference")
     parser.add_argument("--noise-tokens", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -147,8 +148,9 @@ def main(argv=None) -> int:
     rows = []
     for name in args.case or ["1 reference"]:
         case = next(case for case in cases(quick=True) if case.name == name)
-        inputs = make_inputs(case.batch, args.noise_tokens, case.num_refs, case.ref_tokens, case.text_len, config.text_feat_dim)
-        run_ours, run_official = forwards(ours, official, freqs_cis, inputs)
+        case = dataclasses.replace(case, noise_tokens=args.noise_tokens)
+        run_ours, run_official = case_runs(case, ours, official, freqs_cis, config.text_feat_dim, torch.float32)
+        run_ours()  # a guided step's first call in a run refines the prompts, which later steps reuse
         for side, fn in (("ours", run_ours), ("official", run_official)) if args.top else ():
             total, table = profile_table(fn, args.top)
             print(f"\n== {name}, {side}: {total:.3f} s self CPU time in all operators\n{table}")

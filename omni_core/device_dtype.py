@@ -10,7 +10,9 @@ On the CPU float32 stays the default here too: it is what matches the official o
 an opt-in (`load_model(dtype=torch.bfloat16)`): measured here it takes 0.57-0.61x the float32 time on an AMD EPYC
 Zen 5 (AVX512-BF16, no AMX) and 0.29-0.41x on an Intel Xeon with AMX, at ~50 dB PSNR against float32 on the
 pipeline fixtures (benchmarks/README.md), and `load_model` says so in its log on CPUs that have bfloat16
-instructions.
+instructions. On a CPU without AVX-512 (an AMD Zen 3, most desktop and laptop CPUs) oneDNN has no bfloat16 kernels:
+bfloat16 still runs, on torch's generic kernels (kernel_choice.py probes for this), at several times the float32 time
+(BF16_AVX2_NOTE), and `load_model` warns.
 """
 
 from __future__ import annotations

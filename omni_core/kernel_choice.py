@@ -1,30 +1,39 @@
-"""Which CPU kernels run the model's products on this machine: measured once, cached on disk, overridable.
+"""Which CPU kernels run the model's products on this machine: probed, measured once, cached on disk, overridable.
 
-Two paths exist for float32 CPU inference: oneDNN (`torch.ops.mkldnn._linear_pointwise` for the linear layers, and
-blocked attention built on it) and torch's own kernels (`F.linear`, i.e. MKL's sgemm on x86 builds, and
-`F.scaled_dot_product_attention`). Which is faster is a property of the CPU, not of the engine: on an AMD EPYC Zen 5,
-whose cores run 512-bit vectors at full width, oneDNN runs the model's GEMMs ~2x faster than MKL (which runs at the
-rate of 256-bit vectors on both AMD generations measured); on a Zen 4, which splits 512-bit vectors in two halves,
-the two are within a few percent; on an Intel Xeon with AMX MKL is the faster one.
-bfloat16 has one GEMM path (torch's own bfloat16 CPU GEMM is oneDNN), so only its attention is chosen: blocked
-oneDNN products against torch's bfloat16 flash kernel (the blocks 1.9x faster on an AMD EPYC Zen 5 without AMX).
+Two paths exist for CPU inference: oneDNN (`torch.ops.mkldnn._linear_pointwise` for the linear layers, with the
+feed-forward's SiLU fused as a post-op, and blocked attention built on it) and torch's own kernels (`F.linear`, i.e.
+MKL's sgemm on x86 builds for float32, and `F.scaled_dot_product_attention`). Which is faster is a property of the
+CPU, not of the engine: on an AMD EPYC Zen 5, whose cores run 512-bit vectors at full width, oneDNN runs the model's
+GEMMs ~2x faster than MKL (which runs at the rate of 256-bit vectors on both AMD generations measured); on a Zen 4,
+which splits 512-bit vectors in two halves, the two are within a few percent; on an Intel Xeon with AMX MKL is the
+faster one. bfloat16 has one GEMM path where oneDNN runs it (torch's own bfloat16 CPU GEMM is oneDNN then), so only
+its attention is chosen: blocked oneDNN products against torch's bfloat16 flash kernel.
 
-So the choice is made by a micro-benchmark of both paths on a few representative shapes (interleaved rounds,
-medians; ~0.1-0.5 s once per dtype), cached per machine in `$XDG_CACHE_HOME/omni_core/cpu_kernels.json` (default
-`~/.cache/...`) under a key of everything that decides it: CPU model with its family and model numbers, its relevant
-instruction-set flags, torch version, thread count and dtype. A missing, unwritable or corrupt cache only means
-measuring again.
+Which paths exist is a property of the CPU too: without AVX-512 (an AMD Zen 3, most desktop and laptop CPUs) oneDNN
+has no bfloat16 inner product at all. So each oneDNN path (GEMM, fused GEMM, blocked attention; per dtype) is first
+probed once per process on tiny inputs (`runnable_paths`, microseconds); a path that cannot run is never measured,
+chosen or called. bfloat16 then runs on torch's own kernels, which are correct but slow there (float32 stays the CPU
+default: device_dtype.py).
+
+The choice among runnable paths is made by a micro-benchmark of both on a few representative shapes (interleaved
+rounds, medians; ~0.1-0.5 s once per dtype), cached per machine in `$XDG_CACHE_HOME/omni_core/cpu_kernels.json`
+(default `~/.cache/...`) under a key of everything that decides it: CPU model with its family and model numbers,
+its relevant instruction-set flags and torch's dispatch level, torch version, thread count and dtype. Each entry
+records the paths probed runnable; an entry whose record differs from this process's probe (oneDNN capped by
+`ONEDNN_MAX_CPU_ISA`, say) is measured again. A missing, unwritable or corrupt cache only means measuring again.
 
 Override: `OMNI_CORE_CPU_GEMM=auto|onednn|mkl` (read at first use) or `set_cpu_gemm(...)` (any time); `onednn` or
-`mkl` forces both linear layers and attention to that path (`mkl` = torch's own kernels) in every dtype.
+`mkl` forces both linear layers and attention to that path (`mkl` = torch's own kernels) in every dtype. Forcing
+`onednn` where a oneDNN path of the dtype cannot run is an error naming it, raised when the kernels are chosen
+(load_model chooses them at load).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -34,41 +43,77 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .cpu_kernels import blocked_attention_onednn, onednn_built, onednn_linear, sdpa_attention
 from .errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
 ENV_VAR = "OMNI_CORE_CPU_GEMM"
 SETTINGS = ("auto", "onednn", "mkl")
-CACHE_FORMAT = 2  # 2: CPU family and model in the key
+CACHE_FORMAT = 3  # 2: CPU family and model in the key; 3: the runnable oneDNN paths recorded
 # instruction-set extensions that change which GEMM kernels oneDNN and MKL dispatch to
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 LINEAR_SHAPES = ((384, 1024, 1024), (384, 1024, 3072))  # (rows, in, out): attention-sized and feed-forward-sized
 ATTENTION_SHAPE = (6, 2, 512, 120)  # query heads, key/value heads, tokens, head_dim (the release's head shape)
 ROUNDS = 5
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the CPU inference dtypes with a choice of kernels
+# environment variables that cap the instruction sets oneDNN, MKL and torch dispatch to (part of the cache key)
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+ONEDNN_PATHS = ("gemm", "fused gemm", "blocked attention")  # per dtype; all three are needed to force oneDNN
 
 
 @dataclass(frozen=True)
 class KernelChoice:
     """The path of each product ("onednn" or "mkl" = torch's own) and where the choice came from: "measured",
-    "cache", "override" or "unavailable" (no oneDNN GEMM in this build). Ratios are oneDNN / torch median times.
-    bfloat16 linear layers are always "onednn" (torch's own bfloat16 GEMM is oneDNN), with no ratio."""
+    "cache", "override" or "unavailable" (no oneDNN path of the dtype runs here). Ratios are oneDNN / torch median
+    times. bfloat16 linear layers are "onednn" wherever oneDNN runs bfloat16 GEMMs (torch's own bfloat16 GEMM is
+    oneDNN there), with no ratio. `fused`: the feed-forward's SiLU runs inside a oneDNN GEMM. `onednn_paths`: the
+    oneDNN paths of the dtype probed runnable here."""
 
     linear: str
     attention: str
     source: str
     linear_ratio: float | None = None
     attention_ratio: float | None = None
+    fused: bool = False
+    onednn_paths: tuple[str, ...] = ()
 
 
 def onednn_available() -> bool:
-    """oneDNN's dense GEMM is reachable: an x86 build of PyTorch with mkldnn (all official x86 wheels)."""
-    return (
-        platform.machine().lower() in ("x86_64", "amd64")
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    """Some oneDNN path runs here (the op is in this build and its float32 GEMM runs on this CPU)."""
+    return "gemm" in runnable_paths(torch.float32)
+
+
+def _probes(dtype: torch.dtype) -> dict[str, Callable[[], object]]:
+    """Each oneDNN path run once on tiny inputs of `dtype`: enough for oneDNN to create (or refuse) its primitives."""
+    x, weight = torch.ones(4, 16, dtype=dtype), torch.ones(8, 16, dtype=dtype)
+    q, kv = torch.ones(1, 2, 4, 16, dtype=dtype), torch.ones(1, 1, 4, 16, dtype=dtype)
+    return {
+        "gemm": lambda: onednn_linear(x, weight),
+        "fused gemm": lambda: onednn_linear(x, weight, None, "swish"),
+        "blocked attention": lambda: blocked_attention_onednn(q, kv, kv, None),
+    }
+
+
+@functools.cache
+def probe(dtype: torch.dtype) -> dict[str, str | None]:
+    """Per oneDNN path of `dtype`: None if it runs here, else why not (oneDNN's own first line). Once per process."""
+    if not onednn_built():
+        return dict.fromkeys(ONEDNN_PATHS, "this PyTorch build has no oneDNN GEMM (an x86 build with mkldnn has)")
+    failures: dict[str, str | None] = {}
+    with torch.no_grad():
+        for path, run in _probes(dtype).items():
+            try:
+                run()
+                failures[path] = None
+            except RuntimeError as error:
+                failures[path] = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    return failures
+
+
+def runnable_paths(dtype: torch.dtype) -> tuple[str, ...]:
+    """The oneDNN paths of `dtype` that run on this machine, in ONEDNN_PATHS order."""
+    return tuple(path for path, failure in probe(dtype).items() if failure is None)
 
 
 def cpu_description(cpuinfo: str | None = None) -> tuple[str, tuple[str, ...]]:
@@ -95,7 +140,8 @@ def cpu_description(cpuinfo: str | None = None) -> tuple[str, tuple[str, ...]]:
 
 def cache_key(threads: int, dtype: torch.dtype = torch.float32) -> str:
     model, flags = cpu_description()
-    return f"{model} | {' '.join(flags) or '-'} | torch {torch.__version__} | {threads} threads | {dtype}"
+    caps = "".join(f" | {name}={os.environ[name]}" for name in ISA_CAPS if os.environ.get(name))
+    return f"{model} | {' '.join(flags) or '-'}{caps} | torch {torch.__version__} | {threads} threads | {dtype}"
 
 
 def cache_file() -> Path:
@@ -114,13 +160,22 @@ def _read_entries(path: Path) -> dict[str, dict]:
     return data["entries"]
 
 
-def _valid(entry) -> bool:
-    return isinstance(entry, dict) and entry.get("linear") in ("onednn", "mkl") and entry.get("attention") in ("onednn", "mkl")
+def _valid(entry, paths: tuple[str, ...]) -> bool:
+    """A well-formed entry made with the same oneDNN paths runnable as now, choosing none that is not."""
+    return (
+        isinstance(entry, dict)
+        and entry.get("onednn_paths") == list(paths)
+        and entry.get("linear") in ("onednn", "mkl")
+        and entry.get("attention") in ("onednn", "mkl")
+        and (entry["linear"] == "mkl" or "gemm" in paths)
+        and (entry["attention"] == "mkl" or "blocked attention" in paths)
+        and entry.get("fused") == (entry["linear"] == "onednn" and "fused gemm" in paths)
+    )
 
 
 def _write_entry(path: Path, key: str, choice: KernelChoice) -> None:
     """Add `choice` under `key` (atomically: a reader never sees half a file); a failure only logs."""
-    entries = {k: v for k, v in _read_entries(path).items() if _valid(v)}
+    entries = {k: v for k, v in _read_entries(path).items() if isinstance(v, dict)}
     entries[key] = {**asdict(choice), "source": "measured"}
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -155,15 +210,14 @@ def _attention_inputs(dtype: torch.dtype, generator: torch.Generator) -> tuple[t
 
 
 @torch.no_grad()
-def measure(dtype: torch.dtype = torch.float32) -> tuple[float | None, float]:
+def measure(dtype: torch.dtype = torch.float32) -> tuple[float | None, float | None]:
     """(oneDNN / torch time for the linear shapes, the same for attention) in `dtype` on this machine, threads as
-    set now. bfloat16 has no linear ratio: both of its GEMM paths are oneDNN."""
-    from .attention import blocked_attention_onednn, sdpa_attention  # they import this module: import late
-    from .cpu_gemm import onednn_linear
-
+    set now; None where there is nothing to compare: a oneDNN path that cannot run here, or bfloat16's linear
+    layers (where oneDNN runs them, torch's own bfloat16 GEMM is oneDNN too)."""
+    paths = runnable_paths(dtype)
     generator = torch.Generator().manual_seed(0)
-    linear_ratio = None
-    if dtype == torch.float32:
+    linear_ratio = attention_ratio = None
+    if dtype == torch.float32 and "gemm" in paths:
         linear_time = {"onednn": 0.0, "mkl": 0.0}
         for rows, inner, outer in LINEAR_SHAPES:
             x = torch.randn(rows, inner, generator=generator)
@@ -172,11 +226,13 @@ def measure(dtype: torch.dtype = torch.float32) -> tuple[float | None, float]:
             for name in linear_time:
                 linear_time[name] += times[name]
         linear_ratio = linear_time["onednn"] / linear_time["mkl"]
-    q, k, v = _attention_inputs(dtype, generator)
-    attention_time = _median_seconds(
-        {"onednn": lambda: blocked_attention_onednn(q, k, v, None), "mkl": lambda: sdpa_attention(q, k, v, None)}
-    )
-    return linear_ratio, attention_time["onednn"] / attention_time["mkl"]
+    if "blocked attention" in paths:
+        q, k, v = _attention_inputs(dtype, generator)
+        attention_time = _median_seconds(
+            {"onednn": lambda: blocked_attention_onednn(q, k, v, None), "mkl": lambda: sdpa_attention(q, k, v, None)}
+        )
+        attention_ratio = attention_time["onednn"] / attention_time["mkl"]
+    return linear_ratio, attention_ratio
 
 
 def check_setting(setting: str, where: str) -> str:
@@ -192,32 +248,52 @@ def _check_kernel_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+def _forced_onednn(dtype: torch.dtype, paths: tuple[str, ...]) -> KernelChoice:
+    """oneDNN for every product, or an error naming what this machine's oneDNN cannot run."""
+    failures = {path: why for path, why in probe(dtype).items() if why is not None}
+    if failures:
+        missing = "; ".join(f"{str(dtype).removeprefix('torch.')} {path}: {why}" for path, why in failures.items())
+        raise InvalidInputError(
+            f"{ENV_VAR}=onednn (or set_cpu_gemm('onednn')) asks for oneDNN kernels this CPU or PyTorch build cannot "
+            f"run ({missing}); use {ENV_VAR}=auto, which picks among the kernels that run here, or mkl."
+        )
+    return KernelChoice("onednn", "onednn", "override", fused=True, onednn_paths=paths)
+
+
 def choose_kernels(
     setting: str = "auto", threads: int | None = None, dtype: torch.dtype = torch.float32
 ) -> KernelChoice:
-    """The kernel paths for `setting` at `threads` (default: torch's current count) in `dtype`: forced, cached or
-    measured now (and cached). Measuring runs at the current thread count, so `threads` only names the cache entry."""
+    """The kernel paths for `setting` at `threads` (default: torch's current count) in `dtype`, among those that run
+    here: forced, cached or measured now (and cached). Measuring runs at the current thread count, so `threads`
+    only names the cache entry."""
     check_setting(setting, "the CPU GEMM setting")
     _check_kernel_dtype(dtype)
-    fixed_linear = "onednn" if dtype == torch.bfloat16 else None
-    if not onednn_available():
-        return KernelChoice("mkl", "mkl", "unavailable")
-    if setting != "auto":
-        return KernelChoice(fixed_linear or setting, setting, "override")
+    paths = runnable_paths(dtype)
+    if setting == "onednn":
+        return _forced_onednn(dtype, paths)
+    if setting == "mkl":
+        return KernelChoice("mkl", "mkl", "override", onednn_paths=paths)
+    fixed_linear = dtype == torch.bfloat16 and "gemm" in paths
+    if not paths:
+        return KernelChoice("mkl", "mkl", "unavailable", onednn_paths=paths)
     key = cache_key(threads or torch.get_num_threads(), dtype)
     path = cache_file()
     entry = _read_entries(path).get(key)
-    if _valid(entry):
+    if _valid(entry, paths):
         return KernelChoice(
-            entry["linear"], entry["attention"], "cache", entry.get("linear_ratio"), entry.get("attention_ratio")
+            entry["linear"], entry["attention"], "cache", entry.get("linear_ratio"), entry.get("attention_ratio"),
+            entry["fused"], paths,
         )
     linear_ratio, attention_ratio = measure(dtype)
+    linear = "onednn" if fixed_linear or (linear_ratio is not None and linear_ratio < 1.0) else "mkl"
     choice = KernelChoice(
-        fixed_linear or ("onednn" if linear_ratio < 1.0 else "mkl"),
-        "onednn" if attention_ratio < 1.0 else "mkl",
+        linear,
+        "onednn" if attention_ratio is not None and attention_ratio < 1.0 else "mkl",
         "measured",
         None if linear_ratio is None else round(linear_ratio, 3),
-        round(attention_ratio, 3),
+        None if attention_ratio is None else round(attention_ratio, 3),
+        linear == "onednn" and "fused gemm" in paths,
+        paths,
     )
     _write_entry(path, key, choice)
     return choice

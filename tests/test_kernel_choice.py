@@ -1,6 +1,7 @@
-"""The CPU kernel choice: overrides force each path (seen in the profiler), both agree to round-off (bfloat16
-attention: as close to exact as torch's own kernel), and the per-machine cache survives round trips, misses on
-another key (thread count, dtype) and shrugs off corrupt or unwritable files."""
+"""The CPU kernel choice: only paths probed runnable are chosen; overrides force each path (seen in the profiler), or
+name what cannot run; both paths agree to round-off (bfloat16 attention: as close to exact as torch's own kernel);
+the per-machine cache survives round trips, misses on another key (thread count, dtype, runnable paths) and shrugs
+off corrupt or unwritable files. tests/test_avx2.py runs this file again under an AVX2-only oneDNN."""
 
 import json
 
@@ -12,7 +13,8 @@ from omni_core import InvalidInputError, kernel_choice
 from omni_core.attention import attention
 from omni_core.ops import Linear
 
-pytestmark = pytest.mark.skipif(not kernel_choice.onednn_available(), reason="no oneDNN GEMM in this PyTorch build")
+pytestmark = pytest.mark.skipif(not kernel_choice.onednn_available(), reason="no oneDNN GEMM runs here")
+BF16_ONEDNN = kernel_choice.runnable_paths(torch.bfloat16) == kernel_choice.ONEDNN_PATHS  # not on AVX2-only CPUs
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +43,8 @@ def test_override_forces_each_path_and_both_agree():
     outputs = {}
     for setting in ("onednn", "mkl"):
         kernel_choice.set_cpu_gemm(setting)
-        assert kernel_choice.current_kernels() == kernel_choice.KernelChoice(setting, setting, "override")
+        choice = kernel_choice.current_kernels()
+        assert (choice.linear, choice.attention, choice.source, choice.fused) == (setting, setting, "override", setting == "onednn")
         linear_ops, attention_ops = ops_run(lambda: layer(x)), ops_run(lambda: attention(q, k, v))
         onednn = setting == "onednn"
         assert ("mkldnn::_linear_pointwise" in linear_ops) == onednn and ("aten::addmm" in linear_ops) != onednn
@@ -52,6 +55,7 @@ def test_override_forces_each_path_and_both_agree():
         assert (fast - plain).abs().max() < 1e-5
 
 
+@pytest.mark.skipif(not BF16_ONEDNN, reason="oneDNN runs no bfloat16 here: test_forcing_onednn_where_it_cannot_run")
 @torch.no_grad()
 def test_bfloat16_attention_paths_are_forced_and_as_exact_as_torchs_kernel():
     generator = torch.Generator().manual_seed(0)
@@ -64,7 +68,8 @@ def test_bfloat16_attention_paths_are_forced_and_as_exact_as_torchs_kernel():
     errors = {}
     for setting in ("onednn", "mkl"):
         kernel_choice.set_cpu_gemm(setting)
-        assert kernel_choice.current_kernels(torch.bfloat16) == kernel_choice.KernelChoice("onednn", setting, "override")
+        choice = kernel_choice.current_kernels(torch.bfloat16)
+        assert (choice.linear, choice.attention, choice.fused) == (setting, setting, setting == "onednn")
         inputs = [t.to(torch.bfloat16) for t in (q, k, v)] + [keys]
         ops = ops_run(lambda: attention(*inputs))
         assert ("mkldnn::_linear_pointwise" in ops) == (setting == "onednn")
@@ -100,10 +105,15 @@ def test_measured_choice_is_cached_per_key(cache_home):
     assert len(json.loads(kernel_choice.cache_file().read_text())["entries"]) == 2
     # bfloat16 has its own entry; its linear layers have one path (torch's bfloat16 GEMM is oneDNN), so no ratio
     bf16 = kernel_choice.choose_kernels("auto", threads=1, dtype=torch.bfloat16)
-    assert bf16.source == "measured" and bf16.linear == "onednn" and bf16.linear_ratio is None
-    assert bf16.attention_ratio > 0 and bf16.attention in ("onednn", "mkl")
-    assert kernel_choice.choose_kernels("auto", threads=1, dtype=torch.bfloat16).source == "cache"
-    assert kernel_choice.cache_key(1, torch.bfloat16) in json.loads(kernel_choice.cache_file().read_text())["entries"]
+    assert bf16.linear_ratio is None and bf16.onednn_paths == kernel_choice.runnable_paths(torch.bfloat16)
+    if BF16_ONEDNN:
+        assert bf16.source == "measured" and bf16.linear == "onednn" and bf16.fused
+        assert bf16.attention_ratio > 0 and bf16.attention in ("onednn", "mkl")
+        assert kernel_choice.choose_kernels("auto", threads=1, dtype=torch.bfloat16).source == "cache"
+        assert kernel_choice.cache_key(1, torch.bfloat16) in json.loads(kernel_choice.cache_file().read_text())["entries"]
+    else:  # nothing to measure: torch's own kernels, and no entry
+        assert bf16 == kernel_choice.KernelChoice("mkl", "mkl", "unavailable", onednn_paths=bf16.onednn_paths)
+        assert len(json.loads(kernel_choice.cache_file().read_text())["entries"]) == 2
     with pytest.raises(InvalidInputError, match="float16"):
         kernel_choice.choose_kernels("auto", threads=1, dtype=torch.float16)
 
@@ -123,14 +133,51 @@ def test_corrupt_or_unwritable_cache_is_ignored(cache_home, monkeypatch):
     assert kernel_choice.choose_kernels("auto", threads=1).source == "measured"
 
 
-def test_load_model_chooses_the_kernels_before_any_generation(cache_home, monkeypatch):
+def test_load_model_chooses_the_kernels_before_any_generation(cache_home, monkeypatch, caplog):
     from omni_core import load_model
 
     monkeypatch.delenv(kernel_choice.ENV_VAR, raising=False)
     kernel_choice.set_cpu_gemm(None)  # forget this process's choices: the next one is measured, into cache_home
-    load_model(dtype=torch.bfloat16)
-    entries = json.loads(kernel_choice.cache_file().read_text())["entries"]
-    assert list(entries) == [kernel_choice.cache_key(torch.get_num_threads(), torch.bfloat16)]
+    with caplog.at_level("WARNING", logger="omni_core"):
+        load_model(dtype=torch.bfloat16)
+    slow = "bfloat16 runs on torch's generic kernels" in caplog.text
+    if BF16_ONEDNN:
+        entries = json.loads(kernel_choice.cache_file().read_text())["entries"]
+        assert list(entries) == [kernel_choice.cache_key(torch.get_num_threads(), torch.bfloat16)]
+        assert not slow
+    else:  # chosen at load all the same: torch's own kernels, nothing to measure or cache, and the user is told
+        assert not kernel_choice.cache_file().exists()
+        assert kernel_choice._chosen[torch.get_num_threads(), torch.bfloat16].source == "unavailable"
+        assert slow
+
+
+def test_forcing_onednn_where_it_cannot_run_names_the_path_at_load(monkeypatch):
+    """On an AVX2-only CPU (tests/test_avx2.py runs this there) oneDNN has no bfloat16: forcing it fails at load,
+    naming the dtype and path, not inside a forward; elsewhere forcing it works."""
+    from omni_core import load_model
+
+    monkeypatch.setenv(kernel_choice.ENV_VAR, "onednn")
+    kernel_choice.set_cpu_gemm(None)
+    if BF16_ONEDNN:
+        assert load_model(dtype=torch.bfloat16).dtype == torch.bfloat16
+        return
+    with pytest.raises(InvalidInputError, match=rf"{kernel_choice.ENV_VAR}=onednn.*bfloat16 gemm: .*auto"):
+        load_model(dtype=torch.bfloat16)
+    assert load_model().dtype == torch.float32  # float32 oneDNN runs on every x86 CPU
+
+
+def test_a_cached_choice_made_with_other_runnable_paths_is_measured_again(cache_home):
+    """An entry records the paths probed runnable when it was made; one that names a path not runnable now (a cache
+    carried from another CPU, or oneDNN capped since) is never served."""
+    first = kernel_choice.choose_kernels("auto", threads=1)
+    path = kernel_choice.cache_file()
+    data = json.loads(path.read_text())
+    entry = data["entries"][kernel_choice.cache_key(1)]
+    assert entry["onednn_paths"] == list(kernel_choice.runnable_paths(torch.float32))
+    entry["onednn_paths"] = entry["onednn_paths"][:1]
+    path.write_text(json.dumps(data))
+    again = kernel_choice.choose_kernels("auto", threads=1)
+    assert again.source == "measured" and again.onednn_paths == first.onednn_paths
 
 
 # /proc/cpuinfo of two 2-core KVM guests this project ran on (first lines, flags cut to the relevant ones): both name

@@ -85,6 +85,15 @@ def load_model(
         if dtype == torch.float32 and device.type == "cpu" and cpu_has_bf16_instructions():
             log.info("this CPU computes bfloat16 natively: dtype=torch.bfloat16 may run faster (see device_dtype.py)")
     check_dtype(dtype, "model")
+    if device.type == "cpu" and dtype in KERNEL_DTYPES:
+        # a new machine measures its kernels now, not inside the first (timed) generation; a forced path that cannot
+        # run here fails now, before minutes of loading, naming it
+        kernels = current_kernels(dtype)
+        if dtype == torch.bfloat16 and "gemm" not in kernels.onednn_paths:
+            log.warning(
+                "this CPU has no bfloat16 GEMM in oneDNN (no AVX-512): bfloat16 runs on torch's generic kernels, "
+                "several times slower than float32, the CPU default (see device_dtype.py)"
+            )
     loras = resolve_loras(loras)  # bad LoRA files fail before minutes of loading
     if path_or_files is None:
         path_or_files = DEFAULT_MODEL_DIR
@@ -114,8 +123,6 @@ def load_model(
         files["transformer"], dtype=dtype, device=device, operations=operations.get("transformer"),
         storage_dtype=transformer_storage_dtype,
     )
-    if device.type == "cpu" and dtype in KERNEL_DTYPES:
-        current_kernels(dtype)  # a new machine measures its kernels now, not inside the first (timed) generation
     vae = load_vae(files["vae"], dtype=vae_dtype or dtype, device=device, operations=operations.get("vae"))
     text_encoder = load_text_encoder(
         files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device,
