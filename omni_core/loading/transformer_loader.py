@@ -110,26 +110,37 @@ def load_transformer(
     state_dict = load_state_dict(path, dtype=read_dtype, device=device, strip_prefix=prefix)
     check_quant_formats(state_dict, str(path))
     state_dict = {key: value for key, value in state_dict.items() if not is_bookkeeping(key)}
-    for key, scale_key in scales.items():
-        scale = state_dict.pop(scale_key).float().reshape(())
-        layer = key[: -len(".weight")]
-        if key not in kept_scales:  # a layer kept in the compute dtype
-            state_dict[key] = dequantized(state_dict[key], scale, dtype)
-            continue
-        state_dict[f"{layer}.weight_scale"] = scale
-        if host_reads_scales:  # the per-layer form ComfyUI's quantized layers read
-            state_dict[f"{layer}.comfy_quant"] = comfy_quant_entry()
-        else:
-            model.get_submodule(layer).register_buffer("weight_scale", torch.empty((), device="meta"))
+    _place_scales(model, state_dict, scales, kept_scales, dtype, host_reads_scales)
     if host_reads_scales and kept_scales:
-        with torch.device("meta"):  # names and shapes checked against our own layers; the host's read the rest
-            expected = OmniGen2Transformer(config, dtype=dtype).state_dict()
-        weights = {key: value for key, value in state_dict.items() if not key.endswith(QUANT_SUFFIXES)}
-        check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, weights,
-                         f"'{path}' does not fit the OmniGen2Transformer it is loaded into", "Check the file.")
-        model.load_state_dict(state_dict, strict=True, assign=True)
-        model.eval().requires_grad_(False)
+        _load_into_host_layers(model, config, state_dict, dtype, path)
     else:
         assign_state_dict(model, state_dict, str(path))
     logger.info("loaded OmniGen2 transformer from %s: %d layers, hidden %d, %s", path, config.num_layers, config.hidden_size, dtype)
     return model
+
+
+def _place_scales(model, state_dict, scales: dict[str, str], kept: dict[str, str], dtype, host_reads: bool) -> None:
+    """Each scaled weight of a scaled-fp8 file, in place: one kept in fp8 keeps its scale (a `weight_scale` buffer of
+    our layer, or the per-layer form ComfyUI's quantized layers read), any other is dequantized into `dtype`."""
+    for key, scale_key in scales.items():
+        scale = state_dict.pop(scale_key).float().reshape(())
+        layer = key[: -len(".weight")]
+        if key not in kept:  # a layer kept in the compute dtype
+            state_dict[key] = dequantized(state_dict[key], scale, dtype)
+            continue
+        state_dict[f"{layer}.weight_scale"] = scale
+        if host_reads:
+            state_dict[f"{layer}.comfy_quant"] = comfy_quant_entry()
+        else:
+            model.get_submodule(layer).register_buffer("weight_scale", torch.empty((), device="meta"))
+
+
+def _load_into_host_layers(model, config: TransformerConfig, state_dict, dtype, path: Path) -> None:
+    """Names and shapes checked against our own layers, then the host's quantized layers read their entries."""
+    with torch.device("meta"):
+        expected = OmniGen2Transformer(config, dtype=dtype).state_dict()
+    weights = {key: value for key, value in state_dict.items() if not key.endswith(QUANT_SUFFIXES)}
+    check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, weights,
+                     f"'{path}' does not fit the OmniGen2Transformer it is loaded into", "Check the file.")
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    model.eval().requires_grad_(False)
