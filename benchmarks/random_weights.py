@@ -120,15 +120,9 @@ def _plain(name: str, shape, dtype) -> tuple:
 
 
 def _scaled(name: str, shape) -> tuple[tuple, tuple]:
-    """A weight's entries as e4m3fn values and its per-tensor float32 scale (weight ~ values * scale); the values
-    are made first (the file's order) and leave their scale behind, so each weight is drawn once."""
-    scale = {}
-
-    def values() -> torch.Tensor:
-        quantized, scale["value"] = quantize_scaled(random_tensor(name, shape))
-        return quantized
-
-    return (shape, FP8, values), ((), torch.float32, lambda: scale["value"])
+    """A weight's entries as e4m3fn values and its per-tensor float32 scale (weight ~ values * scale)."""
+    return ((shape, FP8, lambda: quantize_scaled(random_tensor(name, shape))[0]),
+            ((), torch.float32, lambda: quantize_scaled(random_tensor(name, shape))[1]))
 
 
 def layout_tensors(part: str, layout: str, reduced: bool) -> dict[str, tuple]:
