@@ -6,7 +6,8 @@ from . import bridge
 
 _DTYPE_TOOLTIP = (
     "Weight dtype. auto: what the device handles best (bf16 on recent GPUs, fp32 on the CPU). fp8_e4m3fn stores the "
-    "transformer's projections in 8 bits (about half the VRAM of bf16) and computes in bf16."
+    "transformer's and the text encoder's projections in 8 bits (about half the VRAM of bf16) and computes in bf16; "
+    "fp8 and scaled fp8 transformer files stay in 8 bits whatever is chosen."
 )
 
 

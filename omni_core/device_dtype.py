@@ -46,6 +46,16 @@ def check_device(device: str | torch.device) -> torch.device:
     return parsed
 
 
+def execution_device(model: torch.nn.Module) -> torch.device:
+    """Where a model computes: the device a host declared (`model.execution_device`) or else its first weight's.
+
+    A host that loads weights layer by layer (ComfyUI's partial loading) keeps some of them on the CPU and casts them
+    to the GPU per call, so no weight's device says where inputs must go; the host declares it instead.
+    """
+    declared = getattr(model, "execution_device", None)
+    return declared if declared is not None else next(model.parameters()).device
+
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """bfloat16 where ComfyUI would run a bfloat16-capable model in half precision, else float32 (see above)."""
     device = torch.device(device)

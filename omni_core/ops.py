@@ -3,7 +3,8 @@
 Every weight-owning module takes `operations`: a namespace with `Linear`, `RMSNorm` and `LayerNorm`. The default is
 torch's layers with faster float32 CPU inference (Linear on this machine's faster GEMM, see cpu_gemm.py; RMSNorm in
 fewer passes); ComfyUI passes its `comfy.ops` classes (no random init, weight casting, quantised storage) through the
-same seam, as it does for its own models.
+same seam, as it does for its own models. Models another library builds (diffusers' VAE, transformers' MLLM) take a
+host's classes through `adopt_operations`.
 """
 
 from types import SimpleNamespace
@@ -114,13 +115,36 @@ default_operations = SimpleNamespace(Linear=Linear, RMSNorm=RMSNorm, LayerNorm=t
 
 class StorageCastLinear(torch.nn.Linear):
     """A Linear whose weights may be stored narrower than they are computed (float8 storage, bf16 compute): each
-    call casts them to the input's dtype, so the 4B transformer fits 8-12 GB cards."""
+    call casts them to the input's dtype, so the 4B transformer fits 8-12 GB cards. A `weight_scale` buffer (ComfyUI's
+    scaled fp8 files) multiplies the cast weight."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return linear(x, self.weight.to(x.dtype), bias)
+        scale = self._buffers.get("weight_scale")  # float32, 0-dim: the product is x's dtype, rounded once
+        weight = self.weight.to(x.dtype) if scale is None else self.weight.to(x.dtype) * scale
+        return linear(x, weight, bias)
 
 
 storage_cast_operations = SimpleNamespace(
     Linear=StorageCastLinear, RMSNorm=torch.nn.RMSNorm, LayerNorm=torch.nn.LayerNorm
 )
+
+
+def adopt_operations(model: torch.nn.Module, operations: SimpleNamespace) -> torch.nn.Module:
+    """Give a model another library built (diffusers' VAE, transformers' MLLM) a host's layer classes, in place.
+
+    Every layer that is exactly a torch layer named in `operations` (Linear, Conv2d, Embedding, ...) becomes that
+    class, a subclass with the same parameters (ComfyUI's ops are). Then, where the host provides
+    `operations.castable(layer)`, every layer owning parameters is handed to it, those of other classes
+    (transformers' RMSNorm) included: a host that moves weights layer by layer (ComfyUI's partial loading) must be
+    able to move every weight, or the ones it cannot would stay behind.
+    """
+    for layer in model.modules():
+        kind = type(layer)
+        if getattr(torch.nn, kind.__name__, None) is kind and hasattr(operations, kind.__name__):
+            layer.__class__ = getattr(operations, kind.__name__)
+        if hasattr(operations, "castable") and any(True for _ in layer.parameters(recurse=False)):
+            if any(True for _ in layer.children()):
+                raise TypeError(f"{kind.__name__} owns parameters beside child layers: no host can move them per layer")
+            operations.castable(layer)
+    return model

@@ -16,6 +16,7 @@ import torch
 from .chat import ChatResult, run_chat
 from .compact import compact_condition
 from .condition import Condition, ReferenceImage, check_reference_count
+from .device_dtype import execution_device
 from .errors import InvalidInputError, OmniGen2Error
 from .guidance import OFFICIAL_TEXT_GUIDANCE, GuidedVelocity
 from .lora import LoraSpec, apply_loras
@@ -114,7 +115,7 @@ class OmniGen2:
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        return execution_device(self.transformer)
 
     @property
     def dtype(self) -> torch.dtype:

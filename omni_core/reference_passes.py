@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 
 from .condition import Condition, ReferenceImage, TextCondition, reference_fingerprint
+from .device_dtype import execution_device
 from .guidance import GuidancePass, batchable_groups
 from .lora import lora_fingerprint
 from .reference_cache import (
@@ -58,8 +59,7 @@ class TransformerPasses:
         condition (without a cache every step recomputes, as asked)."""
         self.transformer = transformer
         self.step_cache = step_cache
-        parameter = next(transformer.parameters())
-        self.dtype, self.device = parameter.dtype, parameter.device
+        self.dtype, self.device = next(transformer.parameters()).dtype, execution_device(transformer)
         self.references = [_to_device(ref, self.device, self.dtype) for ref in condition.references]
         self.reference_len = sum(ref.num_tokens for ref in condition.references)
         self.cache = cache

@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .condition import TextCondition
+from .device_dtype import execution_device
 from .errors import InvalidInputError
 
 SYSTEM_PROMPT = "You are a helpful assistant that generates high-quality images based on user instructions."
@@ -62,7 +63,7 @@ class TextEncoder:
 
     @property
     def device(self) -> torch.device:
-        return next(self.mllm.parameters()).device
+        return execution_device(self.mllm)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -582,7 +582,9 @@ class OmniGen2Transformer(nn.Module):
             if grid.keep_index is not None:
                 patches = patches[list(grid.keep_index)]
             slot = j if slots is None else slots[j]
-            tokens.append(self.ref_image_patch_embedder(patches) + self.image_index_embedding[slot])
+            embedded = self.ref_image_patch_embedder(patches)
+            # cast where it is used: a host loading layer by layer (ComfyUI) never moves a parameter of the root module
+            tokens.append(embedded + self.image_index_embedding[slot].to(embedded.device, embedded.dtype))
             positions.append(grid.positions(0.0, latent.device))
         x, mask = pad_sequences(tokens)
         return x, mask, self.rope(pad_sequences(positions)[0])

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from diffusers import AutoencoderKL
 
+from .device_dtype import execution_device
 from .errors import InvalidInputError
 
 _Step = Callable[[AutoencoderKL, torch.Tensor], torch.Tensor]
@@ -50,9 +51,9 @@ def _run(vae: AutoencoderKL, step: _Step, x: torch.Tensor) -> torch.Tensor:
     """
     if vae.dtype == torch.float16 and vae.config.force_upcast:
         weights = {f"vae.{name}": tensor.float() for name, tensor in vae.named_parameters()}
-        out = torch.func.functional_call(_Bound(vae, step), weights, (x.to(vae.device, torch.float32),))
+        out = torch.func.functional_call(_Bound(vae, step), weights, (x.to(execution_device(vae), torch.float32),))
     else:
-        out = step(vae, x.to(vae.device, vae.dtype))
+        out = step(vae, x.to(execution_device(vae), vae.dtype))
     return out.float()
 
 

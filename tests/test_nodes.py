@@ -188,8 +188,12 @@ def test_load_single_files(node, model, cases):
 
 def test_fp8_storage_computes_in_bf16(node, cases):
     (fp8,) = node("LoadOmniGen2").load(str(FIXTURES), "fp8_e4m3fn")
-    linear_dtypes = {m.weight.dtype for m in fp8.engine.transformer.modules() if isinstance(m, torch.nn.Linear)}
-    assert linear_dtypes == {torch.float8_e4m3fn}
+    projections = [m.weight.dtype for name, m in fp8.engine.transformer.named_modules()
+                   if ".attn.to_" in name and isinstance(m, torch.nn.Linear)]
+    assert set(projections) == {torch.float8_e4m3fn}
+    assert fp8.engine.transformer.layers[0].norm1.linear.weight.dtype == torch.bfloat16  # modulation: compute dtype
+    assert fp8.engine.text_encoder.mllm.get_parameter(
+        "model.language_model.layers.0.mlp.up_proj.weight").dtype == torch.float8_e4m3fn
     _, image, _ = run_case(node, fp8, cases, "t2i", steps=2)
     assert torch.isfinite(image).all() and image.dtype == torch.float32
 

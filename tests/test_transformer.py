@@ -35,9 +35,9 @@ def test_each_sample_alone_equals_the_batch(tiny_transformer, reference_cases):
 
 
 def test_state_dict_keys_are_the_official_ones(tiny_transformer, fixture_dir):
-    from omni_core.loading.safetensors_io import read_keys
+    from omni_core.loading.safetensors_io import read_meta
 
-    assert sorted(tiny_transformer.state_dict()) == sorted(read_keys(fixture_dir / "transformer"))
+    assert sorted(tiny_transformer.state_dict()) == sorted(read_meta(fixture_dir / "transformer"))
 
 
 def test_config_inferred_from_shapes_builds_the_same_architecture(tiny_transformer, fixture_dir):

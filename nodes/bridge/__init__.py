@@ -8,6 +8,7 @@ paths, progress is a no-op unless asked for, and a cancel request is a flag set 
 - `host`: whether the pack runs inside ComfyUI, and the ComfyUI modules it uses.
 - `folders`: model folders (`models/omnigen2`, `models/vlm` and ComfyUI's standard folders) and tokenizers.
 - `devices`: ComfyUI's load, offload and output devices; the loader's weight dtypes.
+- `layers`: ComfyUI's layer classes (`comfy.ops`) for the three models, so ModelPatcher can load them partially.
 - `model`: the model handle, its part in ComfyUI's memory management, LoRAs as ModelPatcher patches.
 - `inputs`: IMAGE and MASK rows, sizes, guidance and cache options, engine calls with only the options set.
 - `progress`: progress bar, previews, text on the node, cancel.

@@ -33,7 +33,8 @@ def output_device() -> torch.device:
 
 @dataclass(frozen=True)
 class WeightDtypes:
-    """The dtype weights are loaded in (`compute`) and, for fp8, the narrower dtype transformer weights are stored in."""
+    """The dtype weights are loaded in (`compute`) and, for fp8, the narrower dtype the transformer's and the MLLM's
+    projection matrices are stored in."""
 
     compute: torch.dtype
     storage: torch.dtype | None = None  # None: stored as computed

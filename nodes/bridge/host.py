@@ -15,11 +15,12 @@ try:
     import comfy.lora as comfy_lora
     import comfy.model_management as model_management
     import comfy.model_patcher as model_patcher
+    import comfy.ops as comfy_ops
     import comfy.utils as comfy_utils
     import folder_paths
 except ImportError:
     IN_COMFYUI = False
-    comfy_lora = model_management = model_patcher = comfy_utils = folder_paths = None
+    comfy_lora = model_management = model_patcher = comfy_ops = comfy_utils = folder_paths = None
 else:
     IN_COMFYUI = True
 

@@ -13,10 +13,13 @@ import torch
 
 import omni_core
 from omni_core.errors import InvalidInputError
+from omni_core.loading.model_loader import component_path
+from omni_core.loading.transformer_loader import file_is_scaled, file_storage_dtype
 from omni_core.lora import Lora, check_loras_fit, lora_stack, resolve_loras, shallow_transformer
 
 from .devices import WeightDtypes, offload_device, weight_dtypes
 from .host import IN_COMFYUI, comfy_lora, model_management, model_patcher
+from .layers import comfy_operations
 
 PARTS = ("transformer", "vae", "text_encoder")
 
@@ -25,8 +28,9 @@ PARTS = ("transformer", "vae", "text_encoder")
 class OmniGen2Model:
     """What travels on an OMNIGEN2_MODEL socket: the engine model, plus ComfyUI patchers for its three modules.
 
-    Inside ComfyUI each module is wrapped in a `ModelPatcher`, so `comfy.model_management` loads it to the GPU when a
-    node needs it (`on_device`) and offloads it when another model needs the memory, like its own models.
+    Inside ComfyUI each module is built from ComfyUI's layer classes and wrapped in a `ModelPatcher`, so
+    `comfy.model_management` loads it to the GPU when a node needs it (`on_device`), partially when memory is short,
+    and offloads it when another model needs the memory, like its own models.
     """
 
     engine: Any
@@ -37,10 +41,22 @@ class OmniGen2Model:
     def on_device(self, *parts: str) -> Iterator[torch.device]:
         """Load the named modules where computation runs for the duration of a node's work; yields that device."""
         if IN_COMFYUI and self.patchers:
-            model_management.load_models_gpu([self.patchers[p] for p in parts], force_full_load=True)
+            # partially where memory is short: layers left on the CPU cast their weights per call (lowvram)
+            model_management.load_models_gpu([self.patchers[p] for p in parts])
+            for part in parts:
+                _buffers_to(part_module(self.engine, part), self.patchers[part].load_device)
             yield self.patchers[parts[0]].load_device
         else:
             yield next(part_module(self.engine, parts[0]).parameters()).device
+
+
+def _buffers_to(module: torch.nn.Module, device: torch.device) -> None:
+    """Move the module's buffers (the MLLM's rotary frequencies) where it computes: ModelPatcher moves the layers that
+    own weights, so a partial load leaves the buffers of weightless modules behind."""
+    for layer in module.modules():
+        for name, buffer in layer._buffers.items():
+            if buffer is not None and buffer.device != device:
+                layer._buffers[name] = buffer.to(device)
 
 
 def part_module(engine: Any, part: str) -> torch.nn.Module:
@@ -66,13 +82,16 @@ class _ManagedPart(torch.nn.Module):
 _MANAGED = {p: type("OmniGen2" + p.title().replace("_", ""), (_ManagedPart,), {}) for p in PARTS}
 
 
-def _part_dtypes(dtypes: WeightDtypes) -> dict[str, torch.dtype]:
-    """Text encoder and VAE dtypes next to the transformer's; inside ComfyUI the VAE follows its VAE dtype rule."""
-    if not IN_COMFYUI:
-        return {}
+def _part_dtypes(dtypes: WeightDtypes, transformer_file: torch.dtype | None) -> dict[str, tuple[torch.dtype, torch.dtype]]:
+    """(weight, compute) dtype of each part inside ComfyUI, ComfyUI's layer classes being picked by them: an fp8
+    transformer file (`transformer_file`) keeps its fp8 weights; the VAE follows ComfyUI's VAE dtype rule."""
     # bf16 or fp32 only, as ComfyUI's own FLUX VAE: in fp16 the FLUX VAE overflows (dark or black images).
     vae = model_management.vae_dtype(model_management.vae_device(), [torch.bfloat16, torch.float32])
-    return {"text_encoder_dtype": dtypes.compute, "vae_dtype": vae}
+    return {
+        "transformer": (dtypes.storage or transformer_file or dtypes.compute, dtypes.compute),
+        "text_encoder": (dtypes.storage or dtypes.compute, dtypes.compute),
+        "vae": (vae, vae),
+    }
 
 
 def _part_devices(part: str) -> tuple[torch.device, torch.device]:
@@ -87,17 +106,30 @@ def _part_devices(part: str) -> tuple[torch.device, torch.device]:
 def load_model(source: str | dict[str, str], dtype_choice: str) -> OmniGen2Model:
     """Load an OmniGen2 model from a folder or single files, in the chosen dtypes, ready for ComfyUI memory management."""
     dtypes = weight_dtypes(dtype_choice)
+    storage = {"transformer_storage_dtype": dtypes.storage, "text_encoder_storage_dtype": dtypes.storage}
+    if not IN_COMFYUI:
+        engine = omni_core.load_model(source, device=offload_device(), dtype=dtypes.compute, **storage)
+        return OmniGen2Model(engine=engine, source=_label(source))
+    transformer_file = component_path(source, "transformer")
+    part_dtypes = _part_dtypes(dtypes, file_storage_dtype(transformer_file))
+    operations = {p: comfy_operations(*part_dtypes[p], _part_devices(p)[0]) for p in PARTS}
+    if file_is_scaled(transformer_file):
+        operations["transformer"] = comfy_operations(*part_dtypes["transformer"], _part_devices("transformer")[0], True)
     engine = omni_core.load_model(
-        source, device=offload_device(), dtype=dtypes.compute, transformer_storage_dtype=dtypes.storage,
-        **_part_dtypes(dtypes),
+        source, device=offload_device(), dtype=dtypes.compute, **storage,
+        text_encoder_dtype=part_dtypes["text_encoder"][1], vae_dtype=part_dtypes["vae"][1], operations=operations,
     )
     patchers = {}
-    if IN_COMFYUI:
-        patchers = {
-            p: model_patcher.ModelPatcher(_MANAGED[p](part_module(engine, p)), *_part_devices(p)) for p in PARTS
-        }
-    label = source if isinstance(source, str) else ", ".join(f"{k}={os.path.basename(v)}" for k, v in source.items())
-    return OmniGen2Model(engine=engine, source=label, patchers=patchers)
+    for part in PARTS:
+        load, offload = _part_devices(part)
+        module = part_module(engine, part)
+        module.execution_device = load  # weights left on the CPU by a partial load say nothing of where it computes
+        patchers[part] = model_patcher.ModelPatcher(_MANAGED[part](module), load, offload)
+    return OmniGen2Model(engine=engine, source=_label(source), patchers=patchers)
+
+
+def _label(source: str | dict[str, str]) -> str:
+    return source if isinstance(source, str) else ", ".join(f"{k}={os.path.basename(v)}" for k, v in source.items())
 
 
 def comfy_lora_patches(lora: Lora) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import torch
@@ -47,6 +48,13 @@ def _release_files(root: Path) -> dict[str, Path]:
     return parts
 
 
+def component_path(path_or_files: str | Path | Mapping[str, str | Path], name: str) -> Path:
+    """Where one component's ('transformer', 'vae', 'text_encoder') weights are: in a release folder, or a dict."""
+    if isinstance(path_or_files, Mapping):
+        return Path(path_or_files[name])
+    return _release_files(Path(path_or_files))[name]
+
+
 def load_model(
     path_or_files: str | Path | Mapping[str, str | Path] | None = None,
     device: str | torch.device = "cpu",
@@ -54,7 +62,9 @@ def load_model(
     text_encoder_dtype: torch.dtype | None = None,
     vae_dtype: torch.dtype | None = None,
     transformer_storage_dtype: torch.dtype | None = None,
+    text_encoder_storage_dtype: torch.dtype | None = None,
     loras: Sequence[LoraSpec] = (),
+    operations: Mapping[str, SimpleNamespace] | None = None,
 ) -> OmniGen2:
     """Load OmniGen2 from local files only (safetensors, never pickles).
 
@@ -62,9 +72,12 @@ def load_model(
     'transformer', 'vae' and 'text_encoder' files or folders and an optional 'tokenizer' folder (required for a
     single-file text encoder). None loads the small default model bundled with the package.
     `dtype` None takes the device's default (`device_dtype.default_dtype`: float32 on the CPU, bfloat16 on recent
-    GPUs). The MLLM and VAE use `dtype` unless given their own; `transformer_storage_dtype` (torch.float8_e4m3fn) stores
-    the transformer's projection matrices narrower, computed in `dtype`. `loras` [(path, strength), ...] are
+    GPUs). The MLLM and VAE use `dtype` unless given their own; `transformer_storage_dtype` and
+    `text_encoder_storage_dtype` (torch.float8_e4m3fn) store their projection matrices narrower, computed in `dtype`
+    (an fp8 transformer file keeps its fp8 projections either way). `loras` [(path, strength), ...] are
     merged into the transformer (see `OmniGen2.with_loras`); their files are checked before the models load.
+    `operations` {'transformer' | 'vae' | 'text_encoder': namespace}: a host's layer classes per part (see ops.py);
+    parts not named keep ours.
     """
     device = check_device(device)
     if dtype is None:
@@ -105,10 +118,15 @@ def load_model(
         scheduler_file = root / "scheduler" / "scheduler_config.json"
         if scheduler_file.is_file():
             scheduler_config = json.loads(scheduler_file.read_text())
-    transformer = load_transformer(files["transformer"], dtype=dtype, device=device, storage_dtype=transformer_storage_dtype)
-    vae = load_vae(files["vae"], dtype=vae_dtype or dtype, device=device)
+    operations = operations or {}
+    transformer = load_transformer(
+        files["transformer"], dtype=dtype, device=device, operations=operations.get("transformer"),
+        storage_dtype=transformer_storage_dtype,
+    )
+    vae = load_vae(files["vae"], dtype=vae_dtype or dtype, device=device, operations=operations.get("vae"))
     text_encoder = load_text_encoder(
-        files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device
+        files["text_encoder"], tokenizer_path=tokenizer, dtype=text_encoder_dtype or dtype, device=device,
+        operations=operations.get("text_encoder"), storage_dtype=text_encoder_storage_dtype,
     )
     if transformer.config.text_feat_dim != text_encoder.hidden_size:
         raise CheckpointMismatchError(

@@ -14,14 +14,17 @@ import logging
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from accelerate import init_empty_weights
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
 
 from ..errors import CheckpointMismatchError, InvalidInputError, ModelFileError
+from ..ops import adopt_operations, storage_cast_operations
 from ..text_encoder import TextEncoder
-from .safetensors_io import load_state_dict
+from .quantized import fp8_weight_names
+from .safetensors_io import load_state_dict, read_meta
 from .strict import check_dtype, check_state_dict
 
 try:  # transformers 5: the PIL image processor is its own class; the default one needs torchvision
@@ -64,11 +67,16 @@ def load_text_encoder(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
+    operations: SimpleNamespace | None = None,
+    storage_dtype: torch.dtype | None = None,
 ) -> TextEncoder:
     """The MLLM and its tokenizer from a release root, its `mllm/` folder or a single safetensors file.
 
     `tokenizer_path` is a folder with tokenizer.json or vocab.json + merges.txt (ComfyUI's
     `comfy/text_encoders/qwen25_tokenizer`); it defaults to the release's `processor/` folder.
+    `operations`: a host's layer classes (see ops.adopt_operations). storage_dtype (torch.float8_e4m3fn) keeps the
+    layers' projection matrices in that dtype (see quantized.py), computed in `dtype` by `operations` that cast them
+    per call (ours, or a host's).
     """
     check_dtype(dtype, "text encoder")
     if attn_implementation not in ATTENTION:
@@ -83,13 +91,16 @@ def load_text_encoder(
             "release's processor/ folder."
         )
     tokenizer = load_tokenizer(processor_dir)
-    state_dict = load_state_dict(weights, dtype=dtype)
+    if storage_dtype is not None and operations is None:
+        operations = storage_cast_operations
+    narrow = set() if storage_dtype is None else fp8_weight_names({k: t.shape for k, t in read_meta(weights).items()})
+    state_dict = load_state_dict(weights, dtype=lambda key: storage_dtype if key in narrow else dtype)
     if config_file:
         config = json.loads(config_file.read_text())
     else:  # sizes from the tensors, token ids from the tokenizer
         config = infer_config({_legacy_name(k): tuple(v.shape) for k, v in state_dict.items()})
         config.update({field: tokenizer.convert_tokens_to_ids(token) for field, token in TOKEN_FIELDS.items()})
-    mllm = _build_mllm(state_dict, config, weights, config_file, attn_implementation).to(device)
+    mllm = _build_mllm(state_dict, config, weights, config_file, attn_implementation, operations).to(device)
     log.info("Loaded text encoder from %s (%d tensors, %s, %s)", weights, len(state_dict), dtype, device)
     return TextEncoder(mllm, tokenizer, load_image_processor(processor_dir))
 
@@ -144,13 +155,15 @@ def load_image_processor(folder: str | Path):
 
 def _build_mllm(
     state_dict: dict[str, torch.Tensor], config_dict: dict, source: Path, config_file: Path | None,
-    attn_implementation: str,
+    attn_implementation: str, operations: SimpleNamespace | None,
 ) -> torch.nn.Module:
     """The MLLM built with parameters on the meta device, then given the checkpoint tensors (strict, assigned)."""
     config = Qwen2_5_VLConfig(**config_dict)
     config._attn_implementation = attn_implementation
     with init_empty_weights():  # parameters on meta; buffers (RoPE frequencies) computed for real, in float32
         mllm = Qwen2_5_VLForConditionalGeneration(config)
+    if operations is not None:
+        adopt_operations(mllm, operations)
     expected = {name: tuple(t.shape) for name, t in mllm.state_dict().items()}
     nested = any(name.startswith("model.language_model.") for name in expected)
     state_dict = {_installed_name(_legacy_name(k), nested): v for k, v in state_dict.items()}

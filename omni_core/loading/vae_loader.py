@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from diffusers import AutoencoderKL
 
 from ..errors import CheckpointMismatchError, ModelFileError
+from ..ops import adopt_operations
 from .safetensors_io import load_state_dict
 from .strict import assign_state_dict, check_dtype
 from .vae_bfl import BFL, convert_bfl_vae, detect_vae_layout
@@ -91,11 +93,14 @@ def _resolve_config(path: Path, state_dict: dict[str, torch.Tensor]) -> dict:
     return {**inferred, **config}
 
 
-def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> AutoencoderKL:
+def load_vae(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    operations: SimpleNamespace | None = None,
+) -> AutoencoderKL:
     """The VAE at `path` (a diffusers `vae/` folder, a diffusers-key file or a BFL `ae.safetensors`), in eval mode.
 
     The module is built on the meta device and takes the loaded tensors themselves (`assign=True`), so the weights
-    are held once. Parameters do not require grad.
+    are held once. Parameters do not require grad. `operations`: a host's layer classes (see ops.adopt_operations).
     """
     check_dtype(dtype, "VAE")
     path = Path(path)
@@ -107,5 +112,7 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: str |
     config = _resolve_config(path, state_dict)
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(config)
+    if operations is not None:
+        adopt_operations(vae, operations)
     hint = "The file is incomplete, damaged or not the FLUX VAE."
     return assign_state_dict(vae, state_dict, source, hint)
