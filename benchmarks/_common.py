@@ -150,8 +150,12 @@ def median(values: Sequence[float]) -> float:
 
 
 def max_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident set size so far, in MiB: Linux's VmHWM, else ru_maxrss (KiB on Linux). On Linux
+    ru_maxrss is seeded at exec() with the spawning process's peak (subprocess spawns with vfork), VmHWM is not."""
+    try:
+        return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024.0
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_worker(script: Path, args: Sequence[str], timeout: float | None = None) -> dict:

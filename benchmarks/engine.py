@@ -14,7 +14,7 @@ Two kinds of configuration:
   `omni_core.sampler.sample_euler`, then decoding with the tiny test VAE from tests/fixtures/omnigen2-tiny).
 Prompts are random embeddings (positive 128 tokens, negative 96), so no text encoder runs.
 
-Every configuration runs in its own Python process so that its peak RSS (getrusage ru_maxrss) is its own: the table
+Every configuration runs in its own Python process so that its peak RSS (VmHWM) is its own: the table
 shows the peak and its growth over the process right after building the model ("+MiB"). Seconds are the median of
 `--repeats` timed runs after one warm-up run, in wall time and in process CPU time ("CPU s"; with several threads
 it sums them). On a shared machine wall times swing with other load: compare CPU times, or run with --threads 1,

@@ -19,16 +19,16 @@ import random_weights  # noqa: E402
 PEAK_RATIO = 1.2
 PROCESSOR = ROOT / "tests" / "fixtures" / "omnigen2-tiny" / "processor"
 WORKER = """
-import json, resource, sys, torch
+import json, sys, torch
 from omni_core.loading.text_encoder_loader import load_text_encoder
 from omni_core.loading.transformer_loader import load_transformer
 from omni_core.loading.vae_loader import load_vae
 
 part, path, dtype, storage, tokenizer = sys.argv[1:6]
 dtype, storage = getattr(torch, dtype), None if storage == "none" else getattr(torch, storage)
-def rss_kib():
-    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
-before = rss_kib()
+def status_kib(field):
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0])
+before = status_kib("VmRSS")
 if part == "transformer":
     model = load_transformer(path, dtype=dtype, storage_dtype=storage)
 elif part == "text_encoder":
@@ -39,7 +39,9 @@ tensors = {t.data_ptr(): t for t in model.state_dict().values()}.values()  # tie
 for tensor in tensors:
     tensor.reshape(-1).view(torch.uint8).max()  # every weight touched once (max: no wider copy, unlike sum)
 loaded = sum(t.numel() * t.element_size() for t in tensors)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM: this process's own peak. Not ru_maxrss, which exec() seeds with the spawning process's peak (subprocess
+# forks with vfork: the pytest process's, often above a GB, would be counted as the loader's)
+peak = status_kib("VmHWM")
 print(json.dumps({"loaded_bytes": loaded, "ratio": (peak - before) * 1024 / loaded,
                   "dtypes": sorted({str(t.dtype) for t in tensors})}))
 """
