@@ -1,13 +1,18 @@
 """Shared test fixtures: the tiny OmniGen2 model and the outputs recorded from the official implementation."""
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "omnigen2-tiny"
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "omnigen2-tiny"
+TOLERANCE = 1e-4  # float32 round-off (another summation order) against the official outputs; never loosen
+PACK_NAME = "comfyui_omnigen2_under_test"
 
 torch.manual_seed(0)
 
@@ -55,3 +60,39 @@ def comfyui(tmp_path_factory):
         yield server
     finally:
         stop(process)
+
+
+def load_pack():
+    """Import the pack root like ComfyUI's loader does: a package from <folder>/__init__.py, by location."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return load_pack()
+
+
+@pytest.fixture(scope="session")
+def bridge(pack):
+    return sys.modules[f"{PACK_NAME}.nodes.bridge"]
+
+
+@pytest.fixture()
+def created_caches(monkeypatch):
+    """Every per-run reference-feature cache the engine creates during the test (the real class, recorded)."""
+    caches = []
+    pipeline = sys.modules["omni_core.pipeline"]
+    original = pipeline.ReferenceFeatureCache
+
+    def recording(*args, **kwargs):
+        caches.append(original(*args, **kwargs))
+        return caches[-1]
+
+    monkeypatch.setattr(pipeline, "ReferenceFeatureCache", recording)
+    return caches

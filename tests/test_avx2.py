@@ -15,8 +15,8 @@ import pytest
 
 from omni_core import kernel_choice
 from omni_core.cpu_kernels import onednn_built
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 # the tests that crashed on a real AMD EPYC Zen 3 before oneDNN's paths were probed (issue 27), and the kernel tests
 TESTS = [

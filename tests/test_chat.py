@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import FIXTURES
 import omni_core
 from omni_core.chat import take_turn
 from omni_core.errors import InvalidInputError
 from omni_core.text_encoder import IMAGE_PAD, IMAGE_REQUEST, TextEncoder, chat_template
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "omnigen2-tiny"
 COMFY_TOKENIZER = Path("/work/shared/comfyui/comfy/text_encoders/qwen25_tokenizer")
 # The tiny MLLM's greedy answer to this conversation (no images) starts with <|img|>, by a logit margin of 0.065: a
 # prompt found by a greedy token search (gradient-ranked token swaps, then swaps on the re-tokenized string) for the
@@ -312,7 +312,7 @@ def test_torchvision_image_processor_gives_the_same_pixels(model, chat_cases):
 
 @pytest.fixture(scope="module")
 def chat_node():
-    from test_nodes import load_pack
+    from conftest import load_pack
 
     pack = load_pack()
     (loaded,) = pack.NODE_CLASS_MAPPINGS["LoadOmniGen2"]().load(str(FIXTURES), "fp32")

@@ -26,10 +26,9 @@ from comfyui_server import BROKEN_MODEL_NAME, FIXTURE_MODEL, MODEL_NAME, PACK_FO
 from loopback import HTTPError
 from omni_core.training.shapes.measure import main_object, read_scene, scene_matches
 from omni_core.training.shapes.scenes import PAIR_SIZE, POSITIONS, SIZES, Scene, Shape
-from test_nodes import load_pack
+from conftest import ROOT, load_pack
 from workflow_thumbnails import enlarge
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 # Sizes and counts small enough for seconds per run on a 2-core CPU, whatever the example asks for.
 SMALL = {"steps": 3, "width": 64, "height": 48, "max_pixels": 64 * 64, "max_input_image_side_length": 64,

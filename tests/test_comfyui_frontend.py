@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,10 +19,9 @@ from comfy_workflow import to_api_prompt
 from comfyui_server import PACK_FOLDER
 from devtools import Browser
 from test_comfyui_api import SMALL, WORKFLOWS
-from test_nodes import load_pack
+from conftest import ROOT, load_pack
 from test_web import CHROMIUM, CHROMIUM_FLAGS
 
-ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "outputs" / "comfyui-frontend"
 EXAMPLE = "omnigen2_instruction_edit"  # one reference image: the stats show reference tokens
 SEED = 424242  # a seed no other test uses, so ComfyUI really runs the sampler

@@ -9,21 +9,19 @@ patches.
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfyui_server import ROOT, comfyui_location
+from comfyui_server import comfyui_location
+from conftest import FIXTURES, ROOT, TOLERANCE
 from omni_core.loading.quantized import FP8, fp8_weight_names
 from omni_core.lora import save_lora
 from test_fp8 import psnr, scaled_file
 
-FIXTURES = ROOT / "tests" / "fixtures" / "omnigen2-tiny"
 WORKER = ROOT / "tests" / "comfyui_inprocess" / "partial_load.py"
 BUDGET = 0.3
-TOLERANCE = 1e-4  # float32 round-off against the official pipeline's recorded output
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,15 @@ touches every loaded weight once and reports its peak RSS above what it held bef
 import json
 import subprocess
 import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import FIXTURES, ROOT
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import random_weights  # noqa: E402
 
 PEAK_RATIO = 1.2
-PROCESSOR = ROOT / "tests" / "fixtures" / "omnigen2-tiny" / "processor"
+PROCESSOR = FIXTURES / "processor"
 WORKER = """
 import json, sys, torch
 from omni_core.loading.text_encoder_loader import load_text_encoder

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import omni_core
 import omni_core.lora
-from conftest import max_abs_diff
+from conftest import TOLERANCE, max_abs_diff
 from test_transformer import forward_inputs
 from omni_core.errors import CheckpointMismatchError, InvalidInputError, ModelFileError
 from omni_core.lora import read_lora, save_lora
@@ -53,7 +53,6 @@ def test_save_lora_rejects_bad_weights(tmp_path):
 
 # --- applying: PEFT as the reference ---------------------------------------------------------------------------------
 
-TOLERANCE = 1e-4  # float32 round-off (another summation order: merged weights vs PEFT's separate low-rank path)
 PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "linear_1", "linear_2"]
 
 
@@ -287,7 +286,8 @@ def test_cached_reference_features_are_never_reused_under_other_loras(tiny_model
 
 
 def test_lora_node_leaves_its_input_alone_and_chains(fixture_dir, tmp_path):
-    from test_nodes import load_pack, run_case
+    from conftest import load_pack
+    from test_nodes import run_case
 
     pack = load_pack()
     node = lambda name: pack.NODE_CLASS_MAPPINGS[name]()
@@ -313,7 +313,7 @@ def test_lora_node_leaves_its_input_alone_and_chains(fixture_dir, tmp_path):
 def test_the_lora_node_offers_the_bundled_independent_condition_lora_first():
     """On the bundled model, the bundled LoRA (the choice a fresh install has) makes the independent condition the
     sampler's default, as its training recorded."""
-    from test_nodes import load_pack
+    from conftest import load_pack
 
     pack = load_pack()
     node = lambda name: pack.NODE_CLASS_MAPPINGS[name]()
@@ -334,7 +334,7 @@ def test_lora_nodes_in_a_real_comfyui(comfyui, fixture_dir):
     import numpy as np
     from PIL import Image
 
-    from test_nodes import load_pack
+    from conftest import load_pack
 
     folder = comfyui.home / "models" / "loras"
     folder.mkdir(parents=True, exist_ok=True)

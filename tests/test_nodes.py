@@ -8,7 +8,6 @@ the official pipeline recorded for the same inputs, so the nodes are checked for
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,35 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import FIXTURES, PACK_NAME, ROOT, TOLERANCE
 import omni_core
 from omni_core.errors import InvalidInputError, ModelFileError
-
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "omnigen2-tiny"
-PACK_NAME = "comfyui_omnigen2_under_test"
-TOLERANCE = 1e-4  # float32 round-off against the official pipeline's recorded output
-
-
-def load_pack():
-    """Import the pack root like ComfyUI's loader does: a package from <folder>/__init__.py, by location."""
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def pack():
-    return load_pack()
-
-
-@pytest.fixture(scope="module")
-def bridge(pack):
-    return sys.modules[f"{PACK_NAME}.nodes.bridge"]
-
 
 @pytest.fixture(scope="module")
 def node(pack):
@@ -364,22 +337,6 @@ def test_repaint_node_rejects_batches_and_mismatched_masks(node, model):
 
 
 # --- cancel and caching ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture()
-def created_caches(monkeypatch):
-    """Every reference-feature cache the engine creates during the test (the real class, recorded)."""
-    caches = []
-    pipeline = sys.modules["omni_core.pipeline"]
-    original = pipeline.ReferenceFeatureCache
-
-    def recording(*args, **kwargs):
-        cache = original(*args, **kwargs)
-        caches.append(cache)
-        return cache
-
-    monkeypatch.setattr(pipeline, "ReferenceFeatureCache", recording)
-    return caches
 
 
 def test_cancel_stops_at_the_next_step_and_leaves_no_cache(node, model, cases, bridge, monkeypatch, created_caches):

@@ -4,15 +4,14 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import PIL.Image
 import torch
 
 import omni_core
 from omni_core.training.shapes.measure import main_object, read_scene
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_commands() -> list[str]:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from conftest import FIXTURES, ROOT
 import omni_core
 from omni_core import reflection
 from omni_core.errors import InvalidInputError, ModelFileError
@@ -27,7 +28,6 @@ from omni_core.reflection import (
     parse_judgement, round_references, stop_reason,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "omnigen2-tiny"
 LIMITS = dict(max_pixels=64 * 64, max_input_image_side_length=64)
 SETTINGS = dict(steps=2, seed=3, **LIMITS)
 
@@ -373,18 +373,6 @@ NODE_WIDGETS = dict(negative_prompt="", seed=3, steps=2, width=64, height=48, te
 
 
 @pytest.fixture(scope="module")
-def pack():
-    from test_nodes import load_pack
-
-    return load_pack()
-
-
-@pytest.fixture(scope="module")
-def bridge(pack):
-    return sys.modules[f"{pack.__name__}.nodes.bridge"]
-
-
-@pytest.fixture(scope="module")
 def node_model(pack):
     (loaded,) = pack.NODE_CLASS_MAPPINGS["LoadOmniGen2"]().load(str(FIXTURES), "fp32")
     return loaded
@@ -453,21 +441,6 @@ def test_reflect_node_judges_with_a_folder(pack, node_model, bridge, monkeypatch
         run_node(pack, node_model, judge="no-such-judge")
 
 
-@pytest.fixture()
-def created_caches(monkeypatch):
-    """Every per-run reference-feature cache the engine creates during the test (the real class, recorded)."""
-    caches = []
-    pipeline = sys.modules["omni_core.pipeline"]
-    original = pipeline.ReferenceFeatureCache
-
-    def recording(*args, **kwargs):
-        caches.append(original(*args, **kwargs))
-        return caches[-1]
-
-    monkeypatch.setattr(pipeline, "ReferenceFeatureCache", recording)
-    return caches
-
-
 @pytest.mark.parametrize("where", ["between rounds", "inside a round"])
 def test_reflect_node_cancel_leaves_nothing_behind(pack, node_model, bridge, own_judge, monkeypatch, where,
                                                    created_stores, created_caches):
@@ -522,7 +495,6 @@ def test_the_example_workflow_runs_on_the_bundled_model(pack):
 
 # --- the benchmark and the README's figures --------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_reflection_benchmark_quick_run(tmp_path):

@@ -12,15 +12,14 @@ import shutil
 import subprocess
 import tomllib
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from workflow_thumbnails import ICON, WORKFLOWS, is_bundled, thumbnail_path, title_card
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 MAX_ICON_SIDE = 400  # the registry's limit
 JPEG_LEVELS = 2  # mean difference JPEG compression leaves (another picture differs by tens)

@@ -1,6 +1,5 @@
 """The synthetic shapes data and the pixel measurer the quality benchmark scores samples with."""
 
-import dataclasses
 import json
 
 import numpy as np

@@ -15,13 +15,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from conftest import FIXTURES, TOLERANCE
 from omni_core.errors import CheckpointMismatchError, InvalidInputError, ModelFileError
 from omni_core.loading.text_encoder_loader import BUNDLED_CONFIG, infer_config, load_text_encoder, load_tokenizer
 from omni_core.text_encoder import TextEncoder, chat_template
 
-FIXTURES = Path(__file__).parent / "fixtures" / "omnigen2-tiny"
 MLLM_FILE = FIXTURES / "mllm" / "model.safetensors"  # already in ComfyUI's single-file key layout
-TOLERANCE = 1e-4  # float32 round-off; never loosen
 PROMPT = "a red circle on a blue background"
 
 

@@ -3,11 +3,10 @@
 import pytest
 import torch
 
-from conftest import max_abs_diff
+from conftest import TOLERANCE, max_abs_diff
 from omni_core import InvalidInputError, TransformerConfig
 from omni_core.transformer import OmniGen2Transformer
 
-TOLERANCE = 1e-4  # float32 round-off; observed ~1e-6
 
 
 def forward_inputs(tensors):

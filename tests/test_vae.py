@@ -12,16 +12,15 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 
+from conftest import FIXTURES, TOLERANCE
 from omni_core.errors import CheckpointMismatchError, InvalidInputError, ModelFileError
 from omni_core.loading.safetensors_io import load_state_dict
 from omni_core.loading.vae_bfl import BFL, DIFFUSERS, convert_bfl_vae, detect_vae_layout
 from omni_core.loading.vae_loader import FLUX_VAE_CONFIG, infer_vae_config, load_vae
 from omni_core.vae import decode_latents, encode_to_latents
 
-FIXTURES = Path(__file__).parent / "fixtures" / "omnigen2-tiny"
 VAE_DIR = FIXTURES / "vae"
 BFL_FILE = FIXTURES / "vae_bfl" / "ae.safetensors"
-TOLERANCE = 1e-4  # float32 round-off between ComfyUI's and diffusers' kernels; never loosen
 
 
 @pytest.fixture(scope="module")

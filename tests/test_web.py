@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 HARNESS = Path(__file__).resolve().parent / "web_harness"
 
 CHROMIUM_FLAGS = [

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from comfy_workflow import CORE_OBJECT_INFO, VIRTUAL_NODES, offline_object_info, signature, to_api_prompt
-from test_nodes import load_pack
+from conftest import ROOT, load_pack
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 EXPECTED = {
     "omnigen2_text_to_image.json": 0,
