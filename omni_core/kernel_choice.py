@@ -34,6 +34,7 @@ import functools
 import json
 import logging
 import os
+import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -67,16 +68,19 @@ class KernelChoice:
     """The path of each product ("onednn" or "mkl" = torch's own) and where the choice came from: "measured",
     "cache", "override" or "unavailable" (no oneDNN path of the dtype runs here). Ratios are oneDNN / torch median
     times. bfloat16 linear layers are "onednn" wherever oneDNN runs bfloat16 GEMMs (torch's own bfloat16 GEMM is
-    oneDNN there), with no ratio. `fused`: the feed-forward's SiLU runs inside a oneDNN GEMM. `onednn_paths`: the
-    oneDNN paths of the dtype probed runnable here."""
+    oneDNN there), with no ratio. `onednn_paths`: the oneDNN paths of the dtype probed runnable here."""
 
     linear: str
     attention: str
     source: str
     linear_ratio: float | None = None
     attention_ratio: float | None = None
-    fused: bool = False
     onednn_paths: tuple[str, ...] = ()
+
+    @property
+    def fused(self) -> bool:
+        """The feed-forward's SiLU runs inside a oneDNN GEMM: wherever oneDNN runs the linear layers and the post-op."""
+        return self.linear == "onednn" and "fused gemm" in self.onednn_paths
 
 
 def onednn_available() -> bool:
@@ -169,7 +173,6 @@ def _valid(entry, paths: tuple[str, ...]) -> bool:
         and entry.get("attention") in ("onednn", "mkl")
         and (entry["linear"] == "mkl" or "gemm" in paths)
         and (entry["attention"] == "mkl" or "blocked attention" in paths)
-        and entry.get("fused") == (entry["linear"] == "onednn" and "fused gemm" in paths)
     )
 
 
@@ -248,7 +251,7 @@ def _check_kernel_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def _forced_onednn(dtype: torch.dtype, paths: tuple[str, ...]) -> KernelChoice:
+def _forced_onednn(dtype: torch.dtype) -> KernelChoice:
     """oneDNN for every product, or an error naming what this machine's oneDNN cannot run."""
     failures = {path: why for path, why in probe(dtype).items() if why is not None}
     if failures:
@@ -257,7 +260,7 @@ def _forced_onednn(dtype: torch.dtype, paths: tuple[str, ...]) -> KernelChoice:
             f"{ENV_VAR}=onednn (or set_cpu_gemm('onednn')) asks for oneDNN kernels this CPU or PyTorch build cannot "
             f"run ({missing}); use {ENV_VAR}=auto, which picks among the kernels that run here, or mkl."
         )
-    return KernelChoice("onednn", "onednn", "override", fused=True, onednn_paths=paths)
+    return KernelChoice("onednn", "onednn", "override", onednn_paths=ONEDNN_PATHS)
 
 
 def choose_kernels(
@@ -268,12 +271,11 @@ def choose_kernels(
     only names the cache entry."""
     check_setting(setting, "the CPU GEMM setting")
     _check_kernel_dtype(dtype)
-    paths = runnable_paths(dtype)
     if setting == "onednn":
-        return _forced_onednn(dtype, paths)
+        return _forced_onednn(dtype)
+    paths = runnable_paths(dtype)
     if setting == "mkl":
         return KernelChoice("mkl", "mkl", "override", onednn_paths=paths)
-    fixed_linear = dtype == torch.bfloat16 and "gemm" in paths
     if not paths:
         return KernelChoice("mkl", "mkl", "unavailable", onednn_paths=paths)
     key = cache_key(threads or torch.get_num_threads(), dtype)
@@ -281,18 +283,16 @@ def choose_kernels(
     entry = _read_entries(path).get(key)
     if _valid(entry, paths):
         return KernelChoice(
-            entry["linear"], entry["attention"], "cache", entry.get("linear_ratio"), entry.get("attention_ratio"),
-            entry["fused"], paths,
+            entry["linear"], entry["attention"], "cache", entry.get("linear_ratio"), entry.get("attention_ratio"), paths
         )
     linear_ratio, attention_ratio = measure(dtype)
-    linear = "onednn" if fixed_linear or (linear_ratio is not None and linear_ratio < 1.0) else "mkl"
+    fixed_linear = dtype == torch.bfloat16 and "gemm" in paths  # torch's own bfloat16 GEMM is oneDNN here
     choice = KernelChoice(
-        linear,
+        "onednn" if fixed_linear or (linear_ratio is not None and linear_ratio < 1.0) else "mkl",
         "onednn" if attention_ratio is not None and attention_ratio < 1.0 else "mkl",
         "measured",
         None if linear_ratio is None else round(linear_ratio, 3),
         None if attention_ratio is None else round(attention_ratio, 3),
-        linear == "onednn" and "fused gemm" in paths,
         paths,
     )
     _write_entry(path, key, choice)
