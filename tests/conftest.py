@@ -83,16 +83,20 @@ def bridge(pack):
     return sys.modules[f"{PACK_NAME}.nodes.bridge"]
 
 
-@pytest.fixture()
-def created_caches(monkeypatch):
-    """Every per-run reference-feature cache the engine creates during the test (the real class, recorded)."""
-    caches = []
-    pipeline = sys.modules["omni_core.pipeline"]
-    original = pipeline.ReferenceFeatureCache
+def record_instances(monkeypatch, module, name: str) -> list:
+    """Every instance that `module` creates of its class `name` during the test: the real class, each instance kept."""
+    created = []
+    original = getattr(module, name)
 
     def recording(*args, **kwargs):
-        caches.append(original(*args, **kwargs))
-        return caches[-1]
+        created.append(original(*args, **kwargs))
+        return created[-1]
 
-    monkeypatch.setattr(pipeline, "ReferenceFeatureCache", recording)
-    return caches
+    monkeypatch.setattr(module, name, recording)
+    return created
+
+
+@pytest.fixture()
+def created_caches(monkeypatch):
+    """Every per-run reference-feature cache the engine creates during the test."""
+    return record_instances(monkeypatch, sys.modules["omni_core.pipeline"], "ReferenceFeatureCache")

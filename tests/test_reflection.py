@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, record_instances
 import omni_core
 from omni_core import reflection
 from omni_core.errors import InvalidInputError, ModelFileError
@@ -223,16 +223,8 @@ def test_bad_inputs_are_named(model):
 
 @pytest.fixture()
 def created_stores(monkeypatch):
-    """Every ConditionFeatureStore the loop creates during the test (the real class, recorded)."""
-    stores = []
-    original = reflection.ConditionFeatureStore
-
-    def recording(*args, **kwargs):
-        stores.append(original(*args, **kwargs))
-        return stores[-1]
-
-    monkeypatch.setattr(reflection, "ConditionFeatureStore", recording)
-    return stores
+    """Every ConditionFeatureStore the loop creates during the test."""
+    return record_instances(monkeypatch, reflection, "ConditionFeatureStore")
 
 
 def test_original_references_are_computed_once_for_the_loop(model, created_stores):
