@@ -196,6 +196,9 @@ def test_cpu_generations_with_one_name_get_their_own_kernel_choice():
     zen4, zen5 = kernel_choice.cpu_description(ZEN4_CPUINFO), kernel_choice.cpu_description(ZEN5_CPUINFO)
     assert zen4[1] == zen5[1] == ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16")
     assert zen4[0].startswith("AMD EPYC (family 25, model 17, ") and zen5[0].startswith("AMD EPYC (family 26, model 2, ")
+    # an OS whose cpuinfo names no model (or has none) falls back on the platform's name
+    unnamed = kernel_choice.cpu_description("flags\t\t: avx2 fma\n")
+    assert unnamed[0] and not unnamed[0].startswith(" (") and unnamed[1] == ("avx2", "fma")
     # this machine's cache key carries its own generation, read from the OS
     family = next((line.split(":")[1].strip() for line in _cpuinfo().splitlines() if line.startswith("cpu family")), None)
     if family is not None:
