@@ -42,12 +42,9 @@ from _common import PATCH, WIDTHS, bench_config, build_ours, environment, median
 from _work import RunShape, overhead_reduction, run_macs, step_cache_run_macs
 
 from omni_core.condition import Condition, ReferenceImage, TextCondition  # noqa: E402
-from omni_core.guidance import GuidedVelocity  # noqa: E402
-from omni_core.reference_cache import ReferenceFeatureCache  # noqa: E402
-from omni_core.reference_passes import TransformerPasses  # noqa: E402
-from omni_core.sampler import sample_euler  # noqa: E402
-from omni_core.schedule import flow_timesteps  # noqa: E402
-from omni_core.step_cache import StepCache, StepCacheRun, TeaCache  # noqa: E402
+from omni_core.denoise import denoise  # noqa: E402
+from omni_core.options import SamplingOptions  # noqa: E402
+from omni_core.step_cache import StepCache, TeaCache  # noqa: E402
 
 TEXT_FEAT_DIM = 256
 PROMPT_LEN, NEGATIVE_LEN = 40, 24  # text tokens of the prompt and the negative prompt
@@ -126,34 +123,27 @@ def work_macs(config, mode: Mode, condition: Condition, steps: int, noise_side: 
 
 
 def make_run(model, mode: Mode, steps: int, noise_side: int):
-    """A closure that samples once in this mode and returns (latents, stats, wall seconds of each step)."""
+    """A closure that samples once in this mode through the engine's `denoise` and returns (latents, stats, wall
+    seconds of each step)."""
     condition = build_condition(mode, noise_side)
-    timesteps = flow_timesteps(steps, noise_side * noise_side)
-    noise = torch.randn(1, 16, noise_side, noise_side, generator=torch.Generator().manual_seed(7))
     n = mode.cache_per_n_steps
-    # text-only references away, but the guidance passes of a reference run kept (image scale > 1 needs refs)
-    has_refs = bool(condition.references) or mode.three_passes
+    options = SamplingOptions(
+        steps=steps, seed=7, text_guidance_scale=5.0, image_guidance_scale=2.0 if mode.three_passes else 1.0,
+        cache_per_n_steps=None if n is None else steps + 1 if n == 0 else n,
+        independent_condition=mode.independent, step_cache=mode.step_cache,
+    )
 
     def run():
-        cache = None if n is None else ReferenceFeatureCache(steps + 1 if n == 0 else n)
-        step_cache = None if mode.step_cache is None else StepCacheRun(mode.step_cache, steps, model.config.teacache_coefficients)
-        passes = TransformerPasses(model, condition, cache, mode.independent, step_cache=step_cache)
-        velocity = GuidedVelocity(passes, condition.positive, condition.negative, has_refs, steps, 5.0, 2.0 if mode.three_passes else 1.0, (0.0, 1.0))
-        clock = [time.perf_counter()]
-        step_seconds = []
+        clock, step_seconds = [time.perf_counter()], []
 
-        def on_step(_):
+        def on_step(*_):
             step_seconds.append(time.perf_counter() - clock[0])
             clock[0] = time.perf_counter()
 
-        try:
-            latents = sample_euler(velocity, noise, timesteps, callback=on_step)
-            return latents, {**passes.stats(), **(step_cache.stats() if step_cache else {})}, step_seconds
-        finally:
-            if cache is not None:
-                cache.clear()
-            if step_cache is not None:
-                step_cache.clear()
+        # text-only runs keep a reference run's three passes when asked (image scale > 1 needs references)
+        latents, stats = denoise(model, condition, (noise_side, noise_side), options, on_step,
+                                 image_passes=bool(condition.references) or mode.three_passes)
+        return latents, stats, step_seconds
 
     return run, condition
 

@@ -8,10 +8,10 @@ unless `--dtypes` names others (`--dtypes float32 bfloat16` runs every configura
 alike, and adds the ratio of their CPU times, "/fp32").
 Two kinds of configuration:
 
-* `step`: one denoising step, i.e. one call of `omni_core.guidance.GuidedVelocity` running 1, 2 or 3 guidance
-  passes (cond; cond + uncond; cond + ref + uncond) through the transformer.
-* `sample`: a whole sampling run as `OmniGen2.sample` does it (the flow time grid, guided Euler steps through
-  `omni_core.sampler.sample_euler`, then decoding with the tiny test VAE from tests/fixtures/omnigen2-tiny).
+* `step`: one denoising step, i.e. one call of the velocity of `omni_core.denoise.GuidedRun` running 1, 2 or 3
+  guidance passes (cond; cond + uncond; cond + ref + uncond) through the transformer.
+* `sample`: a whole sampling run as `OmniGen2.sample` does it (`omni_core.denoise.denoise`, then decoding with the
+  tiny test VAE from tests/fixtures/omnigen2-tiny).
 Prompts are random embeddings (positive 128 tokens, negative 96), so no text encoder runs.
 
 Every configuration runs in its own Python process so that its peak RSS (VmHWM) is its own: the table
@@ -133,41 +133,32 @@ def _tiny_vae(dtype: torch.dtype):
 
 def _runner(bench: Bench, dtype: torch.dtype):
     """Build everything for `bench`; return (a function doing the timed work once, RSS MiB after building)."""
-    from omni_core.guidance import GuidedVelocity
-    from omni_core.reference_passes import TransformerPasses
-    from omni_core.sampler import sample_euler
-    from omni_core.schedule import flow_timesteps
+    from omni_core.denoise import GuidedRun, denoise
+    from omni_core.options import SamplingOptions
     from omni_core.vae import decode_latents
 
     config = bench_config(bench.num_layers, bench.num_refiner_layers)
     transformer = build_ours(config, dtype=dtype)
     condition = _condition(bench, config.text_feat_dim)
     text_scale, image_scale = PASS_SCALES[bench.passes]
-    steps = bench.steps if bench.kind == "sample" else 50
-    velocity = GuidedVelocity(
-        TransformerPasses(transformer, condition, cache=None, independent_condition=False),
-        condition.positive,
-        condition.negative,
-        has_references=bool(condition.references),
-        steps=steps,
-        text_scale=text_scale,
-        image_scale=image_scale,
-        cfg_range=(0.0, 1.0),
+    options = SamplingOptions(
+        steps=bench.steps if bench.kind == "sample" else 50, text_guidance_scale=text_scale,
+        image_guidance_scale=image_scale, independent_condition=False,
     )
     side = latent_side(bench.noise_tokens)
-    noise = torch.randn(1, LATENT_CHANNELS, side, side, generator=torch.Generator().manual_seed(0))
 
     if bench.kind == "sample":
-        # OmniGen2.sample without its argument checks: time grid, guided Euler loop, VAE decode
+        # OmniGen2.sample without encoding: the engine's denoising run, then the tiny VAE's decode
         vae = _tiny_vae(dtype)
-        timesteps = flow_timesteps(steps, side * side)
 
         def run():
             with torch.no_grad():
-                return decode_latents(vae, sample_euler(velocity, noise, timesteps))
+                return decode_latents(vae, denoise(transformer, condition, (side, side), options)[0])
 
         return run, max_rss_mb()
 
+    velocity = GuidedRun(transformer, condition, options).velocity
+    noise = torch.randn(1, LATENT_CHANNELS, side, side, generator=torch.Generator().manual_seed(0))
     t = torch.tensor(0.3)
 
     def run():

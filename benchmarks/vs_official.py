@@ -51,9 +51,10 @@ from _common import (  # noqa: E402
 )
 from ceilings import NEGATIVE_LEN  # noqa: E402
 from omni_core.condition import Condition, ReferenceImage, TextCondition  # noqa: E402
-from omni_core.guidance import GuidancePass, GuidedVelocity, combine_guidance, planned_passes  # noqa: E402
+from omni_core.denoise import GuidedRun  # noqa: E402
+from omni_core.guidance import GuidancePass, combine_guidance, planned_passes  # noqa: E402
 from omni_core.kernel_choice import ONEDNN_PATHS, runnable_paths, set_cpu_gemm  # noqa: E402
-from omni_core.reference_passes import TransformerPasses  # noqa: E402
+from omni_core.options import SamplingOptions  # noqa: E402
 
 DEFAULT_OFFICIAL_REPO = "/tmp/official-omnigen2"
 TOLERANCE = 1e-4
@@ -133,16 +134,16 @@ def forwards(ours, official, freqs_cis, inputs: dict):
 
 
 def guided_steps(ours, official, freqs_cis, inputs: dict, negative: torch.Tensor):
-    """One step's guided velocity, each side running the passes as its sampler does: ours `GuidedVelocity` over the
-    run's `TransformerPasses`, the official a forward per pass, combined as its pipeline combines them."""
+    """One step's guided velocity, each side running the passes as its sampler does: ours the velocity of the
+    engine's `GuidedRun` (its `TransformerPasses` kept for the run), the official a forward per pass, combined as its pipeline combines them."""
     prompt = TextCondition(inputs["text_hidden_states"], inputs["text_attention_mask"])
     negative_text = TextCondition(negative, torch.ones(negative.shape[:2], dtype=torch.long))
     refs = inputs["ref_image_hidden_states"]
     latents = refs[0] if refs else []
     references = tuple(ReferenceImage(latent, (latent.shape[1] * 8, latent.shape[2] * 8)) for latent in latents)
     condition = Condition(positive=prompt, negative=negative_text, references=references)
-    runner = TransformerPasses(ours, condition, cache=None, independent_condition=False)
-    guided = GuidedVelocity(runner, prompt, negative_text, bool(references), 1, 5.0, 2.0, (0.0, 1.0))
+    options = SamplingOptions(steps=1, text_guidance_scale=5.0, image_guidance_scale=2.0, independent_condition=False)
+    guided = GuidedRun(ours, condition, options).velocity
     passes = [guided.passes[name] for name in planned_passes(guided.text_scale, guided.image_scale)]
     x, t = inputs["hidden_states"], inputs["timestep"][0]
 

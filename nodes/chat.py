@@ -9,9 +9,8 @@ from omni_core import chat
 from . import bridge
 from .condition import IMAGE_LIMIT_WIDGETS, NEGATIVE_PROMPT_WIDGET, compact_widgets
 from .sampler import (
-    BATCH_SIZE_WIDGET, GUIDANCE_CACHE_WIDGETS, REFERENCE_ATTENTION_WIDGET, SEED_STEPS_WIDGETS, SIZE_WIDGETS,
+    BATCH_SIZE_WIDGET, GUIDANCE_CACHE_WIDGETS, INDEPENDENT_CONDITION_WIDGET, SEED_STEPS_WIDGETS, SIZE_WIDGETS,
     STEP_CACHE_WIDGETS,
-    sampling_options,
 )
 
 # What the IMAGE output holds when the turn only answered: a black 64 x 64 picture. Every IMAGE consumer (Save
@@ -54,7 +53,7 @@ class OmniGen2Chat:
                 **SIZE_WIDGETS,
                 **GUIDANCE_CACHE_WIDGETS,
                 **BATCH_SIZE_WIDGET,
-                **REFERENCE_ATTENTION_WIDGET,
+                **INDEPENDENT_CONDITION_WIDGET,
                 **IMAGE_LIMIT_WIDGETS,
                 **compact_widgets(condition_scale=1.0),  # off unless asked: a drawing then uses fewer reference tokens
                 **STEP_CACHE_WIDGETS,
@@ -78,24 +77,20 @@ class OmniGen2Chat:
         "to ask about images, or to draw from what the model understood of them."
     )
 
-    def chat(self, model, prompt, negative_prompt, respond, max_new_tokens, width, height, max_pixels,
-             max_input_image_side_length, condition_scale, prune_ratio, **widgets):
+    def chat(self, model, prompt, negative_prompt, respond, max_new_tokens, **widgets):
         model = bridge.check_model(model)
-        images = {name: widgets.pop(name) for name in IMAGE_INPUTS if name in widgets}
-        shown = bridge.collect_images(**images)
-        limits = bridge.image_limits(max_pixels, max_input_image_side_length)
+        shown = bridge.collect_images(**{name: widgets.pop(name) for name in IMAGE_INPUTS if name in widgets})
+        options = bridge.sampling_options(widgets)
         with model.on_device("text_encoder", "vae"):
             # the answer's tokens on the progress bar, and Cancel between them
-            turn = chat.take_turn(model.engine, prompt, shown, negative_prompt, respond, max_new_tokens, **limits,
-                                  condition_scale=condition_scale, prune_ratio=prune_ratio,
-                                  progress=bridge.progress_callback(max_new_tokens) if max_new_tokens else None)
+            answer_progress = bridge.progress_callback(max_new_tokens) if max_new_tokens else None
+            turn = chat.take_turn(model.engine, prompt, shown, negative_prompt, respond, max_new_tokens, options,
+                                  answer_progress)
         if turn.condition is None:
             result, image = chat.finish_turn(model.engine, turn), text_only_image()
         else:
-            size = bridge.output_size(width, height)
             with model.on_device("transformer", "vae") as device:
-                result = bridge.engine_call(
-                    chat.finish_turn, model.engine, turn, **size, **sampling_options(device, **widgets)
-                )
+                progress = bridge.progress_callback(options.steps, device)
+                result = chat.finish_turn(model.engine, turn, options, progress)
             image = bridge.to_comfy_image(result.images)
         return {"ui": bridge.sampler_ui({**result.stats, "answer": result.text}), "result": (result.text, image)}

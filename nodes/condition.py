@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from omni_core.options import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+
 from . import bridge
 
 _IMAGE_TOOLTIP = (
@@ -17,11 +19,11 @@ NEGATIVE_PROMPT_WIDGET = {
 }
 IMAGE_LIMIT_WIDGETS = {
     "max_pixels": ("INT", {
-        "default": 1024 * 1024, "min": 256, "max": 4096 * 4096, "step": 256,
+        "default": DEFAULT_MAX_PIXELS, "min": 256, "max": 4096 * 4096, "step": 256,
         "tooltip": "Reference images larger than this many pixels are scaled down (aspect kept); also "
                    "caps the automatic output size."}),
     "max_input_image_side_length": ("INT", {
-        "default": 1024, "min": 16, "max": 4096, "step": 16,
+        "default": DEFAULT_MAX_SIDE, "min": 16, "max": 4096, "step": 16,
         "tooltip": "Reference images whose longer side exceeds this are scaled down."}),
 }
 
@@ -56,10 +58,11 @@ class OmniGen2ConditionEncode:
     def encode(self, model, prompt, negative_prompt, max_pixels, max_input_image_side_length, **images):
         model = bridge.check_model(model)
         references = bridge.collect_images(**{k: images.get(k) for k in sorted(images)})
-        limits = bridge.image_limits(max_pixels, max_input_image_side_length)
+        options = bridge.sampling_options(
+            {"max_pixels": max_pixels, "max_input_image_side_length": max_input_image_side_length}
+        )
         with model.on_device("text_encoder", "vae"):
-            condition = model.engine.encode_condition(prompt, negative_prompt=negative_prompt, images=references,
-                                                      **limits)
+            condition = model.engine.encode(prompt, negative_prompt, references, options)
         return (condition,)
 
 

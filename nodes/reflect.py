@@ -9,8 +9,7 @@ from omni_core.errors import InvalidInputError
 from . import bridge
 from .condition import _IMAGE_TOOLTIP, IMAGE_LIMIT_WIDGETS, NEGATIVE_PROMPT_WIDGET
 from .sampler import (
-    GUIDANCE_CACHE_WIDGETS, REFERENCE_ATTENTION_WIDGET, SEED_STEPS_WIDGETS, SIZE_WIDGETS, STEP_CACHE_WIDGETS,
-    sampling_options,
+    GUIDANCE_CACHE_WIDGETS, INDEPENDENT_CONDITION_WIDGET, SEED_STEPS_WIDGETS, SIZE_WIDGETS, STEP_CACHE_WIDGETS,
 )
 
 OWN_MLLM = "own MLLM"  # the judge choice that means the loaded model's Qwen2.5-VL (omni_core/judges.py)
@@ -42,7 +41,7 @@ class OmniGen2Reflect:
                 **SEED_STEPS_WIDGETS,
                 **SIZE_WIDGETS,
                 **GUIDANCE_CACHE_WIDGETS,
-                **REFERENCE_ATTENTION_WIDGET,
+                **INDEPENDENT_CONDITION_WIDGET,
                 **IMAGE_LIMIT_WIDGETS,
                 **STEP_CACHE_WIDGETS,
             },
@@ -68,19 +67,17 @@ class OmniGen2Reflect:
         "or max_rounds. Each round costs one generation plus one judge answer."
     )
 
-    def reflect(self, model, prompt, negative_prompt, max_rounds, judge, width, height, max_pixels,
-                max_input_image_side_length, condition=None, **inputs):
+    def reflect(self, model, prompt, negative_prompt, max_rounds, judge, condition=None, **widgets):
         model = bridge.check_model(model)
-        images = bridge.collect_images(**{name: inputs.pop(name, None) for name in IMAGE_INPUTS})
+        images = bridge.collect_images(**{name: widgets.pop(name, None) for name in IMAGE_INPUTS})
         source = _source(condition, prompt, negative_prompt, images)
-        limits = bridge.image_limits(max_pixels, max_input_image_side_length)
+        options = bridge.sampling_options(widgets)
         judge_folder = None if judge == OWN_MLLM else bridge.resolve_judge_folder(judge)
         with model.on_device("transformer", "vae", "text_encoder") as device:
-            options = sampling_options(device, batch_size=1, **inputs)
-            on_round, options["progress"] = bridge.round_progress(max_rounds, inputs["steps"], device)
-            result = bridge.engine_call(
-                model.engine.reflect, max_rounds=max_rounds, judge=judge_folder, on_round=on_round,
-                **source, **limits, **bridge.output_size(width, height), **options,
+            on_round, progress = bridge.round_progress(max_rounds, options.steps, device)
+            result = model.engine.reflect(
+                **source, max_rounds=max_rounds, judge=judge_folder, options=options, on_round=on_round,
+                progress=progress,
             )
         stats = {**result.rounds[-1].stats, "rounds": len(result.rounds), "stop_reason": result.stop_reason}
         rounds = torch.cat([r.image for r in result.rounds])

@@ -3,17 +3,22 @@ and repainting a masked region with it."""
 
 from __future__ import annotations
 
+from omni_core.guidance import OFFICIAL_TEXT_GUIDANCE
 from omni_core.image_processing import MAX_OUTPUT_SIDE
+from omni_core.options import SamplingOptions
+from omni_core.step_cache import STEP_CACHE_CHOICES, TaylorSeer, TeaCache
 
 from . import bridge
+
+DEFAULTS = SamplingOptions()
 
 # Widgets both samplers show, in the order the Cached Sampler has always had (saved workflows list values by order).
 SEED_STEPS_WIDGETS = {
     "seed": ("INT", {
-        "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+        "default": DEFAULTS.seed, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
         "tooltip": "Noise seed. The noise is drawn on the CPU, so a seed gives the same image on any "
                    "device."}),
-    "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Sampling steps (official: 50)."}),
+    "steps": ("INT", {"default": DEFAULTS.steps, "min": 1, "max": 1000, "tooltip": "Sampling steps (official: 50)."}),
 }
 SIZE_WIDGETS = {
     "width": ("INT", {
@@ -26,17 +31,17 @@ SIZE_WIDGETS = {
 }
 GUIDANCE_CACHE_WIDGETS = {
     "text_guidance": ("FLOAT", {
-        "default": 5.0, "min": 1.0, "max": 20.0, "step": 0.1, "round": 0.01,
+        "default": OFFICIAL_TEXT_GUIDANCE, "min": 1.0, "max": 20.0, "step": 0.1, "round": 0.01,
         "tooltip": "How strongly the prompt steers the image (official: 5.0). 1 = no text guidance."}),
     "image_guidance": ("FLOAT", {
-        "default": 2.0, "min": 1.0, "max": 10.0, "step": 0.1, "round": 0.01,
+        "default": DEFAULTS.image_guidance_scale, "min": 1.0, "max": 10.0, "step": 0.1, "round": 0.01,
         "tooltip": "How closely the result follows the reference images (official: 2.0; edits 1.2-2.0, "
                    "in-context 2.5-3.0). Ignored without reference images."}),
     "cfg_range_start": ("FLOAT", {
-        "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+        "default": DEFAULTS.cfg_range[0], "min": 0.0, "max": 1.0, "step": 0.05,
         "tooltip": "Guidance is applied from this fraction of the steps..."}),
     "cfg_range_end": ("FLOAT", {
-        "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+        "default": DEFAULTS.cfg_range[1], "min": 0.0, "max": 1.0, "step": 0.05,
         "tooltip": "...up to this fraction; later steps run one pass only (0.6 saves about 20%)."}),
     "cache_per_n_steps": ("INT", {
         "default": 0, "min": 0, "max": 1000,
@@ -44,10 +49,10 @@ GUIDANCE_CACHE_WIDGETS = {
                    "reuse them in between (n >= steps: compute once). 0 = off, exact official results."}),
 }
 BATCH_SIZE_WIDGET = {
-    "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Images per run (seeds seed, seed+1, ...)."}),
+    "batch_size": ("INT", {"default": DEFAULTS.num_images, "min": 1, "max": 16, "tooltip": "Images per run (seeds seed, seed+1, ...)."}),
 }
-REFERENCE_ATTENTION_WIDGET = {
-    "reference_attention": (list(bridge.REFERENCE_ATTENTION), {
+INDEPENDENT_CONDITION_WIDGET = {
+    "independent_condition": (list(bridge.INDEPENDENT_CONDITION), {
         "default": "auto",
         "tooltip": "joint: every token sees every token (official OmniGen2). independent: each reference "
                    "image sees only itself, at a clean timestep (OminiControl2's asymmetric mask): with "
@@ -57,39 +62,25 @@ REFERENCE_ATTENTION_WIDGET = {
 
 # Step caching, last in every sampler's widgets (saved workflows list values by order, so new widgets go at the end).
 STEP_CACHE_WIDGETS = {
-    "step_cache": (list(bridge.STEP_CACHES), {
+    "step_cache": (list(STEP_CACHE_CHOICES), {
         "default": "none",
         "tooltip": "Skip the transformer on some steps and estimate its output (official OmniGen2 options). "
                    "teacache: skips while the input changed little (official 0.05: about 1.3x). taylorseer: "
                    "computes the first 5 steps, then one in every interval and predicts the rest (up to 2x). "
                    "Combines with the reference cache. none = every step computes, exact."}),
     "teacache_threshold": ("FLOAT", {
-        "default": 0.05, "min": 0.0, "max": 2.0, "step": 0.01, "round": 0.001,
+        "default": TeaCache.threshold, "min": 0.0, "max": 2.0, "step": 0.01, "round": 0.001,
         "tooltip": "TeaCache: how much change to accumulate before computing a step again (official 0.05; "
                    "higher is faster and less exact; calibrated for the released model)."}),
     "taylorseer_order": ("INT", {
-        "default": 4, "min": 0, "max": 8,
+        "default": TaylorSeer.order, "min": 0, "max": 8,
         "tooltip": "TaylorSeer: order of the Taylor series that predicts skipped steps (official 4; 0 = reuse "
                    "the last computed output)."}),
     "taylorseer_interval": ("INT", {
-        "default": 3, "min": 1, "max": 50,
+        "default": TaylorSeer.interval, "min": 1, "max": 50,
         "tooltip": "TaylorSeer: after the first 5 steps, compute one step in every interval (official 3; 1 = "
                    "every step)."}),
 }
-
-
-def sampling_options(device, seed, steps, text_guidance, image_guidance, cfg_range_start, cfg_range_end,
-                     cache_per_n_steps, batch_size, reference_attention="auto", step_cache="none",
-                     teacache_threshold=0.05, taylorseer_order=4, taylorseer_interval=3) -> dict:
-    """The engine options the shared widgets set, checked, with ComfyUI's progress bar, previews and cancel."""
-    return {
-        "steps": steps, "text_guidance_scale": text_guidance, "image_guidance_scale": image_guidance,
-        "cfg_range": bridge.cfg_range(cfg_range_start, cfg_range_end), "seed": seed, "num_images": batch_size,
-        "cache_per_n_steps": bridge.cache_steps(cache_per_n_steps),
-        "independent_condition": bridge.independent_condition(reference_attention),
-        "step_cache": bridge.step_cache(step_cache, teacache_threshold, taylorseer_order, taylorseer_interval),
-        "progress": bridge.progress_callback(steps, device),
-    }
 
 
 def sampler_outputs(model, result) -> dict:
@@ -111,7 +102,7 @@ class OmniGen2CachedSampler:
                 **SIZE_WIDGETS,
                 **GUIDANCE_CACHE_WIDGETS,
                 **BATCH_SIZE_WIDGET,
-                **REFERENCE_ATTENTION_WIDGET,
+                **INDEPENDENT_CONDITION_WIDGET,
                 **STEP_CACHE_WIDGETS,
             }
         }
@@ -126,12 +117,12 @@ class OmniGen2CachedSampler:
         "reused tokens, skipped steps and time per step on the node."
     )
 
-    def sample(self, model, condition, width, height, **widgets):
+    def sample(self, model, condition, **widgets):
         model = bridge.check_model(model)
-        size = bridge.output_size(width, height)
+        options = bridge.sampling_options(widgets)
         with model.on_device("transformer", "vae") as device:
-            result = bridge.engine_call(model.engine.sample, condition, **size, **sampling_options(device, **widgets))
-            return sampler_outputs(model, result)
+            progress = bridge.progress_callback(options.steps, device)
+            return sampler_outputs(model, model.engine.sample(condition, options, progress=progress))
 
 
 class OmniGen2Repaint:
@@ -151,7 +142,7 @@ class OmniGen2Repaint:
                 **SEED_STEPS_WIDGETS,
                 **GUIDANCE_CACHE_WIDGETS,
                 **BATCH_SIZE_WIDGET,
-                **REFERENCE_ATTENTION_WIDGET,
+                **INDEPENDENT_CONDITION_WIDGET,
                 **STEP_CACHE_WIDGETS,
             }
         }
@@ -172,6 +163,7 @@ class OmniGen2Repaint:
     def repaint(self, model, condition, image, mask, **widgets):
         model = bridge.check_model(model)
         canvas, region = bridge.single_image(image, "image"), bridge.single_mask(mask, "mask")
+        options = bridge.sampling_options(widgets)
         with model.on_device("transformer", "vae") as device:
-            result = bridge.engine_call(model.engine.repaint, condition, canvas, region, **sampling_options(device, **widgets))
-            return sampler_outputs(model, result)
+            progress = bridge.progress_callback(options.steps, device)
+            return sampler_outputs(model, model.engine.repaint(condition, canvas, region, options, progress=progress))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -11,12 +12,47 @@ import numpy as np
 import PIL.Image
 import torch
 
-from . import DEFAULT_MODEL_SIZE, DEFAULT_MODEL_TEXT_GUIDANCE, load_model
+from . import load_model
 from .errors import OmniGen2Error
-from .guidance import OFFICIAL_TEXT_GUIDANCE
+from .options import SamplingOptions
 from .step_cache import STEP_CACHE_CHOICES, TaylorSeer, TeaCache, step_cache_by_name
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SHORT_FLAGS = {"text_guidance_scale": "--text-guidance", "image_guidance_scale": "--image-guidance",
+               "max_input_image_side_length": "--max-side"}  # the older, shorter names stay valid
+STEP_CACHE_FLAGS = ("step_cache", "teacache_threshold", "taylorseer_order", "taylorseer_interval")
+
+
+def _add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `SamplingOptions` field, with its help; unset flags keep the field's default."""
+    for option in dataclasses.fields(SamplingOptions):
+        flags = ["--" + option.name.replace("_", "-"), *([SHORT_FLAGS[option.name]] if option.name in SHORT_FLAGS else [])]
+        default = "" if option.default is None else f" (default: {option.default})"
+        kwargs = {"default": None, "help": option.metadata["help"] + default}
+        if option.name == "step_cache":
+            parser.add_argument(*flags, choices=STEP_CACHE_CHOICES, default="none",
+                                help="skip or estimate steps: TeaCache (--teacache-threshold) or TaylorSeer "
+                                     "(--taylorseer-order, --taylorseer-interval); official defaults")
+            parser.add_argument("--teacache-threshold", type=float, default=TeaCache.threshold)
+            parser.add_argument("--taylorseer-order", type=int, default=TaylorSeer.order)
+            parser.add_argument("--taylorseer-interval", type=int, default=TaylorSeer.interval)
+        elif option.name == "cfg_range":
+            parser.add_argument(*flags, type=float, nargs=2, metavar=("START", "END"), **kwargs)
+        elif option.type == "bool | None":
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            parser.add_argument(*flags, type=float if "float" in option.type else int, **kwargs)
+
+
+def _options(args: argparse.Namespace) -> SamplingOptions:
+    """The flags given, as options: the step cache from its four flags, every other field from its own."""
+    given = {
+        option.name: getattr(args, option.name)
+        for option in dataclasses.fields(SamplingOptions)
+        if option.name != "step_cache" and getattr(args, option.name) is not None
+    }
+    step_cache = step_cache_by_name(*(getattr(args, name) for name in STEP_CACHE_FLAGS))
+    return SamplingOptions.of(**given, step_cache=step_cache)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,26 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--image", action="append", default=[], help="a reference image; repeat for up to 5")
-    gen.add_argument("--width", type=int, default=None,
-                     help=f"default: the reference's size with one image, else the model's: 1024 ({DEFAULT_MODEL_SIZE} "
-                          "on the bundled model, its training size)")
-    gen.add_argument("--height", type=int, default=None)
-    gen.add_argument("--steps", type=int, default=50)
-    gen.add_argument("--text-guidance", type=float, default=None,
-                     help=f"default: {DEFAULT_MODEL_TEXT_GUIDANCE} on the bundled model, "
-                          f"else the official {OFFICIAL_TEXT_GUIDANCE}")
-    gen.add_argument("--image-guidance", type=float, default=2.0)
-    gen.add_argument("--cfg-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"))
-    gen.add_argument("--max-pixels", type=int, default=1024 * 1024)
-    gen.add_argument("--max-side", type=int, default=1024, help="longest side of a reference image")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--step-cache", choices=STEP_CACHE_CHOICES, default="none",
-                     help="skip or estimate steps: TeaCache (--teacache-threshold) or TaylorSeer (--taylorseer-order, "
-                          "--taylorseer-interval); official defaults")
-    gen.add_argument("--teacache-threshold", type=float, default=TeaCache.threshold)
-    gen.add_argument("--taylorseer-order", type=int, default=TaylorSeer.order)
-    gen.add_argument("--taylorseer-interval", type=int, default=TaylorSeer.interval)
-    gen.add_argument("--num-images", type=int, default=1)
+    _add_option_flags(gen)
     gen.add_argument("--output", default="omnigen2.png", help="image i > 0 of a batch is saved with suffix _i")
     gen.add_argument("--model", default=None,
                      help="OmniGen2 release folder; default: the bundled model (synthetic shapes, 64 x 64)")
@@ -89,24 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         model = load_model(_model_source(args), device=args.device, dtype=DTYPES[args.dtype])
         images = [PIL.Image.open(path) for path in args.image]
-        result = model.generate(
-            args.prompt,
-            negative_prompt=args.negative_prompt,
-            images=images,
-            width=args.width,
-            height=args.height,
-            steps=args.steps,
-            text_guidance_scale=args.text_guidance,
-            image_guidance_scale=args.image_guidance,
-            cfg_range=tuple(args.cfg_range),
-            max_pixels=args.max_pixels,
-            max_input_image_side_length=args.max_side,
-            seed=args.seed,
-            num_images=args.num_images,
-            progress=_progress_bar,
-            step_cache=step_cache_by_name(args.step_cache, args.teacache_threshold, args.taylorseer_order,
-                                          args.taylorseer_interval),
-        )
+        options = _options(args)
+        result = model.generate(args.prompt, args.negative_prompt, images, options, progress=_progress_bar)
     except (OmniGen2Error, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -4,8 +4,9 @@ As the official chat pipeline: the MLLM is shown the images (Qwen2.5-VL image pr
 `text_encoder.chat_template` and answers greedily up to its end of turn or `<|img|>`. A drawing is conditioned on
 the last hidden states of that conversation with the image pads removed (the template alone: an answer that draws
 starts with `<|img|>`, so none of it precedes the request), on a text-only negative prompt in the same template, and
-on the images through the VAE as in `generate`. `OmniGen2.sample` then draws with the settings given unchanged, so
-every sampling option (guidance, reference reuse, previews, cancel, ...) works in a chat as in the Cached Sampler.
+on the images through the VAE as in `generate`. The model's `sample` then draws with the `SamplingOptions` given,
+unchanged, so every sampling option (guidance, reference reuse, previews, cancel, ...) works in a chat as in the
+Cached Sampler.
 
 A turn is two calls so that a host can hold only the models each needs: `take_turn` (MLLM, VAE) and `finish_turn`
 (transformer, VAE). `run_chat` (`OmniGen2.chat`) is both.
@@ -13,27 +14,23 @@ A turn is two calls so that a host can hold only the models each needs: `take_tu
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .condition import Condition, check_reference_count
 from .errors import InvalidInputError
 from .image_processing import ImageLike, to_pil
+from .interface import ConditionalSampler, Progress
+from .options import SamplingOptions
 from .text_encoder import END_TOKENS, IMAGE_REQUEST, ChatReply
-
-if TYPE_CHECKING:
-    from .pipeline import OmniGen2
 
 log = logging.getLogger(__name__)
 
 RESPONSES = ("auto", "text", "image")
-# The settings `take_turn` uses (how the images are encoded and compacted); every other one is `sample`'s.
-TURN_SETTINGS = ("max_pixels", "max_input_image_side_length", "condition_scale", "prune_ratio")
 TOKENIZER_FIX = (
     "Load the tokenizer from the OmniGen2 release's processor/ folder, which has it (Load OmniGen2 (single files): "
     "tokenizer = a models/omnigen2 folder with processor/; omni_core.load_model: tokenizer=<release>/processor)."
@@ -66,43 +63,40 @@ class ChatTurn:
 
 
 def run_chat(
-    model: OmniGen2,
+    model: ConditionalSampler,
     prompt: str,
     images: Sequence[ImageLike] | None = None,
     negative_prompt: str | None = "",
     respond: str = "auto",
     max_new_tokens: int = 256,
-    **settings: Any,
+    options: SamplingOptions | None = None,
+    progress: Progress | None = None,
 ) -> ChatResult:
-    """A whole turn (see `take_turn`); `settings` are `generate`'s, plus `condition_scale` / `prune_ratio` (compact
-    reference tokens, as `OmniGen2.compact_condition`). Unknown settings fail before the MLLM runs."""
-    turn_settings = {name: settings.pop(name) for name in TURN_SETTINGS if name in settings}
-    check_sample_settings(model, settings)
-    turn = take_turn(model, prompt, images, negative_prompt, respond, max_new_tokens, **turn_settings,
-                     progress=settings.get("progress"))  # the answer's tokens, then the drawing's steps
-    return finish_turn(model, turn, **settings)
+    """A whole turn (see `take_turn`): the answer's tokens, then the drawing's steps on `progress`."""
+    options = options or SamplingOptions()
+    turn = take_turn(model, prompt, images, negative_prompt, respond, max_new_tokens, options, progress)
+    return finish_turn(model, turn, options, progress)
 
 
 @torch.no_grad()
 def take_turn(
-    model: OmniGen2,
+    model: ConditionalSampler,
     prompt: str,
     images: Sequence[ImageLike] | None = None,
     negative_prompt: str | None = "",
     respond: str = "auto",
     max_new_tokens: int = 256,
-    max_pixels: int = 1024 * 1024,
-    max_input_image_side_length: int = 1024,
-    condition_scale: float = 1.0,
-    prune_ratio: float = 0.0,
+    options: SamplingOptions | None = None,
     progress: Callable[[int, int, None], None] | None = None,
 ) -> ChatTurn:
-    """The MLLM's answer to `prompt` with `images` (0..5) shown, and the condition to draw from when the turn draws.
+    """The MLLM's answer to `prompt` with `images` (0..5) shown, and the condition to draw from when the turn draws
+    (its images encoded and compacted as `options` say).
 
     respond: "auto" draws exactly when the answer starts with `<|img|>`, "text" never, "image" always.
     max_new_tokens bounds the answer; 0 (only with "image") draws without asking the MLLM for one.
     progress(tokens, max_new_tokens, None) after every token of the answer; raising in it cancels the turn.
     """
+    options = options or SamplingOptions()
     if not isinstance(prompt, str):
         raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}.")
     if respond not in RESPONSES:
@@ -126,23 +120,24 @@ def take_turn(
     stats = {"respond": respond, "answer_tokens": len(reply.token_ids), "answer_seconds": time.perf_counter() - start}
     if not draws(respond, reply.text):
         return ChatTurn(reply, None, {**stats, "drew": False})
+    max_pixels = options.encoding_max_pixels
     condition = Condition(
         positive=encoder.encode_chat(prompt, shown),
         negative=encoder.encode_chat("" if negative_prompt is None else negative_prompt, name="negative_prompt"),
-        references=model.encode_references(shown, max_pixels, max_input_image_side_length),
+        references=model.encode_references(shown, max_pixels, options.max_input_image_side_length),
         max_pixels=max_pixels,
     )
-    if condition_scale != 1.0 or prune_ratio:
-        condition = model.compact_condition(condition, condition_scale, prune_ratio)
-    return ChatTurn(reply, condition, {**stats, "drew": True})
+    return ChatTurn(reply, model.compacted(condition, options), {**stats, "drew": True})
 
 
-def finish_turn(model: OmniGen2, turn: ChatTurn, **settings: Any) -> ChatResult:
-    """The turn's result: `model.sample(turn.condition, **settings)` when it draws, the answer alone otherwise."""
+def finish_turn(
+    model: ConditionalSampler, turn: ChatTurn, options: SamplingOptions | None = None, progress: Progress | None = None
+) -> ChatResult:
+    """The turn's result: `model.sample(turn.condition, options)` when it draws, the answer alone otherwise."""
     text = answer_text(turn.reply.text)
     if turn.condition is None:
         return ChatResult(text, turn.reply.token_ids, stats=dict(turn.stats))
-    drawn = model.sample(turn.condition, **settings)
+    drawn = model.sample(turn.condition, options, progress=progress)
     return ChatResult(text, turn.reply.token_ids, drawn.images, drawn.latents, {**turn.stats, **drawn.stats})
 
 
@@ -174,14 +169,3 @@ def check_image_request(tokenizer: Any, respond: str) -> None:
         "The tokenizer has no %s token, so an answer is not cut where the model asks to draw. %s", IMAGE_REQUEST,
         TOKENIZER_FIX,
     )
-
-
-def check_sample_settings(model: OmniGen2, settings: dict[str, Any]) -> None:
-    """Fail on a setting `sample` does not take, before any model work (also when the turn would not draw)."""
-    parameters = inspect.signature(model.sample).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    unknown = sorted(name for name in settings if name not in parameters or name == "condition")
-    if unknown:
-        takes = sorted((*TURN_SETTINGS, *(name for name in parameters if name != "condition")))
-        raise InvalidInputError(f"chat got unknown settings {unknown}; it takes {takes}.")

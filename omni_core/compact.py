@@ -52,13 +52,18 @@ def compact_reference(
     return dataclasses.replace(reference, latent=latent, position_scale=position_scale, keep_index=keep)
 
 
+def check_compaction(condition_scale: float, prune_ratio: float) -> None:
+    """Refuse a scale or ratio that would leave no tokens, or add some."""
+    if not isinstance(condition_scale, (int, float)) or not 0.0 < condition_scale <= 1.0:
+        raise InvalidInputError(f"condition_scale must be in (0, 1], got {condition_scale!r} (0.5 = half size, 4x fewer tokens).")
+    if not isinstance(prune_ratio, (int, float)) or not 0.0 <= prune_ratio < 1.0:
+        raise InvalidInputError(f"prune_ratio must be in [0, 1), got {prune_ratio!r} (0.25 drops a quarter of the tokens).")
+
+
 def compact_condition(
     condition: Condition, encode: Encoder, condition_scale: float = 1.0, prune_ratio: float = 0.0
 ) -> Condition:
     """The condition with every reference compacted and/or pruned; prompts untouched. A new fingerprint follows."""
-    if not 0.0 < condition_scale <= 1.0:
-        raise InvalidInputError(f"condition_scale must be in (0, 1], got {condition_scale!r} (0.5 = half size, 4x fewer tokens).")
-    if not 0.0 <= prune_ratio < 1.0:
-        raise InvalidInputError(f"prune_ratio must be in [0, 1), got {prune_ratio!r} (0.25 drops a quarter of the tokens).")
+    check_compaction(condition_scale, prune_ratio)
     references = tuple(compact_reference(ref, encode, condition_scale, prune_ratio) for ref in condition.references)
     return dataclasses.replace(condition, references=references, fingerprint="")

@@ -8,7 +8,7 @@ path's limit of 5 is the transformer's reference slots for a drawing, which a ju
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import PIL.Image
 
@@ -17,9 +17,6 @@ from .errors import InvalidInputError
 from .loading.judge_loader import load_judge_folder
 from .reflection import Judge
 from .text_encoder import TextEncoder
-
-if TYPE_CHECKING:
-    from .pipeline import OmniGen2
 
 MAX_ANSWER_TOKENS = 256
 
@@ -34,13 +31,13 @@ def encoder_judge(encoder: TextEncoder, max_new_tokens: int = MAX_ANSWER_TOKENS)
     return judge
 
 
-def resolve_judge(model: OmniGen2, judge: Any) -> Judge:
-    """None: the model's own MLLM; a folder path: that model, in the text encoder's dtype on its device; a callable:
-    itself."""
+def resolve_judge(own_encoder: TextEncoder, judge: Any) -> Judge:
+    """None: the model's own MLLM (`own_encoder`); a folder path: that model, in the own MLLM's dtype on its device;
+    a callable: itself."""
     if judge is None:
-        return encoder_judge(model.text_encoder)
+        return encoder_judge(own_encoder)
     if isinstance(judge, (str, Path)):
-        return encoder_judge(load_judge_folder(judge, model.text_encoder.dtype, model.text_encoder.device))
+        return encoder_judge(load_judge_folder(judge, own_encoder.dtype, own_encoder.device))
     if callable(judge):
         return judge
     raise InvalidInputError(

@@ -26,7 +26,7 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import PIL.Image
 import torch
@@ -34,10 +34,9 @@ import torch
 from .condition import MAX_REFERENCE_IMAGES, Condition, ReferenceImage
 from .errors import InvalidInputError
 from .image_processing import ImageLike, to_pil
+from .interface import ConditionalSampler, Progress
+from .options import SamplingOptions
 from .reference_cache import ConditionFeatureStore
-
-if TYPE_CHECKING:
-    from .pipeline import GenerationResult, OmniGen2
 
 # A judge: (question, images shown in order) -> its answer as free text. `judges.py` has the MLLM ones.
 Judge = Callable[[str, Sequence[PIL.Image.Image]], str]
@@ -217,28 +216,28 @@ class ReflectionResult:
 
 
 def reflect(
-    model: OmniGen2,
+    model: ConditionalSampler,
     prompt: str | Condition,
     images: Sequence[ImageLike] | None,
     max_rounds: int,
     judge: Judge,
     negative_prompt: str | None = None,
-    max_pixels: int = 1024 * 1024,
-    max_input_image_side_length: int = 1024,
+    options: SamplingOptions | None = None,
     on_round: RoundCallback | None = None,
-    **settings: Any,
+    progress: Progress | None = None,
 ) -> ReflectionResult:
     """The loop of the module docstring. `prompt` is the instruction, or a `Condition` (then `images` must be None:
-    its references are the originals, its prompt text the instruction). `settings` go to `model.sample` unchanged,
-    except that later rounds keep round 1's size when none was given (one more reference would change the
-    automatic size). The previous result enters as encoded at the condition's max_pixels and
-    `max_input_image_side_length` (not compacted, even when the condition's own references are).
-    `on_round(round, max_rounds)` runs before each round and may raise to cancel.
+    its references are the originals, its prompt text the instruction). Each round samples with `options`, except
+    that later rounds keep round 1's size when none was given (one more reference would change the automatic size).
+    The previous result enters as encoded at the condition's max_pixels and `max_input_image_side_length` (not
+    compacted, even when the originals are). `on_round(round, max_rounds)` runs before each round and may raise to
+    cancel; `progress` is each round's sampler progress.
     """
+    options = options or SamplingOptions()
     if not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1:
         raise InvalidInputError(f"max_rounds must be a whole number >= 1, got {max_rounds!r}.")
-    if settings.get("num_images", 1) != 1:
-        raise InvalidInputError(f"reflect follows one image; num_images must be 1, got {settings['num_images']!r}.")
+    if options.num_images != 1:
+        raise InvalidInputError(f"reflect follows one image; num_images must be 1, got {options.num_images!r}.")
     if not callable(judge):
         raise InvalidInputError(f"judge must be callable as judge(question, images) -> str, got {type(judge).__name__}.")
     if isinstance(prompt, Condition):
@@ -246,7 +245,7 @@ def reflect(
             raise InvalidInputError("give reference images either in the condition or as images, not both.")
         base = prompt
     else:
-        base = model.encode_condition(prompt, negative_prompt, images, max_pixels, max_input_image_side_length)
+        base = model.encode(prompt, negative_prompt, images, options)
     instruction = base.positive.text
     if not instruction.strip():
         raise InvalidInputError(
@@ -264,7 +263,7 @@ def reflect(
             if on_round is not None:
                 on_round(number, max_rounds)
             started = time.perf_counter()
-            result = model.sample(condition, condition_features=store, **settings)
+            result = model.sample(condition, options, progress=progress, condition_features=store)
             sampled = time.perf_counter()
             image = result.images[:1]
             answer = judge(question, [*shown, to_pil(image[0], "result")])
@@ -279,10 +278,10 @@ def reflect(
             reason = stop_reason(judgement, number, max_rounds)
             if reason is not None:
                 return ReflectionResult(rounds, reason)
-            if settings.get("width") is None and settings.get("height") is None:
+            if options.width is None and options.height is None:
                 height, width = image.shape[-2:]
-                settings = {**settings, "width": int(width), "height": int(height), "align_res": False}
-            (previous,) = model.encode_references([image[0]], base.max_pixels, max_input_image_side_length)
+                options = dataclasses.replace(options, width=int(width), height=int(height), align_res=False)
+            (previous,) = model.encode_references([image[0]], base.max_pixels, options.max_input_image_side_length)
             references, previous_slot = round_references(originals, previous)
             text = fold_correction(instruction, judgement.correction, previous_slot)
             condition = dataclasses.replace(

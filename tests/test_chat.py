@@ -23,6 +23,7 @@ from conftest import FIXTURES
 import omni_core
 from omni_core.chat import take_turn
 from omni_core.errors import InvalidInputError
+from omni_core.options import SamplingOptions
 from omni_core.text_encoder import IMAGE_PAD, IMAGE_REQUEST, TextEncoder, chat_template
 
 COMFY_TOKENIZER = Path("/work/shared/comfyui/comfy/text_encoders/qwen25_tokenizer")
@@ -84,8 +85,8 @@ def test_drawing_matches_the_official_chat_pipeline(model, chat_cases):
 def test_drawing_condition_is_the_conversation_without_image_pads(model, chat_cases):
     cases, reference, images = chat_cases
     case = cases["generate"]
-    turn = take_turn(model, case["prompt"], images, respond="image", max_new_tokens=0,
-                     max_pixels=case["max_pixels"], max_input_image_side_length=case["max_input_image_side_length"])
+    limits = SamplingOptions(max_pixels=case["max_pixels"], max_input_image_side_length=case["max_input_image_side_length"])
+    turn = take_turn(model, case["prompt"], images, respond="image", max_new_tokens=0, options=limits)
     assert turn.reply.text == "" and len(turn.reply.token_ids) == 0  # drawn without asking for an answer
     assert torch.equal(turn.condition.positive.mask, reference["generate.prompt_attention_mask"])
     assert (turn.condition.positive.embeds - reference["generate.prompt_embeds"]).abs().max().item() < 1e-4
@@ -137,8 +138,8 @@ def test_auto_answers_in_text_when_the_answer_does_not_ask(model, chat_cases):
 @pytest.mark.parametrize("count", [0, 1, 5])
 def test_conversation_shows_the_images_to_the_mllm_and_the_vae(model, count):
     shown = pictures(count)
-    turn = take_turn(model, "combine them", shown, respond="image", max_new_tokens=1, max_pixels=64 * 64,
-                     max_input_image_side_length=64)
+    turn = take_turn(model, "combine them", shown, respond="image", max_new_tokens=1,
+                     options=SamplingOptions(max_pixels=64 * 64, max_input_image_side_length=64))
     tokenizer = model.text_encoder.tokenizer
     template = tokenizer(chat_template("combine them", count)).input_ids
     pad = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -198,8 +199,8 @@ def test_sampling_options_reach_sample_unchanged(model):
                         max_input_image_side_length=64, condition_scale=0.5, progress=record, **settings)
     assert previews == [(1, 1, False)] + [(i, 3, (1, 16, 8, 8)) for i in (1, 2, 3)]  # the answer's token, the steps
     assert result.stats["reference_tokens_reused"] > 0 and result.stats["tokens_saved_by_compaction"] > 0
-    turn = take_turn(model, "put them together", shown, respond="image", max_new_tokens=1, max_pixels=64 * 64,
-                     max_input_image_side_length=64, condition_scale=0.5)
+    options = SamplingOptions(max_pixels=64 * 64, max_input_image_side_length=64, condition_scale=0.5)
+    turn = take_turn(model, "put them together", shown, respond="image", max_new_tokens=1, options=options)
     assert torch.equal(model.sample(turn.condition, **settings).images, result.images)
 
 

@@ -83,7 +83,7 @@ def test_without_a_text_guidance_the_bundled_model_samples_at_its_own(default_mo
     tuned = default_model.generate("a red circle on a blue background", text_guidance_scale=2.5, **small).images
     official = default_model.generate("a red circle on a blue background", text_guidance_scale=5.0, **small).images
     assert torch.equal(own, tuned) and not torch.equal(own, official)
-    assert omni_core.load_model(FIXTURE).text_guidance(None) == 5.0
+    assert omni_core.load_model(FIXTURE).default_text_guidance == 5.0
 
 
 def test_a_copy_of_the_bundled_folder_keeps_its_defaults_and_bad_declarations_name_the_key(tmp_path):
@@ -98,13 +98,13 @@ def test_a_copy_of_the_bundled_folder_keeps_its_defaults_and_bad_declarations_na
 
     copy = shutil.copytree(omni_core.DEFAULT_MODEL_DIR, tmp_path / "my-shapes-model")
     model = omni_core.load_model(copy)
-    assert (model.default_size, model.text_guidance(None)) == (omni_core.DEFAULT_MODEL_SIZE, omni_core.DEFAULT_MODEL_TEXT_GUIDANCE)
+    assert (model.default_size, model.default_text_guidance) == (omni_core.DEFAULT_MODEL_SIZE, omni_core.DEFAULT_MODEL_TEXT_GUIDANCE)
     index = copy / "model_index.json"
     declared = json.loads(index.read_text())
     undeclared = {key: value for key, value in declared.items() if key != FOLDER_DEFAULTS_KEY}
     index.write_text(json.dumps(undeclared))
     official = omni_core.load_model(copy)
-    assert (official.default_size, official.text_guidance(None)) == (1024, 5.0)
+    assert (official.default_size, official.default_text_guidance) == (1024, 5.0)
     (copy / "transformer" / "diffusion_pytorch_model.safetensors").unlink()  # checked before any weights load
     for bad in ({"size": 60}, {"size": "64"}, {"text_guidance_scale": -1}, {"steps": 20}, [64]):
         index.write_text(json.dumps({**undeclared, FOLDER_DEFAULTS_KEY: bad}))

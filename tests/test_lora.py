@@ -345,7 +345,7 @@ def test_lora_nodes_in_a_real_comfyui(comfyui, fixture_dir):
     encode = {"prompt": "a red square on blue", "negative_prompt": "", "max_pixels": 4096, "max_input_image_side_length": 64}
     settings = {"seed": 1, "steps": 3, "width": 64, "height": 48, "text_guidance": 5.0, "image_guidance": 2.0,
                 "cfg_range_start": 0.0, "cfg_range_end": 1.0, "cache_per_n_steps": 0, "batch_size": 1,
-                "reference_attention": "auto", "step_cache": "none", "teacache_threshold": 0.05, "taylorseer_order": 4,
+                "independent_condition": "auto", "step_cache": "none", "teacache_threshold": 0.05, "taylorseer_order": 4,
                 "taylorseer_interval": 3}
 
     def sampler(model_node, seed, prefix):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import max_abs_diff
+from conftest import case_options, max_abs_diff
 from omni_core import InvalidInputError, OmniGen2Error
-from omni_core.pipeline import initial_noise
+from omni_core.denoise import initial_noise
 
 CASES = ["t2i", "edit", "in_context"]
 
@@ -28,17 +28,7 @@ def test_pipeline_matches_official(tiny_model, pipeline_cases, case):
     )
     assert max_abs_diff(condition.positive.embeds, tensors[f"{case}.prompt_embeds"]) < 1e-4
     assert max_abs_diff(condition.negative.embeds, tensors[f"{case}.negative_prompt_embeds"]) < 1e-4
-    result = tiny_model.sample(
-        condition,
-        width=spec["width"],
-        height=spec["height"],
-        steps=spec["steps"],
-        text_guidance_scale=spec["text_guidance_scale"],
-        image_guidance_scale=spec["image_guidance_scale"],
-        cfg_range=spec["cfg_range"],
-        seed=spec["seed"],
-        max_pixels=spec["max_pixels"],
-    )
+    result = tiny_model.sample(condition, case_options(spec))
     assert max_abs_diff(result.images, tensors[f"{case}.output"]) < 1e-4
     assert result.stats["steps"] == spec["steps"]
 
@@ -100,7 +90,7 @@ def test_progress_reports_every_step_and_can_cancel(tiny_model):
         (lambda m: m.encode_condition("x", images=[np.full((32, 32, 3), np.nan, np.float32)]), "NaN"),
         (lambda m: m.encode_condition("x", images=["not an image"]), "PIL image"),
         (lambda m: m.encode_condition("x", images=[np.zeros((32, 32, 7), np.uint8)]), r"\[H, W, 3\]"),
-        (lambda m: m.generate("x", width=0, height=64, steps=1), "width must be a positive"),
+        (lambda m: m.generate("x", width=0, height=64, steps=1), "width must be a whole number >= 1"),
         (lambda m: m.generate("x", width=8, height=8, steps=1), "at least 16"),
         (lambda m: m.generate("x", width=64000, height=64, steps=1), "width=64000 is above 8192"),  # not 49 GB later
         (lambda m: m.generate("x", width=64, height=64, steps=1, max_pixels=0), "max_pixels must be"),

@@ -360,7 +360,7 @@ def test_judge_folder_errors_name_what_is_missing(tmp_path, layout):
 # --- the OmniGen2 Reflect node ---------------------------------------------------------------------------------------
 
 NODE_WIDGETS = dict(negative_prompt="", seed=3, steps=2, width=64, height=48, text_guidance=4.0, image_guidance=2.0,
-                    cfg_range_start=0.0, cfg_range_end=1.0, cache_per_n_steps=100, reference_attention="independent",
+                    cfg_range_start=0.0, cfg_range_end=1.0, cache_per_n_steps=100, independent_condition="independent",
                     max_pixels=64 * 64, max_input_image_side_length=64)
 
 
@@ -378,7 +378,7 @@ def own_judge(monkeypatch):
     real = pipeline.resolve_judge
 
     def install(judge):
-        monkeypatch.setattr(pipeline, "resolve_judge", lambda model, choice: judge if choice is None else real(model, choice))
+        monkeypatch.setattr(pipeline, "resolve_judge", lambda encoder, choice: judge if choice is None else real(encoder, choice))
         return judge
 
     return install

@@ -10,7 +10,7 @@ paths, progress is a no-op unless asked for, and a cancel request is a flag set 
 - `devices`: ComfyUI's load, offload and output devices; the loader's weight dtypes.
 - `layers`: ComfyUI's layer classes (`comfy.ops`) for the three models, so ModelPatcher can load them partially.
 - `model`: the model handle, its part in ComfyUI's memory management, LoRAs as ModelPatcher patches.
-- `inputs`: IMAGE and MASK rows, sizes, guidance and cache options, engine calls with only the options set.
+- `inputs`: IMAGE and MASK rows; the widgets as the engine's sampling options.
 - `progress`: progress bar, previews, text on the node, cancel.
 - `outputs`: IMAGE and raw-VAE LATENT outputs, run statistics for the front-end.
 """
@@ -25,10 +25,7 @@ from .folders import (
     resolve_judge_folder, resolve_lora, resolve_model_folder, resolve_tokenizer,
 )
 from .host import IN_COMFYUI
-from .inputs import (
-    REFERENCE_ATTENTION, STEP_CACHES, cache_steps, cfg_range, collect_images, engine_call, image_limits,
-    independent_condition, output_size, single_image, single_mask, step_cache,
-)
+from .inputs import INDEPENDENT_CONDITION, collect_images, sampling_options, single_image, single_mask
 from .model import PARTS, OmniGen2Model, check_model, comfy_lora_patches, load_model, model_with_lora, part_module
 from .outputs import STATS_KEY, sampler_ui, to_comfy_image, to_comfy_latent
 from .progress import Interrupted, check_interrupted, progress_callback, request_interrupt, round_progress, show_text

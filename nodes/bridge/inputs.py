@@ -1,16 +1,16 @@
-"""Node inputs checked and converted for the engine: IMAGE and MASK sockets, output sizes, reference-image limits,
-guidance and cache options. Bad input fails here with an error naming the input and the fix."""
+"""Node inputs checked and converted for the engine: IMAGE and MASK sockets, and the widgets as the engine's
+`SamplingOptions`. Bad input fails here with an error naming the input and the fix."""
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from omni_core.condition import check_reference_count
 from omni_core.errors import InvalidInputError
-from omni_core.step_cache import STEP_CACHE_CHOICES, step_cache_by_name
+from omni_core.options import SamplingOptions
+from omni_core.step_cache import step_cache_by_name
 
 
 def collect_images(**inputs: Any) -> list[torch.Tensor] | None:
@@ -59,63 +59,45 @@ def single_mask(mask: Any, name: str) -> torch.Tensor:
     return mask.reshape(mask.shape[-2:])
 
 
-def output_size(width: int, height: int) -> dict[str, int | None]:
-    """Width and height for the engine: 0 means automatic (the official pipeline's rule), for each side."""
-    for name, value in (("width", width), ("height", height)):
-        if value < 0 or (value and value % 16):
-            raise InvalidInputError(f"{name}={value}: use 0 (automatic) or a positive multiple of 16.")
-    return {"width": width or None, "height": height or None}
+# Widgets that set one option as they are, by the option's name where the widget has another.
+RENAMED_WIDGETS = {"text_guidance": "text_guidance_scale", "image_guidance": "image_guidance_scale", "batch_size": "num_images"}
+SAME_NAME_WIDGETS = ("seed", "steps", "max_pixels", "max_input_image_side_length", "condition_scale", "prune_ratio")
+INDEPENDENT_CONDITION = {"auto": None, "joint": False, "independent": True}  # widget choice -> the engine's option
+STEP_CACHE_WIDGETS = ("step_cache", "teacache_threshold", "taylorseer_order", "taylorseer_interval")
 
 
-def image_limits(max_pixels: int, max_side: int) -> dict[str, int]:
-    """The reference-image size limits, checked: both must leave room for at least one 16 x 16 patch."""
-    if max_pixels < 256 or max_side < 16:
-        raise InvalidInputError(
-            f"max_pixels={max_pixels}, max_input_image_side_length={max_side}: reference images are resized to fit "
-            "these, so use at least 256 pixels and a side of 16 (defaults 1048576 and 1024)."
-        )
-    return {"max_pixels": max_pixels, "max_input_image_side_length": max_side}
+def sampling_options(widgets: dict[str, Any]) -> SamplingOptions:
+    """The engine's options from a node's sampling widgets; an option whose widgets the node does not show keeps its
+    default. 0 means automatic for width and height and off for cache_per_n_steps, as the tooltips say."""
+    widgets, options = dict(widgets), {}
+    for widget, option in {**RENAMED_WIDGETS, **{name: name for name in SAME_NAME_WIDGETS}}.items():
+        if widget in widgets:
+            options[option] = widgets.pop(widget)
+    for side in ("width", "height"):
+        if side in widgets:
+            options[side] = _automatic_side(side, widgets.pop(side))
+    if "cfg_range_start" in widgets:
+        options["cfg_range"] = (widgets.pop("cfg_range_start"), widgets.pop("cfg_range_end"))
+    if "cache_per_n_steps" in widgets:
+        n = widgets.pop("cache_per_n_steps")
+        if n < 0:
+            raise InvalidInputError(f"cache_per_n_steps={n}: use 0 (off) or a positive number of steps.")
+        options["cache_per_n_steps"] = n or None
+    if "independent_condition" in widgets:
+        choice = widgets.pop("independent_condition")
+        if choice not in INDEPENDENT_CONDITION:
+            raise InvalidInputError(f"independent_condition={choice!r}: choose one of {', '.join(INDEPENDENT_CONDITION)}.")
+        options["independent_condition"] = INDEPENDENT_CONDITION[choice]
+    if "step_cache" in widgets:
+        tuning = {name: widgets.pop(name) for name in STEP_CACHE_WIDGETS[1:] if name in widgets}
+        options["step_cache"] = step_cache_by_name(widgets.pop("step_cache"), **tuning)
+    if widgets:
+        raise InvalidInputError(f"widgets {sorted(widgets)} set no sampling option; update the pack.")
+    return SamplingOptions.of(**options)
 
 
-def cfg_range(start: float, end: float) -> tuple[float, float]:
-    if not 0.0 <= start <= end <= 1.0:
-        raise InvalidInputError(f"cfg range {start}..{end}: need 0 <= start <= end <= 1 (fractions of the steps).")
-    return (start, end)
-
-
-def cache_steps(n: int) -> int | None:
-    """cache_per_n_steps for the engine: 0 turns reference caching off (every step recomputes, as officially)."""
-    if n < 0:
-        raise InvalidInputError(f"cache_per_n_steps={n}: use 0 (off) or a positive number of steps.")
-    return n or None
-
-
-REFERENCE_ATTENTION = {"auto": None, "joint": False, "independent": True}  # widget choice -> independent_condition
-
-
-def independent_condition(choice: str) -> bool | None:
-    """The sampler's reference_attention choice as the engine's `independent_condition` (None: the model's own)."""
-    if choice not in REFERENCE_ATTENTION:
-        raise InvalidInputError(f"reference_attention={choice!r}: choose one of {', '.join(REFERENCE_ATTENTION)}.")
-    return REFERENCE_ATTENTION[choice]
-
-
-# The sampler's step_cache widgets as the engine's `step_cache` option: the engine's own names and conversion.
-STEP_CACHES = STEP_CACHE_CHOICES
-step_cache = step_cache_by_name
-
-
-def engine_call(function: Callable[..., Any], *args: Any, **options: Any) -> Any:
-    """Call an engine method with the options that are set; None means "the engine's default".
-
-    An option the engine does not take (an older omni_core) but the user set is an error naming it, never ignored.
-    """
-    options = {k: v for k, v in options.items() if v is not None}
-    parameters = inspect.signature(function).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        unknown = sorted(k for k in options if k not in parameters)
-        if unknown:
-            raise InvalidInputError(
-                f"this omni_core version does not support {unknown}; update the pack or leave them at 0 (off)."
-            )
-    return function(*args, **options)
+def _automatic_side(name: str, value: int) -> int | None:
+    """A width or height widget for the engine: 0 means automatic (the official pipeline's rule)."""
+    if value < 0 or (value and value % 16):
+        raise InvalidInputError(f"{name}={value}: use 0 (automatic) or a positive multiple of 16.")
+    return value or None

@@ -3,7 +3,6 @@ modules like ComfyUI's own models, and LoRAs added to it as ModelPatcher weight 
 
 from __future__ import annotations
 
-import copy
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -161,8 +160,7 @@ def model_with_lora(model: OmniGen2Model, path: str, strength: float) -> OmniGen
     stack = lora_stack(model.engine.transformer)
     added = resolve_loras([(path, strength)])
     check_loras_fit(stack.base, added)
-    engine = copy.copy(model.engine)
-    engine.transformer = shallow_transformer(stack.base, stack.applied + added)
+    engine = model.engine.with_transformer(shallow_transformer(stack.base, stack.applied + added))
     patcher = model.patchers["transformer"].clone()
     for entry in added:
         patcher.add_patches(comfy_lora_patches(entry.lora), entry.strength)

@@ -14,7 +14,7 @@ import hashlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 
@@ -23,8 +23,6 @@ from ..transformer import OmniGen2Transformer
 from .reader import read_lora
 from .weights import Lora
 
-if TYPE_CHECKING:
-    from ..pipeline import OmniGen2
 
 @dataclass(frozen=True)
 class AppliedLora:
@@ -163,12 +161,4 @@ def transformer_with_loras(
     result = _with_identity(copy.deepcopy(stack.base, memo=shared), stack.base, applied)
     for module, weight in merged.items():
         result.get_submodule(module).weight = torch.nn.Parameter(weight, requires_grad=False)
-    return result
-
-
-def apply_loras(model: "OmniGen2", loras: Sequence[LoraSpec], replace: bool = False) -> "OmniGen2":
-    """A new model handle whose transformer has `loras` added (or instead of its own, replace=True); the VAE and
-    text encoder are shared, `model` is left as it was."""
-    result = copy.copy(model)
-    result.transformer = transformer_with_loras(model.transformer, loras, replace)
     return result

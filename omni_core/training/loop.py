@@ -24,7 +24,7 @@ from .config import ConfigError, TrainingConfig, to_dict
 from .data import TrainingItem, output_size, read_jsonl
 from .features import FrozenFeatures
 from .forward import VelocityModel
-from .lora import add_lora, lora_weights, write_lora
+from .peft_adapters import add_lora, lora_weights, write_lora
 from .model import build_transformer, load_frozen, save_transformer
 from .objective import squared_error_sum
 from .order import BatchPlan
