@@ -1,12 +1,15 @@
-"""bfloat16 against float32 for whole generations: PSNR of the images and time, on the pipeline fixtures.
+"""bfloat16 (and fp8 storage) against float32 for whole generations: PSNR of the images and time, on the pipeline
+fixtures.
 
     python benchmarks/bf16.py [--model PATH ...] [--repeats N] [--threads N] [--json PATH]
     python benchmarks/bf16.py --forward [--forward-threads N ...] [--quick] [--repeats N] [--json PATH]
 
-Loads each model twice (float32 and bfloat16: transformer, VAE and text encoder alike), runs the official pipeline
-cases recorded in tests/fixtures/omnigen2-tiny/pipeline_cases.json (text-to-image, edit, in-context) with both, and
-prints per case the PSNR of the bfloat16 images against the float32 ones (and against the official float32 outputs
-recorded in the fixtures), and the median CPU time of each dtype over interleaved rounds. Models default to the
+Loads each model three times (float32 and bfloat16: transformer, VAE and text encoder alike; fp8: bfloat16 with the
+transformer's and the MLLM's projections stored in float8_e4m3fn, as the loader's fp8 weight dtype), runs the
+official pipeline cases recorded in tests/fixtures/omnigen2-tiny/pipeline_cases.json (text-to-image, edit,
+in-context) with each, and prints per case the PSNR of the bfloat16 images against the float32 ones (and against the
+official float32 outputs recorded in the fixtures), of the fp8 images against the bfloat16 ones, and the median CPU
+time of each over interleaved rounds. Models default to the
 fixtures' tiny model and the bundled default model. Peak signal is 1 (images in [0, 1]).
 
 The tiny models are too small to time. `--forward` times one transformer forward of the benchmark model instead
@@ -43,6 +46,8 @@ from _common import (  # noqa: E402
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "omnigen2-tiny"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FP8 = {"dtype": torch.bfloat16, "transformer_storage_dtype": torch.float8_e4m3fn,
+       "text_encoder_storage_dtype": torch.float8_e4m3fn}
 
 
 def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
@@ -57,28 +62,17 @@ def pipeline_cases() -> tuple[dict, dict]:
 
 def run_case(model, tensors: dict, spec: dict, case: str, progress=None) -> torch.Tensor:
     """One recorded pipeline case: encode the prompts and images, sample, return the images [B, 3, H, W]."""
+    from omni_core.options import options_among
+
     images = [tensors[f"{case}.input_image.{j}"].numpy() for j in range(len(spec["input_image_sizes"]))]
-    condition = model.encode_condition(
-        spec["prompt"], spec["negative_prompt"], images, spec["max_pixels"], spec["max_input_image_side_length"]
-    )
-    return model.sample(
-        condition,
-        width=spec["width"],
-        height=spec["height"],
-        steps=spec["steps"],
-        text_guidance_scale=spec["text_guidance_scale"],
-        image_guidance_scale=spec["image_guidance_scale"],
-        cfg_range=spec["cfg_range"],
-        seed=spec["seed"],
-        max_pixels=spec["max_pixels"],
-        progress=progress,
-    ).images
+    return model.generate(spec["prompt"], spec["negative_prompt"], images, options_among(spec), progress=progress).images
 
 
 def compare(model_path: Path, repeats: int) -> list[dict]:
     import omni_core
 
-    models = {name: omni_core.load_model(model_path, dtype=dtype) for name, dtype in DTYPES.items()}
+    variants = {**{name: {"dtype": dtype} for name, dtype in DTYPES.items()}, "fp8": FP8}
+    models = {name: omni_core.load_model(model_path, **settings) for name, settings in variants.items()}
     tensors, meta = pipeline_cases()
     rows = []
     for case, spec in meta["cases"].items():
@@ -96,13 +90,16 @@ def compare(model_path: Path, repeats: int) -> list[dict]:
                 "case": case,
                 "psnr_db": psnr(outputs["bfloat16"], outputs["float32"]),
                 "psnr_vs_official_db": None if official is None else psnr(outputs["bfloat16"], official),
+                "psnr_fp8_vs_bf16_db": psnr(outputs["fp8"], outputs["bfloat16"]),
                 "float32_max_diff_official": None if official is None else (outputs["float32"] - official).abs().max().item(),
                 "float32_cpu_s": median(cpu["float32"]),
                 "bfloat16_cpu_s": median(cpu["bfloat16"]),
                 "bf16_over_fp32": median(cpu["bfloat16"]) / median(cpu["float32"]),
+                "fp8_over_bf16": median(cpu["fp8"]) / median(cpu["bfloat16"]),
             }
         )
-        print(f"  {model_path.name} {case}: PSNR {rows[-1]['psnr_db']:.1f} dB", flush=True)
+        print(f"  {model_path.name} {case}: PSNR bf16 {rows[-1]['psnr_db']:.1f} dB, fp8 vs bf16 "
+              f"{rows[-1]['psnr_fp8_vs_bf16_db']:.1f} dB", flush=True)
     return rows
 
 
@@ -179,7 +176,7 @@ def main(argv=None) -> int:
     from omni_core import DEFAULT_MODEL_DIR
 
     paths = args.model or [FIXTURES, DEFAULT_MODEL_DIR]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; bfloat16 vs float32, {args.repeats} rounds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; bfloat16 and fp8 vs float32, {args.repeats} rounds")
     rows = [row for path in paths for row in compare(path, args.repeats)]
     print()
     print_table(
@@ -190,9 +187,11 @@ def main(argv=None) -> int:
             ("psnr_db", "PSNR bf16 vs fp32 dB", ".1f"),
             ("psnr_vs_official_db", "PSNR bf16 vs official dB", ".1f"),
             ("float32_max_diff_official", "fp32 max|diff| official", ".1e"),
+            ("psnr_fp8_vs_bf16_db", "PSNR fp8 vs bf16 dB", ".1f"),
             ("float32_cpu_s", "fp32 CPU s", ".3f"),
             ("bfloat16_cpu_s", "bf16 CPU s", ".3f"),
             ("bf16_over_fp32", "bf16/fp32", ".2f"),
+            ("fp8_over_bf16", "fp8/bf16", ".2f"),
         ],
     )
     if args.json:

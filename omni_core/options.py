@@ -92,6 +92,11 @@ class SamplingOptions:
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(SamplingOptions))
 
 
+def options_among(settings: dict[str, Any]) -> SamplingOptions:
+    """The options among other settings (a recorded case's prompt, images, ... besides its options)."""
+    return SamplingOptions.of(**{name: value for name, value in settings.items() if name in OPTION_NAMES})
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

@@ -9,19 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from omni_core.options import OPTION_NAMES, SamplingOptions
-
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "omnigen2-tiny"
 TOLERANCE = 1e-4  # float32 round-off (another summation order) against the official outputs; never loosen
 PACK_NAME = "comfyui_omnigen2_under_test"
 
 torch.manual_seed(0)
-
-
-def case_options(spec: dict) -> SamplingOptions:
-    """A recorded case's sampling options: those of its fields that are options."""
-    return SamplingOptions.of(**{name: value for name, value in spec.items() if name in OPTION_NAMES})
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

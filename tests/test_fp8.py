@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import omni_core
-from conftest import FIXTURES, case_options
+from conftest import FIXTURES
 from omni_core.errors import ModelFileError
+from omni_core.options import options_among
 from omni_core.loading.quantized import FP8, comfy_quant_entry, fp8_weight_names, quantize_scaled
 from omni_core.loading.text_encoder_loader import load_text_encoder
 from omni_core.loading.transformer_loader import load_transformer
@@ -134,7 +135,7 @@ def test_fp8_against_bf16_on_the_pipeline_cases(pipeline_cases):
     report = {}
     for name, case in meta["cases"].items():
         images = [tensors[f"{name}.input_image.{j}"].numpy() for j in range(len(case["input_image_sizes"]))]
-        out = {label: model.generate(case["prompt"], case["negative_prompt"], images or None, case_options(case)).images
+        out = {label: model.generate(case["prompt"], case["negative_prompt"], images or None, options_among(case)).images
                for label, model in models.items()}
         report[name] = {"fp8_vs_bf16": psnr(out["fp8"], out["bf16"]),
                         "bf16_vs_official": psnr(out["bf16"], tensors[f"{name}.output"]),

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import case_options, max_abs_diff
+from conftest import max_abs_diff
 from omni_core import InvalidInputError, OmniGen2Error
 from omni_core.denoise import initial_noise
+from omni_core.options import options_among
 
 CASES = ["t2i", "edit", "in_context"]
 
@@ -28,7 +29,7 @@ def test_pipeline_matches_official(tiny_model, pipeline_cases, case):
     )
     assert max_abs_diff(condition.positive.embeds, tensors[f"{case}.prompt_embeds"]) < 1e-4
     assert max_abs_diff(condition.negative.embeds, tensors[f"{case}.negative_prompt_embeds"]) < 1e-4
-    result = tiny_model.sample(condition, case_options(spec))
+    result = tiny_model.sample(condition, options_among(spec))
     assert max_abs_diff(result.images, tensors[f"{case}.output"]) < 1e-4
     assert result.stats["steps"] == spec["steps"]
 

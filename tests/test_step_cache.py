@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import FIXTURES, max_abs_diff
 from omni_core import CheckpointMismatchError, InvalidInputError, ModelFileError, TaylorSeer, TeaCache, TransformerConfig
-from omni_core import pipeline as pipeline_module
+from omni_core import denoise as denoise_module
 from omni_core.condition import Condition, ReferenceImage, TextCondition
 from omni_core.step_cache import OFFICIAL_TEACACHE_COEFFICIENTS, StepCacheRun, TeaCacheCalibration, polynomial
 from omni_core.training import calibrate_teacache
@@ -51,7 +51,7 @@ def test_matches_the_official_step_cache(tiny_model, step_cache_cases, case):
         image_guidance_scale=spec["image_guidance_scale"], cfg_range=spec["cfg_range"], seed=spec["seed"],
         num_images=spec["num_images"], max_pixels=h * w, step_cache=official_options(spec),
     )
-    assert torch.equal(pipeline_module.initial_noise(spec["seed"], spec["num_images"], 16, tuple(spec["latent"])), t("initial_latents"))
+    assert torch.equal(denoise_module.initial_noise(spec["seed"], spec["num_images"], 16, tuple(spec["latent"])), t("initial_latents"))
     assert result.stats["computed_steps"] == spec["computed_steps"]
     assert max_abs_diff(decode_latents(tiny_model.vae, result.latents), t("decoded_image")) < 1e-4
 
@@ -121,7 +121,7 @@ def test_state_is_cleared_after_a_cancelled_run(tiny_model, condition, monkeypat
             super().__init__(*args, **kwargs)
             runs.append(self)
 
-    monkeypatch.setattr(pipeline_module, "StepCacheRun", Recorded)
+    monkeypatch.setattr(denoise_module, "StepCacheRun", Recorded)
 
     class Cancelled(Exception):
         pass
