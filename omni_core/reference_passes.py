@@ -166,8 +166,7 @@ class TransformerPasses:
         if with_refs and self.cache is None and not self.independent:
             refs = [self._refined_references(references[0], temb, shared)] * N
         x = torch.stack(self.transformer.joint_tokens(text, refs, noise, layouts[:N]))
-        first = self.transformer.layers[0]
-        return first.attention_input(x, first.norm1(temb))
+        return self.transformer.first_block_input(x, temb)
 
     def _refined_text(self, text: TextCondition) -> torch.Tensor:
         """The context refiner's output for one prompt [1, L, hidden], once per run (it depends on the text alone)."""

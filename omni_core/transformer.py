@@ -175,7 +175,7 @@ class TransformerBlock(nn.Module):
         self.gradient_checkpointing = False
 
     def attention_input(self, x: torch.Tensor, mod: ModulationOut) -> torch.Tensor:
-        """The modulated input of a modulated block's attention (TeaCache measures how it changes between steps)."""
+        """The modulated input of a modulated block's attention."""
         return rms_norm(self.norm1.norm, x, 1 + mod.scale_msa[:, None])
 
     def forward(
@@ -406,6 +406,10 @@ class OmniGen2Transformer(nn.Module):
             torch.cat([text[i, : layout.text_len], *([] if references is None else references[i]), noise[i, : layout.noise_len]])
             for i, layout in enumerate(layouts)
         ]
+
+    def first_block_input(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """The first joint block's modulated attention input for joint tokens [B, S, hidden] (TeaCache's measure)."""
+        return self.layers[0].attention_input(tokens, self.layers[0].norm1(temb))
 
     def joint_hidden(
         self,
