@@ -9,7 +9,7 @@ import torch
 from conftest import max_abs_diff
 from masked_joint import masked_joint_forward
 from omni_core import InvalidInputError
-from omni_core.reference_cache import LayerKV, ReferenceFeatureCache
+from omni_core.reference_cache import KVReuse, LayerKV, ReferenceFeatureCache, condition_branch, place_condition
 
 RNG = np.random.default_rng(0)
 IMAGES = [RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8), RNG.integers(0, 256, (64, 32, 3), dtype=np.uint8)]
@@ -56,14 +56,12 @@ def test_independent_branch_equals_one_masked_joint_forward(tiny_model, conditio
     """The condition branch + text/noise pass equals a single forward over [text | refs | noise] in which
     reference rows attend only to their own image and reference tokens are modulated at the clean timestep.
     The masked reference is built from the model's own blocks, one joint sequence, explicit masks."""
-    from omni_core.reference_cache import KVReuse
-
     model = tiny_model.transformer
     refs = [r.latent for r in condition.references]
     text = condition.positive
     x = torch.randn(1, 16, 6, 6)
     t = torch.tensor([0.4])
-    features = model.place_condition(model.condition_branch(refs), text.embeds.shape[1])
+    features = place_condition(model, condition_branch(model, refs), text.embeds.shape[1])
     ours = model(x, t, text.embeds, text.mask, [refs], reference_kv=KVReuse(features))
     assert max_abs_diff(ours[0], masked_joint_forward(model, x[0], t, text.embeds, text.mask, refs)) < 1e-4
 
