@@ -9,7 +9,8 @@ import torch
 from conftest import max_abs_diff
 from masked_joint import masked_joint_forward
 from omni_core import InvalidInputError
-from omni_core.reference_cache import KVReuse, LayerKV, ReferenceFeatureCache, condition_branch, place_condition
+from omni_core.layout import SampleLayout, TokenGrid
+from omni_core.reference_cache import KVReuse, KVStore, LayerKV, ReferenceFeatureCache, condition_branch, place_condition
 
 RNG = np.random.default_rng(0)
 IMAGES = [RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8), RNG.integers(0, 256, (64, 32, 3), dtype=np.uint8)]
@@ -105,6 +106,14 @@ def test_cache_metadata_change_drops_entries():
     assert cache.entries and not cache.refresh_due(1, [("pass", "cond")]) and cache.refresh_due(4, [("pass", "cond")])
     cache.check_metadata("condition-b", torch.float32, "cpu")
     assert not cache.entries and cache.refresh_due(1, [("pass", "cond")])
+
+
+def test_a_store_records_one_reference_span_per_batch():
+    grid = TokenGrid(2, 2)
+    layouts = [SampleLayout(5, (grid, grid), grid), SampleLayout(6, (grid, grid), grid)]
+    assert (KVStore(layouts[:1]).start, KVStore(layouts[:1]).end) == (5, 13)
+    with pytest.raises(InvalidInputError, match="same text length and references"):
+        KVStore(layouts)
 
 
 def test_bad_cache_argument(tiny_model, condition):
