@@ -32,8 +32,8 @@ from .device_dtype import execution_device
 from .guidance import GuidancePass, batchable_groups
 from .lora import lora_fingerprint
 from .reference_cache import (
-    ConditionFeatures, ConditionFeatureStore, KVReuse, KVStore, LayerKV, ReferenceFeatureCache,
-    join_condition_features,
+    ConditionFeatures, ConditionFeatureStore, KVReuse, KVStore, LayerKV, ReferenceFeatureCache, condition_branch,
+    image_condition_features, join_condition_features, place_condition,
 )
 from .step_cache import StepCacheRun
 from .transformer import OmniGen2Transformer
@@ -127,7 +127,7 @@ class TransformerPasses:
         text = torch.cat([self._refined_text(p.text).expand(N, -1, -1) for p in group])
         refs, kv = None, None
         if with_refs:
-            refs, kv = self._reference_inputs(references[0], layouts[0].text_len, names, N, temb, step, shared)
+            refs, kv = self._reference_inputs(references[0], layouts, names, N, temb, step, shared)
         hidden = self.transformer.joint_hidden(text, refs, noise.repeat(len(group), 1, 1), layouts, temb.repeat(len(group), 1), kv)
         if isinstance(kv, KVStore):
             self._keep(kv, names, N, step)
@@ -166,8 +166,7 @@ class TransformerPasses:
         if with_refs and self.cache is None and not self.independent:
             refs = [self._refined_references(references[0], temb, shared)] * N
         x = torch.stack(self.transformer.joint_tokens(text, refs, noise, layouts[:N]))
-        first = self.transformer.layers[0]
-        return first.attention_input(x, first.norm1(temb))
+        return self.transformer.first_block_input(x, temb)
 
     def _refined_text(self, text: TextCondition) -> torch.Tensor:
         """The context refiner's output for one prompt [1, L, hidden], once per run (it depends on the text alone)."""
@@ -176,11 +175,11 @@ class TransformerPasses:
             self._texts[id(text)] = (text, refined)
         return self._texts[id(text)][1]
 
-    def _reference_inputs(self, references, text_len, names, N, temb, step, shared):
+    def _reference_inputs(self, references, layouts, names, N, temb, step, shared):
         """What the joint layers get for the references of a group of passes: (tokens per sample or None, kv hook)."""
         batch = N * len(names)
         if self.independent:
-            return None, KVReuse(self._placed_condition(text_len, step, batch, shared))
+            return None, KVReuse(self._placed_condition(layouts[0].text_len, step, batch, shared))
         keys = [("pass", name) for name in names]
         if self.cache is not None and not self.cache.refresh_due(step, keys):
             layers = [
@@ -191,7 +190,7 @@ class TransformerPasses:
             return None, KVReuse(layers)
         refined = self._refined_references(references, temb, shared)
         self.tokens_computed += self.reference_len * batch
-        store = None if self.cache is None else KVStore(text_len, text_len + self.reference_len)
+        store = None if self.cache is None else KVStore(layouts)
         return [refined] * batch, store
 
     def _keep(self, store: KVStore, names: tuple[str, ...], N: int, step: int) -> None:
@@ -216,19 +215,19 @@ class TransformerPasses:
             self.tokens_reused += self.reference_len * batch
         shared["condition"] = features
         if text_len not in features.placed:
-            features.placed[text_len] = self.transformer.place_condition(features, text_len)
+            features.placed[text_len] = place_condition(self.transformer, features, text_len)
         return features.placed[text_len]
 
     def _condition_branch(self) -> tuple[ConditionFeatures, int]:
         """The condition branch's features of this run's images and how many tokens were computed for them: all of
         them, or with a store only the images (at their slots) it does not hold yet."""
         if self.store is None:
-            return self.transformer.condition_branch(self.references, self.condition_timestep), self.reference_len
+            return condition_branch(self.transformer, self.references, self.condition_timestep), self.reference_len
         keys = [(slot, reference_fingerprint(ref)) for slot, ref in enumerate(self.references)]
         missing = [slot for slot, key in enumerate(keys) if key not in self.store.entries]
         if missing:
-            computed = self.transformer.image_condition_features(
-                [self.references[slot] for slot in missing], self.condition_timestep, missing
+            computed = image_condition_features(
+                self.transformer, [self.references[slot] for slot in missing], self.condition_timestep, missing
             )
             for slot, part in zip(missing, computed):
                 self.store.entries[keys[slot]] = part

@@ -3,14 +3,21 @@
 Reads top-down like diffusers' Lumina2 file, its ancestor: leaves first (embeddings, feed-forward, modulation,
 attention, block, output norm), the model last. Weight-owning constructors take an `operations` namespace
 (see `ops.py`) so ComfyUI can supply its own layer classes. Numbers follow `shared/docs/omnigen2-facts.md`.
+
+The file holds the model only. What caches or reuses its work attaches at one seam, as diffusers' attention
+processors and ComfyUI's `transformer_options` patches do: a `KVHook`, which `forward` and the joint stages take as
+`reference_kv` and every joint layer's attention calls with the layer's index and its rotated keys/values (reference
+reuse records, supplies or captures them there: `reference_cache.py`). Step caching needs no hook: its runner
+(`reference_passes.py`) calls the stages of `forward` itself and on some steps estimates `joint_hidden`'s output.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +31,6 @@ from .errors import InvalidInputError
 from .layout import SampleLayout, TokenGrid
 from .ops import Linear, add_rms_norm, default_operations, rms_norm
 from .packing import pad_sequences, patchify, unpatchify
-from .reference_cache import ConditionFeatures, KVCapture, KVReuse, KVStore, LayerKV, join_condition_features
 from .rope import OmniRoPE, Rotation, apply_rotation, text_positions
 
 TIMESTEP_FREQUENCY_DIM = 256
@@ -110,6 +116,18 @@ class Modulation(nn.Module):
         return ModulationOut(*self.linear(F.silu(temb)).chunk(4, dim=1))
 
 
+class KVHook(Protocol):
+    """The seam (see the module docstring): every joint layer's attention calls it with its index, rotated keys and
+    values [B, H_kv, S, D] and key mask [B, S] (True: attend; None: all) and attends to what it returns. Subclass it
+    to inherit `supplies_references`: True when it appends the references' keys/values itself (`forward` skips them)."""
+
+    supplies_references: bool = False
+
+    def __call__(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with RMSNorm on queries and keys, rotated by Omni-RoPE."""
 
@@ -142,10 +160,8 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, kv_hook=None, query_rows: slice = slice(None)
     ) -> torch.Tensor:
-        """Attention output for the `query_rows` tokens (all by default), attending to every token.
-
-        kv_hook(key, value, mask) -> (key, value, mask) may record or extend the keys (reference caching).
-        """
+        """Attention output for the `query_rows` tokens (all by default), attending to every token and to what
+        kv_hook(key, value, mask) -> (key, value, mask) returns (a `KVHook` bound to its layer's index)."""
         query, key, value = self.project(x, rotation, query_rows)
         if kv_hook is not None:
             key, value, mask = kv_hook(key, value, mask)
@@ -175,7 +191,7 @@ class TransformerBlock(nn.Module):
         self.gradient_checkpointing = False
 
     def attention_input(self, x: torch.Tensor, mod: ModulationOut) -> torch.Tensor:
-        """The modulated input of a modulated block's attention (TeaCache measures how it changes between steps)."""
+        """The modulated input of a modulated block's attention."""
         return rms_norm(self.norm1.norm, x, 1 + mod.scale_msa[:, None])
 
     def forward(
@@ -224,17 +240,6 @@ class OutputNorm(nn.Module):
         return self.linear_2(self.norm(x) * (1 + scale)[:, None, :])
 
 
-def _as_reference(ref, name: str, channels: int, patch_size: int) -> tuple[torch.Tensor, TokenGrid]:
-    """A reference latent and its token grid, from a plain latent or a `ReferenceImage` (compact, pruned)."""
-    latent = ref.latent if isinstance(ref, ReferenceImage) else ref
-    _check_latent(latent, name, channels, patch_size)
-    grid = TokenGrid(latent.shape[1] // patch_size, latent.shape[2] // patch_size)
-    if isinstance(ref, ReferenceImage):
-        keep = _token_index(ref.keep_index, latent, patch_size)
-        grid = TokenGrid(grid.height, grid.width, ref.position_scale, keep)
-    return latent, grid
-
-
 def _token_index(index: torch.Tensor | None, latent: torch.Tensor, patch_size: int) -> tuple[int, ...] | None:
     """Validated row-major token indices (sorted, unique, in range) as a tuple, or None for all tokens."""
     if index is None:
@@ -244,15 +249,6 @@ def _token_index(index: torch.Tensor | None, latent: torch.Tensor, patch_size: i
     if not values or values[0] < 0 or values[-1] >= count:
         raise InvalidInputError(f"token indices must be a non-empty subset of 0..{count - 1}; got {len(values)} in range {values[:1]}..{values[-1:]}.")
     return tuple(values)
-
-
-def _check_uniform_reference_span(layouts: list[SampleLayout], store: KVStore) -> None:
-    spans = {(layout.text_len, layout.text_len + layout.reference_len) for layout in layouts}
-    if spans != {(store.start, store.end)}:
-        raise InvalidInputError(
-            f"reference caching needs the same text length and references in every sample of a batch; got spans "
-            f"{sorted(spans)} for a store of {(store.start, store.end)}"
-        )
 
 
 def _check_latent(latent: torch.Tensor, name: str, channels: int, patch_size: int) -> None:
@@ -300,7 +296,7 @@ class OmniGen2Transformer(nn.Module):
         text_hidden_states: torch.Tensor,
         text_attention_mask: torch.Tensor,
         ref_image_hidden_states: Sequence[Sequence[torch.Tensor | ReferenceImage] | None] | None = None,
-        reference_kv: KVStore | KVReuse | None = None,
+        reference_kv: KVHook | None = None,
         noise_token_index: torch.Tensor | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Predict the velocity (data - noise) for each latent.
@@ -309,8 +305,8 @@ class OmniGen2Transformer(nn.Module):
         text_hidden_states [B, L, text_feat_dim] right-padded with text_attention_mask [B, L];
         ref_image_hidden_states: per sample a list of 0..5 reference latents [C, h, w] or `ReferenceImage`s
         (compact or pruned tokens), or None.
-        reference_kv: a `KVStore` records each joint layer's reference keys/values; a `KVReuse` supplies stored
-        ones instead, and the reference tokens are then not run at all (only their layout is read).
+        reference_kv: the `KVHook` every joint layer's attention calls (see the module docstring); when it
+        `supplies_references`, the reference tokens are not run at all (only their layout is read).
         noise_token_index: row-major indices of the only noise tokens to run, the same for every sample (token
         integration: a repainted region); the velocity elsewhere is returned as 0.
         Returns the same container type as hidden_states.
@@ -322,8 +318,8 @@ class OmniGen2Transformer(nn.Module):
         temb = self.embed_time(timestep.to(latents[0].device).expand(len(latents)), latents[0].dtype)
         text = self.refine_text(text_hidden_states, text_attention_mask)
         noise = self.refine_noise(latents, [layout.noise for layout in layouts], temb)
-        # with KVReuse their keys/values are supplied: the reference tokens do not run
-        refs = None if isinstance(reference_kv, KVReuse) else self.refine_references(references, temb)
+        supplied = reference_kv is not None and reference_kv.supplies_references
+        refs = None if supplied else self.refine_references(references, temb)
         outputs = self.joint(text, refs, noise, layouts, temb, reference_kv)
         return torch.stack(outputs) if isinstance(hidden_states, torch.Tensor) else outputs
 
@@ -374,9 +370,7 @@ class OmniGen2Transformer(nn.Module):
         owners = [i for i, refs in enumerate(references) for _ in refs]
         if not owners:
             return [[] for _ in references]
-        x, mask, rotation = self._embed_references(references)
-        for layer in self.ref_image_refiner:
-            x = layer(x, rotation, mask, temb[owners])
+        x, _, _ = self.reference_batch(references, temb[owners])
         refined: list[list[torch.Tensor]] = [[] for _ in references]
         grids = [grid for refs in references for _, grid in refs]
         for row, (owner, grid) in enumerate(zip(owners, grids)):
@@ -390,11 +384,11 @@ class OmniGen2Transformer(nn.Module):
         noise: torch.Tensor,
         layouts: Sequence[SampleLayout],
         temb: torch.Tensor,
-        reference_kv: KVStore | KVReuse | Sequence | None = None,
+        reference_kv: KVHook | None = None,
     ) -> list[torch.Tensor]:
         """The joint blocks over [text | references | noise] and the output layers -> per sample its velocity
         [C, H, W]. references: per sample its refined reference tokens, or None when there are none or `reference_kv`
-        supplies them. reference_kv: one attention hook for every layer, or a sequence of one hook per layer."""
+        supplies them."""
         x, noise_rows = self.joint_hidden(text, references, noise, layouts, temb, reference_kv)
         return self.velocity(x, noise_rows, layouts, temb)
 
@@ -407,6 +401,10 @@ class OmniGen2Transformer(nn.Module):
             for i, layout in enumerate(layouts)
         ]
 
+    def first_block_input(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """The first joint block's modulated attention input for joint tokens [B, S, hidden] (TeaCache's measure)."""
+        return self.layers[0].attention_input(tokens, self.layers[0].norm1(temb))
+
     def joint_hidden(
         self,
         text: torch.Tensor,
@@ -414,7 +412,7 @@ class OmniGen2Transformer(nn.Module):
         noise: torch.Tensor,
         layouts: Sequence[SampleLayout],
         temb: torch.Tensor,
-        reference_kv: KVStore | KVReuse | Sequence | None = None,
+        reference_kv: KVHook | None = None,
     ) -> tuple[torch.Tensor, list[slice]]:
         """The joint blocks (see `joint`) -> the last block's output and, per sample, the rows of its noise tokens."""
         device = noise.device
@@ -423,21 +421,28 @@ class OmniGen2Transformer(nn.Module):
             torch.cat([layout.text_positions(device), *([] if references is None else layout.reference_positions(device)), layout.noise_positions(device)])
             for layout in layouts
         ]
-        if isinstance(reference_kv, KVStore):
-            _check_uniform_reference_span(layouts, reference_kv)
         x, mask = pad_sequences(joint_tokens)
         rotation = self.rope(pad_sequences(joint_positions)[0])
         noise_rows = [slice(len(tokens) - layout.noise_len, len(tokens)) for tokens, layout in zip(joint_tokens, layouts)]
         # Only noise tokens are read after the last block: when they sit at the same rows in every sample, the last
         # block computes those rows alone (exact; its queries, feed-forward and output norm shrink to the noise).
         last_rows = noise_rows[0] if all(rows == noise_rows[0] for rows in noise_rows) else slice(None)
-        hooks = reference_kv if isinstance(reference_kv, Sequence) else [reference_kv] * len(self.layers)
-        for index, (layer, hook) in enumerate(zip(self.layers, hooks)):
-            rows = last_rows if index == len(self.layers) - 1 else slice(None)
-            x = layer(x, rotation, mask, temb, hook, rows)
+        x = self.joint_blocks(x, rotation, mask, temb, reference_kv, last_rows)
         if last_rows != slice(None):
             noise_rows = [slice(0, layout.noise_len) for layout in layouts]
         return x, noise_rows
+
+    def joint_blocks(
+        self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, temb: torch.Tensor,
+        kv_hook: KVHook | None = None, last_rows: slice = slice(None),
+    ) -> torch.Tensor:
+        """The joint blocks on a padded batch x [B, S, hidden] -> the last block's output at its `last_rows` (the
+        blocks before it compute every row); kv_hook sees every layer's keys and values."""
+        for index, layer in enumerate(self.layers):
+            hook = None if kv_hook is None else partial(kv_hook, index)
+            rows = last_rows if index == len(self.layers) - 1 else slice(None)
+            x = layer(x, rotation, mask, temb, hook, rows)
+        return x
 
     def velocity(self, x: torch.Tensor, noise_rows: Sequence[slice], layouts: Sequence[SampleLayout], temb: torch.Tensor) -> list[torch.Tensor]:
         """The output layers on the last joint block's output x (noise tokens at `noise_rows`) -> per sample its
@@ -453,84 +458,6 @@ class OmniGen2Transformer(nn.Module):
                 predicted = full
             outputs.append(unpatchify(predicted, (grid.height, grid.width), p))
         return outputs
-
-    @torch.no_grad()
-    def condition_branch(
-        self,
-        references: Sequence[torch.Tensor | ReferenceImage],
-        condition_timestep: float = 1.0,
-        slots: Sequence[int] | None = None,
-    ) -> ConditionFeatures:
-        """The condition branch of the asymmetric mask: each joint layer's keys/values of the reference tokens when
-        every image attends only to itself at the fixed `condition_timestep` (1 = clean).
-
-        They depend on the images alone, so one computation serves every step and every pass: each image runs at
-        sequence id 0 here (its tokens share that id, so it cancels in their attention) and `place_condition` turns
-        the keys to where the images sit after a given text. `slots`: each image's place among the sample's
-        references (its image index embedding; default 0, 1, ...), so some images of a set can be computed alone.
-        """
-        parts = self.image_condition_features(references, condition_timestep, slots)
-        return join_condition_features(parts) if parts else ConditionFeatures((), [])
-
-    @torch.no_grad()
-    def image_condition_features(
-        self,
-        references: Sequence[torch.Tensor | ReferenceImage],
-        condition_timestep: float = 1.0,
-        slots: Sequence[int] | None = None,
-    ) -> list[ConditionFeatures]:
-        """`condition_branch` per image, each image run as a batch of its own: in one padded batch the other images'
-        sizes would change its round-off, and caches keep these features per image (`ConditionFeatureStore`), so an
-        image's features must be the same bit for bit whichever images come with it."""
-        config, p = self.config, self.config.patch_size
-        refs = [_as_reference(ref, f"references[{j}]", config.in_channels, p) for j, ref in enumerate(references)]
-        slots = range(len(refs)) if slots is None else slots
-        return [self.condition_features([[ref]], condition_timestep, [slot])[0] for ref, slot in zip(refs, slots)]
-
-    def condition_features(
-        self,
-        references: Sequence[Sequence[tuple[torch.Tensor, TokenGrid]]],
-        condition_timestep: float = 1.0,
-        slots: Sequence[int] | None = None,
-    ) -> list[ConditionFeatures]:
-        """`condition_branch` for a batch, differentiably (training): per sample its images (latent, grid) as `plan`
-        returns them -> per sample its ConditionFeatures (no layers for a sample without images). Every image of
-        every sample is one row of a single batch; `slots[j]` is the j-th image's slot in every sample."""
-        images = [image for sample in references for image in sample]
-        if not images:
-            return [ConditionFeatures((), []) for _ in references]
-        device, dtype = images[0][0].device, images[0][0].dtype
-        temb = self.embed_time(torch.full((1,), condition_timestep, device=device), dtype)
-        x, mask, rotation = self._embed_references(references, slots)
-        temb = temb.expand(x.shape[0], -1)
-        for layer in self.ref_image_refiner:
-            x = layer(x, rotation, mask, temb)
-        capture = KVCapture()
-        for index, layer in enumerate(self.layers):
-            # the last layer's keys/values are all that is read: it runs no query rows (no attention, no feed-forward)
-            rows = slice(0, 0) if index == len(self.layers) - 1 else slice(None)
-            x = layer(x, rotation, mask, temb, capture, rows)
-        layers = capture.layers[: len(self.layers)]  # a checkpointed backward recomputes, appending again
-        features, first = [], 0
-        for sample in references:
-            grids = tuple(grid for _, grid in sample)
-            rows = range(first, first + len(grids))
-            first += len(grids)
-            join = lambda t: torch.cat([t[row, :, : grid.num_tokens] for row, grid in zip(rows, grids)], dim=1)[None]
-            features.append(ConditionFeatures(grids, [LayerKV(join(kv.key), join(kv.value)) for kv in layers] if grids else []))
-        return features
-
-    def place_condition(self, features: ConditionFeatures, text_len: int) -> list[LayerKV]:
-        """The condition branch's keys rotated to the images' sequence ids after `text_len` text tokens (values do not
-        depend on position). Returns per joint layer [1, H_kv, R, D]."""
-        device = features.layers[0].key.device
-        layout = SampleLayout(text_len, features.grids, TokenGrid(0, 0))
-        ids = torch.cat(layout.reference_positions(device))
-        ids[:, 1:] = 0  # the sequence angle only: row and column angles are already in the keys
-        turn = self.rope(ids[None])
-        return [
-            LayerKV(apply_rotation(kv.key.transpose(1, 2), turn).transpose(1, 2), kv.value) for kv in features.layers
-        ]
 
     def plan(
         self,
@@ -565,17 +492,30 @@ class OmniGen2Transformer(nn.Module):
             refs = list(refs or [])
             check_reference_count(len(refs), detail=f" for sample {i}")
             _check_latent(latent, f"hidden_states[{i}]", config.in_channels, p)
-            refs = [_as_reference(ref, f"ref_image_hidden_states[{i}][{j}]", config.in_channels, p) for j, ref in enumerate(refs)]
+            refs = [self.reference_input(ref, f"ref_image_hidden_states[{i}][{j}]") for j, ref in enumerate(refs)]
             grids = tuple(grid for _, grid in refs)
             noise = TokenGrid(latent.shape[1] // p, latent.shape[2] // p, keep_index=_token_index(noise_token_index, latent, p))
             layouts.append(SampleLayout(int(text_lens[i]), grids, noise))
             references.append(refs)
         return layouts, references
 
-    def _embed_references(self, references: Sequence[Sequence[tuple[torch.Tensor, TokenGrid]]], slots=None):
-        """Reference images (latent, grid), grouped per sample (the j-th of a sample takes slot j of the image index
-        embedding, or slots[j] when given), as one padded batch of embedded tokens (one row per image), its key mask
-        and row/column rotations (sequence id 0, see `refine_references`)."""
+    def reference_input(self, ref: torch.Tensor | ReferenceImage, name: str) -> tuple[torch.Tensor, TokenGrid]:
+        """A reference latent, validated (`name` in messages), and its token grid; from a plain latent or a
+        `ReferenceImage` (compact, pruned)."""
+        channels, p = self.config.in_channels, self.config.patch_size
+        latent = ref.latent if isinstance(ref, ReferenceImage) else ref
+        _check_latent(latent, name, channels, p)
+        grid = TokenGrid(latent.shape[1] // p, latent.shape[2] // p)
+        if isinstance(ref, ReferenceImage):
+            grid = TokenGrid(grid.height, grid.width, ref.position_scale, _token_index(ref.keep_index, latent, p))
+        return latent, grid
+
+    def reference_batch(
+        self, references: Sequence[Sequence[tuple[torch.Tensor, TokenGrid]]], temb: torch.Tensor, slots: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Rotation]:
+        """Reference images (latent, grid) grouped per sample, the j-th in slot j of the image index embedding (or
+        slots[j]), through the reference refiner as one padded batch (one row per image, seeing only itself; temb
+        [images, time_dim]) -> the tokens, their key mask and row/column rotations (sequence id 0, see the stages)."""
         tokens, positions = [], []
         for j, (latent, grid) in ((j, image) for sample in references for j, image in enumerate(sample)):
             patches = patchify(latent, self.config.patch_size)
@@ -587,4 +527,7 @@ class OmniGen2Transformer(nn.Module):
             tokens.append(embedded + self.image_index_embedding[slot].to(embedded.device, embedded.dtype))
             positions.append(grid.positions(0.0, latent.device))
         x, mask = pad_sequences(tokens)
-        return x, mask, self.rope(pad_sequences(positions)[0])
+        rotation = self.rope(pad_sequences(positions)[0])
+        for layer in self.ref_image_refiner:
+            x = layer(x, rotation, mask, temb)
+        return x, mask, rotation

@@ -9,7 +9,8 @@ import torch
 from conftest import max_abs_diff
 from masked_joint import masked_joint_forward
 from omni_core import InvalidInputError
-from omni_core.reference_cache import LayerKV, ReferenceFeatureCache
+from omni_core.layout import SampleLayout, TokenGrid
+from omni_core.reference_cache import KVReuse, KVStore, LayerKV, ReferenceFeatureCache, condition_branch, place_condition
 
 RNG = np.random.default_rng(0)
 IMAGES = [RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8), RNG.integers(0, 256, (64, 32, 3), dtype=np.uint8)]
@@ -56,14 +57,12 @@ def test_independent_branch_equals_one_masked_joint_forward(tiny_model, conditio
     """The condition branch + text/noise pass equals a single forward over [text | refs | noise] in which
     reference rows attend only to their own image and reference tokens are modulated at the clean timestep.
     The masked reference is built from the model's own blocks, one joint sequence, explicit masks."""
-    from omni_core.reference_cache import KVReuse
-
     model = tiny_model.transformer
     refs = [r.latent for r in condition.references]
     text = condition.positive
     x = torch.randn(1, 16, 6, 6)
     t = torch.tensor([0.4])
-    features = model.place_condition(model.condition_branch(refs), text.embeds.shape[1])
+    features = place_condition(model, condition_branch(model, refs), text.embeds.shape[1])
     ours = model(x, t, text.embeds, text.mask, [refs], reference_kv=KVReuse(features))
     assert max_abs_diff(ours[0], masked_joint_forward(model, x[0], t, text.embeds, text.mask, refs)) < 1e-4
 
@@ -107,6 +106,14 @@ def test_cache_metadata_change_drops_entries():
     assert cache.entries and not cache.refresh_due(1, [("pass", "cond")]) and cache.refresh_due(4, [("pass", "cond")])
     cache.check_metadata("condition-b", torch.float32, "cpu")
     assert not cache.entries and cache.refresh_due(1, [("pass", "cond")])
+
+
+def test_a_store_records_one_reference_span_per_batch():
+    grid = TokenGrid(2, 2)
+    layouts = [SampleLayout(5, (grid, grid), grid), SampleLayout(6, (grid, grid), grid)]
+    assert (KVStore(layouts[:1]).start, KVStore(layouts[:1]).end) == (5, 13)
+    with pytest.raises(InvalidInputError, match="same text length and references"):
+        KVStore(layouts)
 
 
 def test_bad_cache_argument(tiny_model, condition):

@@ -23,7 +23,7 @@ from masked_joint import masked_joint_forward
 from omni_core.condition import ReferenceImage
 from omni_core.lora import read_lora
 from omni_core.packing import pad_sequences
-from omni_core.reference_cache import KVReuse
+from omni_core.reference_cache import KVReuse, condition_branch, place_condition
 from omni_core.training import ConfigError, TrainingDataError, load_config, train
 from omni_core.training.batch import assemble_batch
 from omni_core.training.data import read_jsonl
@@ -245,7 +245,7 @@ def test_independent_condition_training_forward_equals_inference_and_the_masked_
     sum((p ** 2).sum() for p in naive).backward()
     for i in range(2):
         with torch.no_grad():
-            features = transformer.place_condition(transformer.condition_branch(refs[i]), texts[i].embeds.shape[1])
+            features = place_condition(transformer, condition_branch(transformer, refs[i]), texts[i].embeds.shape[1])
             inference = transformer(x[i][None], t[i : i + 1], texts[i].embeds, texts[i].mask, [refs[i]], reference_kv=KVReuse(features))
         assert max_abs_diff(predictions[i], inference[0]) < 1e-5
         assert max_abs_diff(predictions[i], naive[i]) < 1e-4

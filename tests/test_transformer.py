@@ -1,11 +1,14 @@
 """The transformer against the official forward recorded on a ragged batch, plus its invariants and input checks."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
 from conftest import TOLERANCE, max_abs_diff
 from omni_core import InvalidInputError, TransformerConfig
-from omni_core.transformer import OmniGen2Transformer
+from omni_core.transformer import KVHook, OmniGen2Transformer
 
 
 
@@ -31,6 +34,34 @@ def test_each_sample_alone_equals_the_batch(tiny_transformer, reference_cases):
         length = int(mask[i].sum())
         alone = tiny_transformer(latents[i][None], t[i : i + 1], text[i : i + 1, :length], mask[i : i + 1, :length], [refs[i]])
         assert max_abs_diff(alone[0], tensors[f"forward.output.{i}"]) < TOLERANCE
+
+
+@torch.no_grad()
+def test_the_kv_hook_seam_sees_every_joint_layer_in_order(tiny_transformer, reference_cases):
+    """Caching attaches through one `KVHook`: each joint layer calls it once, in order, with its keys and values over
+    the padded joint sequence; a hook that returns them unchanged changes nothing, bit for bit."""
+
+    class Record(KVHook):
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, layer, key, value, mask):
+            self.calls.append((layer, key.shape[2], tuple(mask.shape)))
+            return key, value, mask
+
+    hook, inputs = Record(), forward_inputs(reference_cases[0])
+    plain, hooked = tiny_transformer(*inputs), tiny_transformer(*inputs, reference_kv=hook)
+    assert all(torch.equal(a, b) for a, b in zip(plain, hooked))
+    assert [layer for layer, _, _ in hook.calls] == list(range(len(tiny_transformer.layers)))
+    assert len({(length, mask) for _, length, mask in hook.calls}) == 1
+
+
+def test_the_model_file_imports_no_caching_code():
+    from omni_core import transformer
+
+    tree = ast.parse(Path(transformer.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"reference_cache", "reference_passes", "step_cache"}
 
 
 def test_state_dict_keys_are_the_official_ones(tiny_transformer, fixture_dir):

@@ -17,44 +17,27 @@ from torch import nn
 
 from ..condition import ReferenceImage
 from ..packing import pad_sequences
-from ..reference_cache import LayerKV
+from ..reference_cache import KVReuse, LayerKV, condition_features, place_condition
 from ..transformer import OmniGen2Transformer
 
 
-class ConditionKV:
-    """Attention hook of one joint layer: appends each sample's condition keys/values [B, H_kv, R, D] (right-padded,
-    `mask` [B, R] or None) to the layer's own. Stateless, so a checkpointed block may run it again."""
-
-    def __init__(self, kv: LayerKV, mask: torch.Tensor | None) -> None:
-        self.kv, self.mask = kv, mask
-
-    def __call__(self, key, value, mask):
-        if mask is not None or self.mask is not None:
-            B, own_len, extra_len = key.shape[0], key.shape[2], self.kv.key.shape[2]
-            own = mask if mask is not None else torch.ones(B, own_len, dtype=torch.bool, device=key.device)
-            extra = self.mask if self.mask is not None else own.new_ones(B, extra_len)
-            mask = torch.cat([own, extra], dim=1)
-        key = torch.cat([key, self.kv.key.to(key.dtype)], dim=2)
-        return key, torch.cat([value, self.kv.value.to(value.dtype)], dim=2), mask
-
-
-def condition_hooks(transformer: OmniGen2Transformer, references, layouts, condition_timestep: float) -> list[ConditionKV] | None:
-    """Per joint layer the hook that gives every sample its images' condition keys/values, turned to the sequence ids
-    they take after that sample's text; None when no sample has images."""
-    features = transformer.condition_features(references, condition_timestep)
+def condition_hook(transformer: OmniGen2Transformer, references, layouts, condition_timestep: float) -> KVReuse | None:
+    """The hook that gives every sample its images' condition keys/values in every joint layer, turned to the sequence
+    ids they take after that sample's text (right-padded, masked); None when no sample has images."""
+    features = condition_features(transformer, references, condition_timestep)
     if not any(f.grids for f in features):
         return None
-    placed = [transformer.place_condition(f, layout.text_len) if f.grids else None for f, layout in zip(features, layouts)]
+    placed = [place_condition(transformer, f, layout.text_len) if f.grids else None for f, layout in zip(features, layouts)]
     template = next(p for p in placed if p is not None)
-    hooks = []
+    layers = []
     for index, kv in enumerate(template):
         empty = kv.key.new_zeros(kv.key.shape[1], 0, kv.key.shape[3])
         keys = [p[index].key[0].transpose(0, 1) if p else empty.transpose(0, 1) for p in placed]  # [R_i, H_kv, D]
         values = [p[index].value[0].transpose(0, 1) if p else empty.transpose(0, 1) for p in placed]
         key, mask = pad_sequences(keys)
         value, _ = pad_sequences(values)
-        hooks.append(ConditionKV(LayerKV(key.transpose(1, 2), value.transpose(1, 2)), mask))
-    return hooks
+        layers.append(LayerKV(key.transpose(1, 2), value.transpose(1, 2)))
+    return KVReuse(layers, mask)
 
 
 class VelocityModel(nn.Module):
@@ -85,5 +68,5 @@ class VelocityModel(nn.Module):
         temb = model.embed_time(timestep.to(latents[0].device).expand(len(latents)), latents[0].dtype)
         text_tokens = model.refine_text(text, text_mask)
         noise = model.refine_noise(latents, [layout.noise for layout in layouts], temb)
-        hooks = condition_hooks(model, planned, layouts, self.condition_timestep)
-        return model.joint(text_tokens, None, noise, layouts, temb, hooks)
+        hook = condition_hook(model, planned, layouts, self.condition_timestep)
+        return model.joint(text_tokens, None, noise, layouts, temb, hook)
