@@ -21,6 +21,18 @@ pairs that no training image has) is regenerated in memory; every sample is read
 
 `--step-cache teacache|taylorseer` samples everything with that step cache (official defaults: TeaCache threshold
 0.05, TaylorSeer order 4 interval 3), to show what step caching costs in accuracy on a model that draws.
+
+Reflection (`OmniGen2.reflect`, up to `--rounds`) on the same held-out text-to-image and edit examples, judged by
+`--judge`: `own` (the default, as the Reflect node: the model's own MLLM) or `measurer` (a judge that reads the
+pixels with the measurer above and names the expected scene as the fix: what the loop does when judged right):
+- reflect_t2i_round1 / _final, reflect_edit_round1 / _final: the accuracies above after round 1 and after the loop;
+- reflect_mean_rounds: rounds run per example;
+- judge_caught_wrong / judge_rejected_right: of the round-1 images the measurer finds wrong, the share the judge
+  answered no; of those it finds right, the share it answered no (null where there were none);
+- judge_agreement: the share of round-1 verdicts that agree with the measurer (an unclear answer never does);
+- describe_accuracy: the model's chat, shown a held-out scene drawn exactly, names every object's colour and shape
+  and the background colour.
+The samples grid ends with a loop's inputs and rounds: the first that turned a wrong image right, else the longest.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from omni_core.training.shapes.scenes import render  # noqa: E402
 
 ONCE = 10**6  # cache_per_n_steps larger than any step count: reference features computed at step 0 only
 TILE_GAP = 4
+DESCRIBE_PROMPT = "Describe image 1: the colour and shape of each object, and the background colour."
 
 
 def timed(run):
@@ -66,6 +79,70 @@ def grid(rows: list[list[Image.Image]], scale: int = 2) -> Image.Image:
         for c, tile in enumerate(row):
             canvas.paste(tile, (c * (side + TILE_GAP), r * (side + TILE_GAP)))
     return canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
+
+
+def is_right(task: str, image, example) -> bool:
+    """The accuracy figures' rule: t2i the main object's colour and shape, edit the exact scene."""
+    found = read_scene(image)
+    if task == "t2i":
+        main, want = main_object(found), example.output.shapes[0]
+        return main is not None and (main.color, main.shape) == (want.color, want.shape)
+    return scene_matches(found, example.output)
+
+
+def scene_words(scene) -> str:
+    return " and ".join(f"a {item.words()}" for item in scene.shapes) + f" on a {scene.background} background"
+
+
+def measurer_judge(task: str, example):
+    """A judge that reads the result's pixels instead of looking: yes when the figures count it right, else no with
+    the expected scene as the fix, in the training data's words."""
+
+    def judge(question: str, images) -> str:
+        return "Yes." if is_right(task, images[-1], example) else f"No.\n- show {scene_words(example.output)}"
+
+    return judge
+
+
+def share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def reflection_figures(model, by_task: dict, args: argparse.Namespace, settings: dict) -> tuple[dict, list]:
+    """The reflection and judge figures of the module docstring, and the rounds of the loop to show."""
+    figures, verdicts, rounds_run, longest_loop, fixing_loop = {}, [], [], [], None
+    for task in ("t2i", "edit"):
+        first = final = 0
+        for i, example in enumerate(by_task[task]):
+            sources = [render(scene, args.size) for scene in example.inputs]
+            judge = measurer_judge(task, example) if args.judge == "measurer" else None
+            result = model.reflect(example.instruction, images=sources or None, max_rounds=args.rounds, judge=judge,
+                                   seed=i, **settings)
+            right_first = is_right(task, result.rounds[0].image[0], example)
+            right_final = is_right(task, result.final[0], example)
+            first, final = first + right_first, final + right_final
+            verdicts.append((right_first, result.rounds[0].verdict))
+            rounds_run.append(len(result.rounds))
+            tiles = [*sources, *(to_pil(r.image[0]) for r in result.rounds)]
+            longest_loop = max(longest_loop, tiles, key=len)
+            if fixing_loop is None and right_final and not right_first:
+                fixing_loop = tiles
+        figures[f"reflect_{task}_round1"] = first / len(by_task[task])
+        figures[f"reflect_{task}_final"] = final / len(by_task[task])
+    figures["reflect_mean_rounds"] = sum(rounds_run) / len(rounds_run)
+    figures["judge_caught_wrong"] = share([verdict == "no" for right, verdict in verdicts if not right])
+    figures["judge_rejected_right"] = share([verdict == "no" for right, verdict in verdicts if right])
+    figures["judge_agreement"] = share([verdict == ("yes" if right else "no") for right, verdict in verdicts])
+    described = [
+        model.chat(DESCRIBE_PROMPT, [render(example.output, args.size)], respond="text").text.lower()
+        for example in by_task["t2i"]
+    ]
+    figures["describe_accuracy"] = share([
+        all(word in answer for item in example.output.shapes for word in (item.color, item.shape))
+        and example.output.background in answer
+        for answer, example in zip(described, by_task["t2i"])
+    ])
+    return figures, fixing_loop or longest_loop
 
 
 def run_shape(
@@ -140,10 +217,15 @@ def run(args: argparse.Namespace) -> dict:
         figures["speedup_independent_once"] = seconds["full"][1] / seconds["independent_once"][1]
         figures["speedup_independent_once_wall"] = seconds["full"][0] / seconds["independent_once"][0]
 
+    reflection, loop = reflection_figures(model, by_task, args, settings)
+    figures.update(reflection)
+    figures["judge"] = args.judge
+
     shown = args.grid_examples
     rows = [sum((r for r in samples["t2i"][:shown]), [])]
     rows += [sum((r for r in samples["edit"][k:k + 3]), []) for k in range(0, min(shown, len(samples["edit"])), 3)]
     rows += samples["in_context"][: max(1, shown // 3)]
+    rows.append(loop)
     args.samples_png.parent.mkdir(parents=True, exist_ok=True)
     grid(rows).save(args.samples_png)
     figures["samples_png"] = str(args.samples_png)
@@ -163,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-guidance", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--step-cache", choices=STEP_CACHE_CHOICES, default="none")
+    parser.add_argument("--judge", choices=("own", "measurer"), default="own",
+                        help="who judges the reflection rounds: the model's own MLLM, or the pixel measurer")
+    parser.add_argument("--rounds", type=int, default=3, help="reflection: at most this many rounds")
     parser.add_argument("--seed", type=int, default=0, help="the dataset seed whose held-out split to score")
     parser.add_argument("--grid-examples", type=int, default=6, help="samples per task shown in the grid")
     parser.add_argument("--samples-png", type=Path, default=Path("benchmarks/quality_samples.png"))

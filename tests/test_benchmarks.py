@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -141,6 +143,29 @@ def test_quality_benchmark_writes_every_figure(tmp_path):
     # counted from the config, so present without the LoRA: at 64 x 64 the prompt outweighs two 16-token references
     assert 1.0 < result["speedup_independent_once_ceiling"] < 2.0
     assert result["samples_png"] == str(grid) and grid.is_file()
+    # reflection with the model's own MLLM: every figure written, a round at least per example
+    for key in ("reflect_t2i_round1", "reflect_t2i_final", "reflect_edit_round1", "reflect_edit_final"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert 1.0 <= result["reflect_mean_rounds"] <= 3.0 and result["judge"] == "own"
+    for key in ("judge_caught_wrong", "judge_rejected_right", "judge_agreement", "describe_accuracy"):
+        assert result[key] is None or 0.0 <= result[key] <= 1.0, key
+
+
+def test_reflection_with_the_measurer_as_judge_on_the_bundled_model(tmp_path):
+    """A judge that reads the pixels agrees with the accuracy figures by construction, so the loop's bookkeeping can
+    be checked: it catches every wrong first image, rejects no right one, and reruns exactly the wrong ones."""
+    out = tmp_path / "quality.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--count", "3", "--steps", "8", "--judge", "measurer",
+         "--rounds", "2", "--json", str(out), "--samples-png", str(tmp_path / "samples.png")],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    result = json.loads(out.read_text())
+    assert result["judge_agreement"] == 1.0
+    assert result["judge_caught_wrong"] in (None, 1.0) and result["judge_rejected_right"] in (None, 0.0)
+    wrong_first = 6 - 3 * (result["reflect_t2i_round1"] + result["reflect_edit_round1"])
+    assert result["reflect_mean_rounds"] * 6 == pytest.approx(6 + wrong_first)
+    assert result["reflect_edit_round1"] == result["edit_accuracy"]  # round 1 is `generate`'s image
 
 
 def test_step_cache_quality_benchmark_on_the_bundled_model(tmp_path):
