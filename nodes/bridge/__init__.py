@@ -17,18 +17,17 @@ paths, progress is a no-op unless asked for, and a cancel request is a flag set 
 
 from __future__ import annotations
 
-from .devices import WEIGHT_DTYPES, WeightDtypes, load_device, offload_device, output_device, weight_dtypes
+from .devices import WEIGHT_DTYPES
 from .folders import (
-    BUNDLED_LORA_CHOICE, BUNDLED_MODEL_CHOICE, COMFY_TOKENIZER_CHOICE, JUDGE_DIRS_ENV, JUDGE_FOLDER_KEY, LORA_FOLDER_KEY, MODEL_DIRS_ENV, MODEL_FOLDER_KEY,
-    TEXT_ENCODER_FOLDER_KEY, TRANSFORMER_FOLDER_KEY, VAE_FOLDER_KEY, is_judge_folder, is_model_folder, list_files,
-    list_judge_folders, list_loras, list_model_folders, list_tokenizers, register_folders, resolve_file,
-    resolve_judge_folder, resolve_lora, resolve_model_folder, resolve_tokenizer,
+    BUNDLED_LORA_CHOICE, BUNDLED_MODEL_CHOICE, JUDGE_DIRS_ENV, JUDGE_FOLDER_KEY, MODEL_DIRS_ENV, TEXT_ENCODER_FOLDER_KEY,
+    TRANSFORMER_FOLDER_KEY, VAE_FOLDER_KEY, list_files, list_judge_folders, list_loras, list_model_folders,
+    list_tokenizers, register_folders, resolve_file, resolve_judge_folder, resolve_lora, resolve_model_folder,
+    resolve_tokenizer,
 )
-from .host import IN_COMFYUI
 from .inputs import INDEPENDENT_CONDITION, collect_images, sampling_options, single_image, single_mask
-from .model import PARTS, OmniGen2Model, check_model, comfy_lora_patches, load_model, model_with_lora, part_module
-from .outputs import STATS_KEY, sampler_ui, to_comfy_image, to_comfy_latent
-from .progress import Interrupted, check_interrupted, progress_callback, request_interrupt, round_progress, show_text
+from .model import PARTS, OmniGen2Model, check_model, load_model, model_with_lora, part_module
+from .outputs import sampler_ui, to_comfy_image, to_comfy_latent
+from .progress import Interrupted, progress_callback, request_interrupt, round_progress
 
 # Socket types the pack adds to ComfyUI's graph; the core ones (IMAGE, LATENT, INT, ...) are ComfyUI's.
 MODEL_TYPE = "OMNIGEN2_MODEL"
