@@ -53,7 +53,7 @@ def assemble_batch(
     on the CPU, so the draws do not depend on the device)."""
     data = config.data
     sampled = data.latent_sampling == "sample"
-    noisy, targets, texts, references, normals, tokens = [], [], [], [], [], []
+    noisy, texts, references, normals, tokens = [], [], [], [], []
     for item, position in zip(items, positions):
         generator = sample_generator(config.train.seed, micro_step, position)
         drop_prompt, drop_condition = torch.rand(2, generator=generator).tolist()
