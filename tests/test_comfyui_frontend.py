@@ -3,8 +3,8 @@
 What is clicked and what is called: the Templates button, the pack's category in the templates dialog, the example's
 card, the Node Library button, its OmniGen2 folder and the Run button are real mouse clicks (CDP Input events at the
 elements' centres). Reading the node library's entries, the loaded graph (`app.graph`), the front end's own API
-conversion (`app.graphToPrompt()`) and the stats widget's text, and shrinking the loaded workflow's widget values to
-test sizes (setting `widget.value`), go through the page's JavaScript. Screenshots go to outputs/comfyui-frontend/.
+conversion (`app.graphToPrompt()`) and the stats widget's text, and giving the loaded workflow a seed of its own
+(setting `widget.value`), go through the page's JavaScript. Screenshots go to outputs/comfyui-frontend/.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ import pytest
 from comfy_workflow import to_api_prompt
 from comfyui_server import PACK_FOLDER
 from devtools import Browser
-from test_comfyui_api import SMALL, WORKFLOWS
+from omni_core.training.shapes.measure import read_scene, scene_matches
+from test_comfyui_api import BUNDLED_EXPECTED, WORKFLOWS
 from conftest import ROOT, load_pack
 from test_web import CHROMIUM, CHROMIUM_FLAGS
 
 SCREENSHOTS = ROOT / "outputs" / "comfyui-frontend"
-EXAMPLE = "omnigen2_instruction_edit"  # one reference image: the stats show reference tokens
-SEED = 424242  # a seed no other test uses, so ComfyUI really runs the sampler
+# The bundled model's edit at its own settings (one reference image: the stats show reference tokens), so that the
+# screenshot (the README's docs/comfyui-frontend.png) shows a real result.
+EXAMPLE = "omnigen2_bundled_edit"
+SEED = 424245  # a seed no other test uses, so ComfyUI really runs the sampler; the edit comes out right with it
 
 
 def by_text(text: str, inside: str = "document") -> str:
@@ -111,13 +114,12 @@ def _history_of_the_run(comfyui, timeout: float = 60) -> dict:
 
 
 def _run_and_check_the_stats_widget(browser, comfyui) -> None:
-    """Shrink the loaded example, press Run, and read the figures the stats widget shows against /history's."""
-    shrink = (f"(() => {{ const small = {json.dumps(SMALL)}; for (const node of app.graph._nodes) for (const w of node.widgets || []) {{"
-              " if (w.name in small && typeof w.value === 'number' && w.value > small[w.name]) w.value = small[w.name];"
-              f" if (w.name === 'seed') w.value = {SEED}; if (w.name === 'control_after_generate') w.value = 'fixed';"
-              f" if (w.name === 'cache_per_n_steps') w.value = {SMALL['steps']}; }}"
-              " app.graph.setDirtyCanvas(true, true); return true; })()")
-    browser.evaluate(shrink)
+    """Give the loaded example its seed, press Run, and read the figures the stats widget shows against /history's;
+    the saved picture reads back as the edit asks."""
+    seed = (f"(() => {{ for (const node of app.graph._nodes) for (const w of node.widgets || []) {{"
+            f" if (w.name === 'seed') w.value = {SEED}; if (w.name === 'control_after_generate') w.value = 'fixed'; }}"
+            " app.graph.setDirtyCanvas(true, true); return true; })()")
+    browser.evaluate(seed)
     browser.click_element("document.querySelector('[data-testid=\"queue-button\"] button')", "the Run button")
     sampler = "app.graph._nodes.find(n => n.type === 'OmniGen2CachedSampler')"
     text = browser.wait_for(f"(() => {{ const n = {sampler}; return n && n.omnigen2StatsElement && n.omnigen2StatsElement.innerText; }})()",
@@ -127,7 +129,7 @@ def _run_and_check_the_stats_widget(browser, comfyui) -> None:
     (sampler_id,) = [k for k, n in entry["prompt"][2].items() if n["class_type"] == "OmniGen2CachedSampler"]
     stats = entry["outputs"][sampler_id]["omnigen2_stats"][0]
     rows = dict(line.split(": ", 1) for line in text.splitlines())
-    assert rows["steps"] == str(stats["steps"]) == str(SMALL["steps"])
+    assert rows["steps"] == str(stats["steps"]) == "20"
     assert rows["ref tokens computed"] == f"{stats['reference_tokens_computed']:,}"
     assert rows["ref tokens reused"].split(" ")[0] == f"{stats['reference_tokens_reused']:,}"
     assert "time per step" in rows
@@ -136,3 +138,5 @@ def _run_and_check_the_stats_widget(browser, comfyui) -> None:
     time.sleep(1)
     shot = browser.screenshot(SCREENSHOTS / "stats-after-run.png")
     assert shot.stat().st_size > 10_000
+    (pictures,) = comfyui.saved_images(entry).values()
+    assert scene_matches(read_scene(pictures[0]), BUNDLED_EXPECTED[f"{EXAMPLE}.json"])
