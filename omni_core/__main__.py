@@ -15,12 +15,11 @@ import torch
 from . import load_model
 from .errors import OmniGen2Error
 from .options import SamplingOptions
-from .step_cache import STEP_CACHE_CHOICES, TaylorSeer, TeaCache, step_cache_by_name
+from .step_cache import STEP_CACHE_CHOICES, STEP_CACHE_TUNING, TaylorSeer, TeaCache, step_cache_by_name
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHORT_FLAGS = {"text_guidance_scale": "--text-guidance", "image_guidance_scale": "--image-guidance",
                "max_input_image_side_length": "--max-side"}  # the older, shorter names stay valid
-STEP_CACHE_FLAGS = ("step_cache", "teacache_threshold", "taylorseer_order", "taylorseer_interval")
 
 
 def _add_option_flags(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +50,7 @@ def _options(args: argparse.Namespace) -> SamplingOptions:
         for option in dataclasses.fields(SamplingOptions)
         if option.name != "step_cache" and getattr(args, option.name) is not None
     }
-    step_cache = step_cache_by_name(*(getattr(args, name) for name in STEP_CACHE_FLAGS))
+    step_cache = step_cache_by_name(args.step_cache, **{name: getattr(args, name) for name in STEP_CACHE_TUNING})
     return SamplingOptions.of(**given, step_cache=step_cache)
 
 

@@ -73,10 +73,14 @@ class SamplingOptions:
         if not _is_number(self.condition_timestep) or not 0.0 <= self.condition_timestep <= 1.0:
             raise InvalidInputError(f"condition_timestep must be in [0, 1] (1 = clean), got {self.condition_timestep!r}.")
 
+    def max_pixels_or(self, default: int) -> int:
+        """max_pixels, or `default` where none is given: the condition's when sampling, `DEFAULT_MAX_PIXELS` when an
+        entry point encodes reference images (`encoding_max_pixels`)."""
+        return default if self.max_pixels is None else self.max_pixels
+
     @property
     def encoding_max_pixels(self) -> int:
-        """The pixel budget of the reference images an entry point encodes."""
-        return DEFAULT_MAX_PIXELS if self.max_pixels is None else self.max_pixels
+        return self.max_pixels_or(DEFAULT_MAX_PIXELS)
 
     @classmethod
     def of(cls, options: SamplingOptions | None = None, **changes: Any) -> SamplingOptions:

@@ -180,9 +180,8 @@ class OmniGen2:
         condition-branch features across calls (see `reflect`).
         """
         options = SamplingOptions.of(options, **changes)
-        max_pixels = condition.max_pixels if options.max_pixels is None else options.max_pixels
         (sample_h, sample_w), delivered = self.output_size(
-            condition, options.width, options.height, max_pixels, options.align_res
+            condition, options.width, options.height, options.max_pixels_or(condition.max_pixels), options.align_res
         )
         latent_size = (sample_h // LATENT_FACTOR, sample_w // LATENT_FACTOR)
         latents, stats = self._denoise(condition, latent_size, options, progress, store=condition_features)
@@ -213,8 +212,9 @@ class OmniGen2:
         original = to_pil(array, "image")
         soft_mask = to_mask(mask, (original.height, original.width))
         check_reference_count(len(condition.references), detail=" in the condition", reserved_for="the canvas (image 1)")
-        max_pixels = condition.max_pixels if options.max_pixels is None else options.max_pixels
-        pixels = preprocess_reference(original, max_pixels, options.max_input_image_side_length, name="image")
+        pixels = preprocess_reference(
+            original, options.max_pixels_or(condition.max_pixels), options.max_input_image_side_length, name="image"
+        )
         canvas = encode_to_latents(self.vae, pixels.to(self.device))[0]
         repainted = token_mask(soft_mask, tuple(pixels.shape[-2:]))
         noise_index = repainted.flatten().nonzero()[:, 0]

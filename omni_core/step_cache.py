@@ -110,6 +110,7 @@ class TeaCacheCalibration:
 
 StepCache = Union[TeaCache, TaylorSeer, TeaCacheCalibration]
 STEP_CACHE_CHOICES = ("none", "teacache", "taylorseer")
+STEP_CACHE_TUNING = ("teacache_threshold", "taylorseer_order", "taylorseer_interval")  # step_cache_by_name's keywords
 
 
 def step_cache_by_name(

@@ -10,7 +10,7 @@ import torch
 from omni_core.condition import check_reference_count
 from omni_core.errors import InvalidInputError
 from omni_core.options import SamplingOptions
-from omni_core.step_cache import step_cache_by_name
+from omni_core.step_cache import STEP_CACHE_TUNING, step_cache_by_name
 
 
 def collect_images(**inputs: Any) -> list[torch.Tensor] | None:
@@ -63,7 +63,6 @@ def single_mask(mask: Any, name: str) -> torch.Tensor:
 RENAMED_WIDGETS = {"text_guidance": "text_guidance_scale", "image_guidance": "image_guidance_scale", "batch_size": "num_images"}
 SAME_NAME_WIDGETS = ("seed", "steps", "max_pixels", "max_input_image_side_length", "condition_scale", "prune_ratio")
 INDEPENDENT_CONDITION = {"auto": None, "joint": False, "independent": True}  # widget choice -> the engine's option
-STEP_CACHE_WIDGETS = ("step_cache", "teacache_threshold", "taylorseer_order", "taylorseer_interval")
 
 
 def sampling_options(widgets: dict[str, Any]) -> SamplingOptions:
@@ -89,7 +88,7 @@ def sampling_options(widgets: dict[str, Any]) -> SamplingOptions:
             raise InvalidInputError(f"independent_condition={choice!r}: choose one of {', '.join(INDEPENDENT_CONDITION)}.")
         options["independent_condition"] = INDEPENDENT_CONDITION[choice]
     if "step_cache" in widgets:
-        tuning = {name: widgets.pop(name) for name in STEP_CACHE_WIDGETS[1:] if name in widgets}
+        tuning = {name: widgets.pop(name) for name in STEP_CACHE_TUNING if name in widgets}
         options["step_cache"] = step_cache_by_name(widgets.pop("step_cache"), **tuning)
     if widgets:
         raise InvalidInputError(f"widgets {sorted(widgets)} set no sampling option; update the pack.")
