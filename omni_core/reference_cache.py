@@ -52,7 +52,10 @@ class KVStore(KVHook):
     def __init__(self, layouts: Sequence[SampleLayout]) -> None:
         spans = {(layout.text_len, layout.text_len + layout.reference_len) for layout in layouts}
         if len(spans) != 1:
-            raise InvalidInputError(f"reference caching needs the same text length and references in every sample of a batch; got spans {sorted(spans)}")
+            raise InvalidInputError(
+                "reference caching needs the same text length and references in every sample of a batch; "
+                f"got spans {sorted(spans)}"
+            )
         [(self.start, self.end)] = spans
         self.layers: list[LayerKV] = []
 
