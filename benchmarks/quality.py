@@ -51,13 +51,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import omni_core  # noqa: E402
 from _work import RunShape, run_macs  # noqa: E402
 from omni_core.step_cache import STEP_CACHE_CHOICES, step_cache_by_name  # noqa: E402
+from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, scene_words  # noqa: E402
 from omni_core.training.shapes.dataset import examples  # noqa: E402
 from omni_core.training.shapes.measure import main_object, read_scene, scene_matches  # noqa: E402
 from omni_core.training.shapes.scenes import render  # noqa: E402
 
 ONCE = 10**6  # cache_per_n_steps larger than any step count: reference features computed at step 0 only
 TILE_GAP = 4
-DESCRIBE_PROMPT = "Describe image 1: the colour and shape of each object, and the background colour."
 
 
 def timed(run):
@@ -88,10 +88,6 @@ def is_right(task: str, image, example) -> bool:
         main, want = main_object(found), example.output.shapes[0]
         return main is not None and (main.color, main.shape) == (want.color, want.shape)
     return scene_matches(found, example.output)
-
-
-def scene_words(scene) -> str:
-    return " and ".join(f"a {item.words()}" for item in scene.shapes) + f" on a {scene.background} background"
 
 
 def measurer_judge(task: str, example):

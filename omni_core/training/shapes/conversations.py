@@ -1,0 +1,126 @@
+"""What the bundled MLLM is taught to say about the synthetic scenes: chat turns built from the dataset's examples.
+
+Three kinds of turn, each in the exact words the engine uses at inference, so the model learns the questions it is
+asked there:
+- describe: an image and `DESCRIBE_PROMPT` -> every object's colour and shape and the background colour;
+- judge: the example's input images, then a candidate result, and the reflection loop's question
+  (`reflection.judge_prompt`) -> "Yes." for the expected scene, else "No." and one fix per line, phrased as the
+  dataset's edit instructions ("change the blue circle to red"), which the transformer already follows;
+- draw: an instruction (with its input images, as the chat path shows them) -> `<|img|>`, the chat path's request to
+  draw.
+A wrong candidate is the expected scene with one or two mistakes of the kinds a drawing model makes: an object's
+colour or shape, the background, an object left out or (where the edit sets it) put elsewhere, and for an edit the
+input left unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from ...reflection import judge_prompt
+from ...text_encoder import IMAGE_REQUEST
+from .dataset import Example, examples
+from .scenes import COLORS, POSITIONS, SHAPES, Scene
+
+DESCRIBE_PROMPT = "Describe image 1: the colour and shape of each object, and the background colour."
+TURN_SHARES = {"describe": 0.35, "judge": 0.5, "draw": 0.15}
+WRONG_SHARE = 0.5  # of judge turns, the share whose candidate is wrong
+BACKGROUND_ONLY = 0.2  # of wrong candidates, the share whose only mistake is the background
+TWO_MISTAKES = 0.2  # of the others, the share with a wrong background too
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One user turn and the answer to teach: images as scenes (rendered when used), in the order shown."""
+
+    kind: str
+    prompt: str
+    images: tuple[Scene, ...]
+    answer: str
+
+
+def scene_words(scene: Scene) -> str:
+    """A scene in the dataset's words: 'a red circle and a blue square on a green background'."""
+    return " and ".join(f"a {item.words()}" for item in scene.shapes) + f" on a {scene.background} background"
+
+
+def position_word(center: tuple[float, float]) -> str:
+    """The named position nearest a centre."""
+    return min(POSITIONS, key=lambda name: np.hypot(*np.subtract(POSITIONS[name], center)))
+
+
+def _other(rng: np.random.Generator, options, exclude) -> str:
+    options = [o for o in options if o not in exclude]
+    return options[rng.integers(len(options))]
+
+
+def _mistake(rng: np.random.Generator, scene: Scene, placed: bool) -> tuple[Scene, str]:
+    """The scene with one mistake in one object and the fix that undoes it. `placed`: the object's place is part of
+    what was asked (an edit of one object; a text-to-image prompt names no place, a pair's places are fixed)."""
+    kinds = ["color", "shape", "missing", *(["position"] if placed and len(scene.shapes) == 1 else [])]
+    kind = kinds[rng.integers(len(kinds))]
+    index = int(rng.integers(len(scene.shapes)))
+    item = scene.shapes[index]
+    if kind == "color":
+        wrong = dataclasses.replace(item, color=_other(rng, COLORS, _colors(scene)))
+        fix = f"change the {wrong.words()} to {item.color}"
+    elif kind == "shape":
+        wrong = dataclasses.replace(item, shape=_other(rng, SHAPES, (item.shape,)))
+        fix = f"make the {wrong.words()} a {item.shape}"
+    elif kind == "missing":
+        rest = scene.shapes[:index] + scene.shapes[index + 1:]
+        return Scene(scene.background, rest), f"add a {item.words()} on the {position_word(item.center)}"
+    else:
+        place = position_word(item.center)
+        wrong = dataclasses.replace(item, center=POSITIONS[_other(rng, POSITIONS, (place,))])
+        fix = f"move the {item.words()} to the {place}"
+    return Scene(scene.background, scene.shapes[:index] + (wrong,) + scene.shapes[index + 1:]), fix
+
+
+def _colors(scene: Scene) -> set[str]:
+    return {scene.background, *(item.color for item in scene.shapes)}
+
+
+def wrong_candidate(rng: np.random.Generator, example: Example) -> tuple[Scene, list[str]]:
+    """A wrong result for the example and the fixes that make it right: a mistake in an object, in the background, or
+    both; for an edit also the input unchanged."""
+    if example.task_type == "edit" and rng.random() < 0.4:
+        return example.inputs[0], [example.instruction]  # the edit not done
+    scene, fixes = example.output, []
+    if rng.random() < 1 - BACKGROUND_ONLY:
+        scene, fix = _mistake(rng, scene, example.task_type == "edit")
+        fixes.append(fix)
+    if not fixes or rng.random() < TWO_MISTAKES:
+        scene = Scene(_other(rng, COLORS, _colors(scene) | _colors(example.output)), scene.shapes)
+        fixes.append(f"make the background {example.output.background}")
+    return scene, fixes
+
+
+def judge_answer(fixes: list[str]) -> str:
+    """The judge's answer in the form `reflection.parse_judgement` reads: a verdict, then one fix per line."""
+    return "Yes." if not fixes else "No.\n" + "\n".join(f"- {fix}" for fix in fixes)
+
+
+def turns_of(rng: np.random.Generator, example: Example) -> Turn:
+    """One turn about `example`, its kind drawn by TURN_SHARES."""
+    kind = list(TURN_SHARES)[int(np.searchsorted(np.cumsum(list(TURN_SHARES.values())), rng.random()))]
+    if kind == "describe":
+        images = (*example.inputs, example.output)
+        scene = images[rng.integers(len(images))]
+        return Turn(kind, DESCRIBE_PROMPT, (scene,), scene_words(scene))
+    if kind == "draw":
+        return Turn(kind, example.instruction, example.inputs, IMAGE_REQUEST)
+    candidate, fixes = (example.output, []) if rng.random() >= WRONG_SHARE else wrong_candidate(rng, example)
+    question = judge_prompt(example.instruction, len(example.inputs))
+    return Turn(kind, question, (*example.inputs, candidate), judge_answer(fixes))
+
+
+def turns(count: int, seed: int, held_out: bool) -> Iterator[Turn]:
+    """`count` turns about the shapes dataset's examples (its held-out split when `held_out`), reproducible by seed."""
+    rng = np.random.default_rng([seed, 7 if held_out else 8])
+    for example in examples(count, seed, held_out):
+        yield turns_of(rng, example)
