@@ -1,31 +1,18 @@
 """Which CPU kernels run the model's products on this machine: probed, measured once, cached on disk, overridable.
 
-Two paths exist for CPU inference: oneDNN (`torch.ops.mkldnn._linear_pointwise` for the linear layers, with the
-feed-forward's SiLU fused as a post-op, and blocked attention built on it) and torch's own kernels (`F.linear`, i.e.
-MKL's sgemm on x86 builds for float32, and `F.scaled_dot_product_attention`). Which is faster is a property of the
-CPU, not of the engine: on an AMD EPYC Zen 5, whose cores run 512-bit vectors at full width, oneDNN runs the model's
-GEMMs ~2x faster than MKL (which runs at the rate of 256-bit vectors on both AMD generations measured); on a Zen 4,
-which splits 512-bit vectors in two halves, the two are within a few percent; on an Intel Xeon with AMX MKL is the
-faster one. bfloat16 has one GEMM path where oneDNN runs it (torch's own bfloat16 CPU GEMM is oneDNN then), so only
-its attention is chosen: blocked oneDNN products against torch's bfloat16 flash kernel.
+Two paths: oneDNN (`_linear_pointwise` for the linear layers, the feed-forward's SiLU fused as a post-op, and
+blocked attention built on it) and torch's own (`F.linear`, MKL's sgemm for float32 on x86, and SDPA). Which is
+faster depends on the CPU (~2x oneDNN on a Zen 5, even on a Zen 4, MKL on an Intel Xeon with AMX; torch's own
+bfloat16 GEMM is oneDNN, so only bfloat16's attention is chosen), and so do the oneDNN paths that exist (no bfloat16
+inner product without AVX-512). So each oneDNN path is first probed once per process on tiny inputs (`runnable_paths`); one
+that cannot run is never measured, chosen or called. Among the runnable ones, a micro-benchmark picks (~0.1-0.5 s once
+per dtype), cached in `$XDG_CACHE_HOME/omni_core/cpu_kernels.json` under a key of all that decides it (`cache_key`);
+an entry recorded with other runnable paths (oneDNN capped by `ONEDNN_MAX_CPU_ISA`, say) is measured again, and a
+missing, unwritable or corrupt cache only means measuring again. Measurements: benchmarks/README.md.
 
-Which paths exist is a property of the CPU too: without AVX-512 (an AMD Zen 3, most desktop and laptop CPUs) oneDNN
-has no bfloat16 inner product at all. So each oneDNN path (GEMM, fused GEMM, blocked attention; per dtype) is first
-probed once per process on tiny inputs (`runnable_paths`, microseconds); a path that cannot run is never measured,
-chosen or called. bfloat16 then runs on torch's own kernels, which are correct but slow there (float32 stays the CPU
-default: device_dtype.py).
-
-The choice among runnable paths is made by a micro-benchmark of both on a few representative shapes (interleaved
-rounds, medians; ~0.1-0.5 s once per dtype), cached per machine in `$XDG_CACHE_HOME/omni_core/cpu_kernels.json`
-(default `~/.cache/...`) under a key of everything that decides it: CPU model with its family and model numbers,
-its relevant instruction-set flags and torch's dispatch level, torch version, thread count and dtype. Each entry
-records the paths probed runnable; an entry whose record differs from this process's probe (oneDNN capped by
-`ONEDNN_MAX_CPU_ISA`, say) is measured again. A missing, unwritable or corrupt cache only means measuring again.
-
-Override: `OMNI_CORE_CPU_GEMM=auto|onednn|mkl` (read at first use) or `set_cpu_gemm(...)` (any time); `onednn` or
-`mkl` forces both linear layers and attention to that path (`mkl` = torch's own kernels) in every dtype. Forcing
-`onednn` where a oneDNN path of the dtype cannot run is an error naming it, raised when the kernels are chosen
-(load_model chooses them at load).
+Override: `OMNI_CORE_CPU_GEMM=auto|onednn|mkl` (read at first use) or `set_cpu_gemm(...)` (any time) forces both
+linear layers and attention (`mkl` = torch's own) in every dtype; forcing `onednn` where a path of the dtype cannot
+run is an error naming it, raised when the kernels are chosen (load_model chooses them at load).
 """
 
 from __future__ import annotations
@@ -122,10 +109,8 @@ def runnable_paths(dtype: torch.dtype) -> tuple[str, ...]:
 
 def cpu_description(cpuinfo: str | None = None) -> tuple[str, tuple[str, ...]]:
     """(CPU model string, its relevant flags) from `cpuinfo` (default: /proc/cpuinfo; elsewhere platform and torch's
-    view).
-
-    The string carries the family and model numbers where the OS gives them: a virtual machine may name every
-    generation alike ("AMD EPYC" for Zen 4 and Zen 5, with equal flags), yet their kernel choices differ."""
+    view). With the family and model numbers where the OS gives them: a virtual machine may name Zen 4 and Zen 5
+    alike ("AMD EPYC", equal flags), yet their kernel choices differ."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()

@@ -1,26 +1,20 @@
-"""Step-level caching: on some steps a guidance pass skips the joint transformer blocks and estimates their output.
+"""Step-level caching: on some steps a guidance pass skips the joint transformer blocks and estimates their output,
+as the official OmniGen2 offers it (one state per guidance pass, like its pipeline):
 
-Two methods, as the official OmniGen2 implementation offers them (one state per guidance pass, like its pipeline):
-
-- TeaCache: each step measures how much the first joint block's modulated input changed since the pass's previous
-  step (relative L1, mapped through a polynomial calibrated on the released model) and accumulates it; while the
-  sum stays under `threshold` the step reuses the blocks' last residual (output - input), added to this step's
+- TeaCache: accumulates the rescaled relative L1 change of the first joint block's modulated input since the pass's
+  previous step; while it stays under `threshold`, the step adds the blocks' last residual (output - input) to its
   input. The first and last steps always compute.
-- TaylorSeer: the first `first_enhance` calls of a pass compute, then one in every `interval`; those fit finite
-  differences up to `order` of the last joint block's output, and the calls between predict it by a Taylor series.
-  Only the last block's output is read, so only it is kept, and only its noise tokens (what the output layers read).
+- TaylorSeer: the first `first_enhance` calls compute, then one in every `interval`; finite differences up to `order`
+  of the last joint block's output (only it, at the noise tokens the output layers read) predict the calls between.
 
-TeaCache's polynomial belongs to the model it was fitted on: it maps the change of the modulated input to the change
-of the blocks' output, and another model (fine-tuned, smaller, random) relates the two on another scale, so that the
-official threshold skips nothing or too much there. `TeaCacheCalibration` computes every step as usual while it
-records both changes for every pass, and `fit()` gives the polynomial of that model (the TeaCache authors' recipe);
-`python -m omni_core.training.calibrate_teacache` stores it as the config's `teacache_coefficients`, which a
-`TeaCache()` without coefficients takes (the official polynomial when the config has none).
+TeaCache's polynomial belongs to the model it was fitted on: another model (fine-tuned, smaller, random) relates
+input and output change on another scale, so the official threshold skips nothing or too much there.
+`TeaCacheCalibration` records both changes while computing every step, and `fit()` gives that model's polynomial;
+`python -m omni_core.training.calibrate_teacache` stores it as the config's `teacache_coefficients`.
 
-What the joint blocks see, and therefore TeaCache's measure, is the sequence [text | references | noise] when the
-references run through them every step (official); when their keys/values come from the reference-feature cache
-(reuse every n steps, or the independent condition) only [text | noise] runs every step, and the measure is taken
-over those tokens. One `StepCacheRun` lives for one sampling run and is cleared in a `finally`.
+With the reference-feature cache (reuse every n steps, or the independent condition) only [text | noise] runs through
+the joint blocks every step, and TeaCache's measure is taken over those tokens. One `StepCacheRun` lives for one
+sampling run and is cleared in a `finally`.
 """
 
 from __future__ import annotations
@@ -269,9 +263,6 @@ class StepCacheRun:
 
     def stats(self) -> dict:
         count = lambda steps: sum(len(v) for v in steps.values())
-        return {
-            "step_cache": type(self.options).__name__,
-            "pass_steps_computed": count(self.computed),
-            "pass_steps_skipped": count(self.skipped),
-            "computed_steps": {name: list(steps) for name, steps in self.computed.items()},
-        }
+        return {"step_cache": type(self.options).__name__, "pass_steps_computed": count(self.computed),
+                "pass_steps_skipped": count(self.skipped),
+                "computed_steps": {name: list(steps) for name, steps in self.computed.items()}}
