@@ -7,12 +7,9 @@ bfloat16 where the device supports it; anything else float32. OmniGen2's transfo
 FLUX), so of the half-precision types only bfloat16 is offered, which is also what the official pipeline runs in.
 
 On the CPU float32 stays the default here too: it is what matches the official outputs to round-off. bfloat16 is
-an opt-in (`load_model(dtype=torch.bfloat16)`): measured here it takes 0.57-0.61x the float32 time on an AMD EPYC
-Zen 5 (AVX512-BF16, no AMX) and 0.29-0.41x on an Intel Xeon with AMX, at ~50 dB PSNR against float32 on the
-pipeline fixtures (benchmarks/README.md), and `load_model` says so in its log on CPUs that have bfloat16
-instructions. On a CPU without AVX-512 (an AMD Zen 3, most desktop and laptop CPUs) oneDNN has no bfloat16 kernels:
-bfloat16 still runs, on torch's generic kernels (kernel_choice.py probes for this), at several times the float32 time
-(3.4-3.8x on a Zen 4 capped at AVX2, 5-7x on a Zen 3), and `load_model` warns.
+an opt-in (`load_model(dtype=torch.bfloat16)`, ~0.3-0.6x the float32 time where the CPU has bfloat16 instructions,
+~50 dB against float32: benchmarks/README.md), which `load_model` mentions in its log there; without AVX-512 oneDNN
+has no bfloat16 kernels, bfloat16 runs on torch's generic ones at several times the float32 time, and it warns.
 """
 
 from __future__ import annotations

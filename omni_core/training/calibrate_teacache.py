@@ -3,12 +3,9 @@
     python -m omni_core.training.calibrate_teacache [--model DIR] [--prompts FILE] [--count 16] [--steps 20 50]
                                                     [--write]
 
-TeaCache skips a step while the accumulated, rescaled change of the first joint block's modulated input stays under
-its threshold. The rescale polynomial maps that change to the change of the blocks' output, and the official one
-was fitted to the released 3B model: on other weights (fine-tuned, smaller) the two changes relate on another scale,
-so the official threshold skips nothing or far too much there. This samples the model with every step computed
-(`TeaCacheCalibration`, the output is the uncached one), records both changes for every guidance pass and step, fits
-the polynomial (the TeaCache authors' recipe), and prints it; `--write` stores it as `teacache_coefficients` in
+The official polynomial was fitted to the released 3B model; on other weights the official threshold skips nothing
+or far too much (see step_cache.py). This samples the model with every step computed (`TeaCacheCalibration`),
+fits the polynomial to the changes it records and prints it; `--write` stores it as `teacache_coefficients` in
 <model>/transformer/config.json, which `TeaCache()` then takes for that model.
 
 Prompts: `--prompts FILE` (one text-to-image prompt per line), else examples of the synthetic shapes data the
