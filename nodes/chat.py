@@ -7,7 +7,7 @@ import torch
 from omni_core import chat
 
 from . import bridge
-from .condition import IMAGE_LIMIT_WIDGETS, NEGATIVE_PROMPT_WIDGET, compact_widgets
+from .condition import IMAGE_INPUTS, IMAGE_LIMIT_WIDGETS, NEGATIVE_PROMPT_WIDGET, compact_widgets
 from .sampler import (
     BATCH_SIZE_WIDGET, GUIDANCE_CACHE_WIDGETS, INDEPENDENT_CONDITION_WIDGET, SEED_STEPS_WIDGETS, SIZE_WIDGETS,
     STEP_CACHE_WIDGETS,
@@ -16,12 +16,9 @@ from .sampler import (
 # What the IMAGE output holds when the turn only answered: a black 64 x 64 picture. Every IMAGE consumer (Save
 # Image, Preview Image, ...) needs at least one row, and a copy of an input image would pass for a drawing.
 TEXT_ONLY_IMAGE_SIZE = 64
-IMAGE_INPUTS = tuple(f"image_{i}" for i in range(1, 6))
 
-_IMAGE_TOOLTIP = (
-    "Optional image {i}: the MLLM sees it as <img{i}>, and a drawing uses it as reference image {i} ('image {i}' "
-    "in the prompt). Every row of a batch counts as one image; at most 5 images in total."
-)
+_IMAGE_TOOLTIP = ("Optional image {i}: the MLLM sees it as <img{i}>, and a drawing uses it as reference image {i} "
+                  "('image {i}' in the prompt). Every row of a batch counts as one image; at most 5 images in total.")
 
 
 def text_only_image() -> torch.Tensor:

@@ -6,10 +6,9 @@ from omni_core.options import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
 from . import bridge
 
-_IMAGE_TOOLTIP = (
-    "Optional reference image {i} (image {i} in the prompt). Every row of a batch counts as one image; at most 5 "
-    "images in total."
-)
+IMAGE_INPUTS = tuple(f"image_{i}" for i in range(1, 6))  # the optional IMAGE sockets (Chat and Reflect share them)
+_IMAGE_TOOLTIP = ("Optional reference image {i} (image {i} in the prompt). Every row of a batch counts as one image; "
+                  "at most 5 images in total.")
 
 # Shared with the Chat node (saved workflows list widget values by order: keep it).
 NEGATIVE_PROMPT_WIDGET = {

@@ -7,13 +7,12 @@ import torch
 from omni_core.errors import InvalidInputError
 
 from . import bridge
-from .condition import _IMAGE_TOOLTIP, IMAGE_LIMIT_WIDGETS, NEGATIVE_PROMPT_WIDGET
+from .condition import _IMAGE_TOOLTIP, IMAGE_INPUTS, IMAGE_LIMIT_WIDGETS, NEGATIVE_PROMPT_WIDGET
 from .sampler import (
     GUIDANCE_CACHE_WIDGETS, INDEPENDENT_CONDITION_WIDGET, SEED_STEPS_WIDGETS, SIZE_WIDGETS, STEP_CACHE_WIDGETS,
 )
 
 OWN_MLLM = "own MLLM"  # the judge choice that means the loaded model's Qwen2.5-VL (omni_core/judges.py)
-IMAGE_INPUTS = tuple(f"image_{i}" for i in range(1, 6))
 
 
 class OmniGen2Reflect:
