@@ -23,7 +23,7 @@ import numpy as np
 
 from ...reflection import judge_prompt
 from ...text_encoder import IMAGE_REQUEST
-from .dataset import Example, examples
+from .dataset import Example, examples, pick
 from .scenes import COLORS, POSITIONS, SHAPES, Scene
 
 DESCRIBE_PROMPT = "Describe image 1: the colour and shape of each object, and the background colour."
@@ -53,11 +53,6 @@ def position_word(center: tuple[float, float]) -> str:
     return min(POSITIONS, key=lambda name: np.hypot(*np.subtract(POSITIONS[name], center)))
 
 
-def _other(rng: np.random.Generator, options, exclude) -> str:
-    options = [o for o in options if o not in exclude]
-    return options[rng.integers(len(options))]
-
-
 def _mistake(rng: np.random.Generator, scene: Scene, placed: bool) -> tuple[Scene, str]:
     """The scene with one mistake in one object and the fix that undoes it. `placed`: the object's place is part of
     what was asked (an edit of one object; a text-to-image prompt names no place, a pair's places are fixed)."""
@@ -66,17 +61,17 @@ def _mistake(rng: np.random.Generator, scene: Scene, placed: bool) -> tuple[Scen
     index = int(rng.integers(len(scene.shapes)))
     item = scene.shapes[index]
     if kind == "color":
-        wrong = dataclasses.replace(item, color=_other(rng, COLORS, _colors(scene)))
+        wrong = dataclasses.replace(item, color=pick(rng, COLORS, _colors(scene)))
         fix = f"change the {wrong.words()} to {item.color}"
     elif kind == "shape":
-        wrong = dataclasses.replace(item, shape=_other(rng, SHAPES, (item.shape,)))
+        wrong = dataclasses.replace(item, shape=pick(rng, SHAPES, (item.shape,)))
         fix = f"make the {wrong.words()} a {item.shape}"
     elif kind == "missing":
         rest = scene.shapes[:index] + scene.shapes[index + 1:]
         return Scene(scene.background, rest), f"add a {item.words()} on the {position_word(item.center)}"
     else:
         place = position_word(item.center)
-        wrong = dataclasses.replace(item, center=POSITIONS[_other(rng, POSITIONS, (place,))])
+        wrong = dataclasses.replace(item, center=POSITIONS[pick(rng, POSITIONS, (place,))])
         fix = f"move the {item.words()} to the {place}"
     return Scene(scene.background, scene.shapes[:index] + (wrong,) + scene.shapes[index + 1:]), fix
 
@@ -95,7 +90,7 @@ def wrong_candidate(rng: np.random.Generator, example: Example) -> tuple[Scene, 
         scene, fix = _mistake(rng, scene, example.task_type == "edit")
         fixes.append(fix)
     if not fixes or rng.random() < TWO_MISTAKES:
-        scene = Scene(_other(rng, COLORS, _colors(scene) | _colors(example.output)), scene.shapes)
+        scene = Scene(pick(rng, COLORS, _colors(scene) | _colors(example.output)), scene.shapes)
         fixes.append(f"make the background {example.output.background}")
     return scene, fixes
 

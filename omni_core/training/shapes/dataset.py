@@ -53,6 +53,12 @@ def scene_triples(scene: Scene) -> set[tuple[str, str, str]]:
     return {(item.color, item.shape, scene.background) for item in scene.shapes}
 
 
+def pick(rng: np.random.Generator, options, exclude=()):
+    """One of `options` not in `exclude`, drawn uniformly."""
+    options = [o for o in options if o not in exclude]
+    return options[rng.integers(len(options))]
+
+
 class _Sampler:
     """Draws random examples; `held_out` selects whether they must use (test) or avoid (train) the held-out split."""
 
@@ -60,8 +66,7 @@ class _Sampler:
         self.rng, self.triples, self.pairs, self.held_out = rng, triples, pairs, held_out
 
     def pick(self, options, exclude=()):
-        options = [o for o in options if o not in exclude]
-        return options[self.rng.integers(len(options))]
+        return pick(self.rng, options, exclude)
 
     def allowed(self, example: Example) -> bool:
         """Training: no held-out triple in any image and no held-out pair. Test: the example's own held-out part."""

@@ -160,9 +160,9 @@ def train(output: Path, steps: int, batch_size: int, learning_rate: float, seed:
           log_every: int = 50) -> list[float]:
     """Phase 1: tokenizer, processor and a random MLLM into output/processor and output/mllm, every weight trained for
     `steps` (warm-up, then cosine decay); returns the loss of every step."""
-    write_processor(output / "processor", fit_tokenizer(corpus(4000, seed)))
-    vocab_size = Tokenizer.from_file(str(output / "processor" / "tokenizer.json")).get_vocab_size()
-    write_random_mllm(output / "mllm", vocab_size, seed)
+    tokenizer = fit_tokenizer(corpus(4000, seed))
+    write_processor(output / "processor", tokenizer)
+    write_random_mllm(output / "mllm", tokenizer.get_vocab_size(), seed)
     encoder = load_text_encoder(output)
     identity = torch.nn.Linear(encoder.hidden_size, encoder.mllm.config.get_text_config().vocab_size)
     warmup = min(100, steps // 10)
