@@ -82,11 +82,13 @@ def grid(rows: list[list[Image.Image]], scale: int = 2) -> Image.Image:
 
 
 def is_right(task: str, image, example) -> bool:
-    """The accuracy figures' rule: t2i the main object's colour and shape, edit the exact scene."""
+    """Reflection's rule, what the judge is taught: t2i the main object's colour and shape on the prompt's background
+    (a prompt names no place), edit the exact scene."""
     found = read_scene(image)
     if task == "t2i":
         main, want = main_object(found), example.output.shapes[0]
-        return main is not None and (main.color, main.shape) == (want.color, want.shape)
+        same_object = main is not None and (main.color, main.shape) == (want.color, want.shape)
+        return same_object and found.background == example.output.background
     return scene_matches(found, example.output)
 
 

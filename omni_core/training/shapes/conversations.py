@@ -27,7 +27,7 @@ from .dataset import Example, examples, pick
 from .scenes import COLORS, POSITIONS, SHAPES, Scene
 
 DESCRIBE_PROMPT = "Describe image 1: the colour and shape of each object, and the background colour."
-TURN_SHARES = {"describe": 0.35, "judge": 0.5, "draw": 0.15}
+TURN_SHARES = {"describe": 0.3, "judge": 0.6, "draw": 0.1}  # judging is the hardest to learn; drawing the easiest
 WRONG_SHARE = 0.5  # of judge turns, the share whose candidate is wrong
 BACKGROUND_ONLY = 0.2  # of wrong candidates, the share whose only mistake is the background
 TWO_MISTAKES = 0.2  # of the others, the share with a wrong background too
@@ -44,8 +44,10 @@ class Turn:
 
 
 def scene_words(scene: Scene) -> str:
-    """A scene in the dataset's words: 'a red circle and a blue square on a green background'."""
-    return " and ".join(f"a {item.words()}" for item in scene.shapes) + f" on a {scene.background} background"
+    """A scene in the dataset's words, objects from left to right (as a picture shows them, whatever order drew them):
+    'a red circle and a blue square on a green background'."""
+    objects = sorted(scene.shapes, key=lambda item: item.center)
+    return " and ".join(f"a {item.words()}" for item in objects) + f" on a {scene.background} background"
 
 
 def position_word(center: tuple[float, float]) -> str:
