@@ -53,7 +53,7 @@ from _work import RunShape, run_macs  # noqa: E402
 from omni_core.step_cache import STEP_CACHE_CHOICES, step_cache_by_name  # noqa: E402
 from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, scene_words  # noqa: E402
 from omni_core.training.shapes.dataset import examples  # noqa: E402
-from omni_core.training.shapes.measure import main_object, read_scene, scene_matches  # noqa: E402
+from omni_core.training.shapes.measure import main_object, read_scene, result_matches, scene_matches  # noqa: E402
 from omni_core.training.shapes.scenes import render  # noqa: E402
 
 ONCE = 10**6  # cache_per_n_steps larger than any step count: reference features computed at step 0 only
@@ -82,14 +82,8 @@ def grid(rows: list[list[Image.Image]], scale: int = 2) -> Image.Image:
 
 
 def is_right(task: str, image, example) -> bool:
-    """Reflection's rule, what the judge is taught: t2i the main object's colour and shape on the prompt's background
-    (a prompt names no place), edit the exact scene."""
-    found = read_scene(image)
-    if task == "t2i":
-        main, want = main_object(found), example.output.shapes[0]
-        same_object = main is not None and (main.color, main.shape) == (want.color, want.shape)
-        return same_object and found.background == example.output.background
-    return scene_matches(found, example.output)
+    """Reflection's rule, what the judge is taught (`measure.result_matches`)."""
+    return result_matches(task, read_scene(image), example.output)
 
 
 def measurer_judge(task: str, example):

@@ -12,19 +12,8 @@ from omni_core.training.shapes import vlm
 from omni_core.training.shapes.vlm import optimise
 from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, turns
 from omni_core.training.shapes.dataset import examples
-from omni_core.training.shapes.measure import main_object, read_scene, scene_matches
+from omni_core.training.shapes.measure import read_scene, result_matches
 from omni_core.training.shapes.scenes import COLORS, SHAPES, Scene, Shape, render
-
-
-def measured_right(task_type, image, expected) -> bool:
-    """What the quality benchmark counts right: a text-to-image prompt names the colour, shape and background (not a
-    place), an edit or a composition the exact scene."""
-    found = read_scene(image)
-    if task_type == "t2i":
-        main, want = main_object(found), expected.shapes[0]
-        return main is not None and (main.color, main.shape, found.background) == (
-            want.color, want.shape, expected.background)
-    return scene_matches(found, expected)
 
 
 def test_describe_and_judge_answers_agree_with_the_pixel_measurer_and_fixes_are_what_the_loop_reads():
@@ -46,7 +35,7 @@ def test_describe_and_judge_answers_agree_with_the_pixel_measurer_and_fixes_are_
         assert f'"{example.instruction}"' in turn.prompt
         judgement = parse_judgement(turn.answer)
         verdicts[judgement.verdict] += 1
-        right = measured_right(example.task_type, render(turn.images[-1], 64), example.output)
+        right = result_matches(example.task_type, read_scene(render(turn.images[-1], 64)), example.output)
         assert right == (judgement.verdict == "yes"), (example, turn)
         if not right:
             assert judgement.correction and judgement.correction.split()[0] in {"change", "make", "add", "move"}

@@ -154,3 +154,13 @@ def scene_matches(found: FoundScene, expected: Scene) -> bool:
         if max(abs(seen.center[0] - item.center[0]), abs(seen.center[1] - item.center[1])) > POSITION_TOLERANCE:
             return False
     return True
+
+
+def result_matches(task_type: str, found: FoundScene, expected: Scene) -> bool:
+    """Whether a result does what its instruction asked: a text-to-image prompt names its object's colour and shape
+    and the background, not a place (the main object and the background); an edit or a composition the exact scene."""
+    if task_type == "t2i":
+        main, want = main_object(found), expected.shapes[0]
+        same_object = main is not None and (main.color, main.shape) == (want.color, want.shape)
+        return same_object and found.background == expected.background
+    return scene_matches(found, expected)

@@ -59,7 +59,7 @@ ANSWER_WEIGHT, PROMPT_WEIGHT = 1.0, 0.1
 VERDICT_WEIGHT = 4.0
 # The transformer reads the last hidden states, where a small language model trained on next tokens alone forgets the
 # token it stands on ("circle" is always followed by "on"): captions that differ only in their shape got nearly equal
-# features, and a transformer trained on them drew the right colour 0.90 of the time and the right shape 0.12. Phase 1
+# features, and a transformer trained on them drew the right colour 0.90 of the time and the right shape 0.12. Training
 # also reads every text token back from its own last hidden state through a head of its own (not kept).
 IDENTITY_WEIGHT = 1.0
 END_OF_TURN = "<|im_end|>"
@@ -179,15 +179,13 @@ def sight_loss(encoder: TextEncoder, head: torch.nn.Linear, scenes: Sequence[Sce
 
 
 def weighted_loss(model: torch.nn.Module, inputs: dict, weights: torch.Tensor,
-                  identity: torch.nn.Linear | None = None) -> torch.Tensor:
-    """The next-token cross-entropy of every target, weighted, over the weights' sum; with an `identity` head, plus
-    IDENTITY_WEIGHT times the cross-entropy of each text token read back from its own last hidden state."""
-    output = model(**inputs, output_hidden_states=identity is not None)
+                  identity: torch.nn.Linear) -> torch.Tensor:
+    """The next-token cross-entropy of every target, weighted, over the weights' sum, plus IDENTITY_WEIGHT times the
+    cross-entropy of each text token read back from its own last hidden state by the `identity` head."""
+    output = model(**inputs, output_hidden_states=True)
     logits, targets, next_weights = output.logits[:, :-1], inputs["input_ids"][:, 1:], weights[:, 1:]
     losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
     loss = (losses * next_weights.flatten()).sum() / next_weights.sum()
-    if identity is None:
-        return loss
     text = weights.flatten() > 0
     read_back = identity(output.hidden_states[-1].flatten(0, 1)[text])
     own_tokens = inputs["input_ids"].flatten()[text]
