@@ -23,8 +23,9 @@ pairs that no training image has) is regenerated in memory; every sample is read
 0.05, TaylorSeer order 4 interval 3), to show what step caching costs in accuracy on a model that draws.
 
 Reflection (`OmniGen2.reflect`, up to `--rounds`) on the same held-out text-to-image and edit examples, judged by
-`--judge`: `own` (the default, as the Reflect node: the model's own MLLM) or `measurer` (a judge that reads the
-pixels with the measurer above and names the expected scene as the fix: what the loop does when judged right):
+`--judge`: `own` (the default, as the Reflect node: the model's own MLLM), `measurer` (a judge that reads the
+pixels with the measurer above and names the expected scene as the fix: what the loop does when judged right) or a
+vision-language model folder (the Reflect node's judge_model):
 - reflect_t2i_round1 / _final, reflect_edit_round1 / _final: the accuracies above after round 1 and after the loop;
 - reflect_mean_rounds: rounds run per example;
 - judge_caught_wrong / judge_rejected_right: of the round-1 images the measurer finds wrong, the share the judge
@@ -50,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import omni_core  # noqa: E402
 from _work import RunShape, run_macs  # noqa: E402
+from omni_core.judges import resolve_judge  # noqa: E402
 from omni_core.step_cache import STEP_CACHE_CHOICES, step_cache_by_name  # noqa: E402
 from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, scene_words  # noqa: E402
 from omni_core.training.shapes.dataset import examples  # noqa: E402
@@ -103,11 +105,12 @@ def share(flags: list[bool]) -> float | None:
 def reflection_figures(model, by_task: dict, args: argparse.Namespace, settings: dict) -> tuple[dict, list]:
     """The reflection and judge figures of the module docstring, and the rounds of the loop to show."""
     figures, verdicts, rounds_run, longest_loop, fixing_loop = {}, [], [], [], None
+    other_judge = None if args.judge in ("own", "measurer") else resolve_judge(model.text_encoder, args.judge)
     for task in ("t2i", "edit"):
         first = final = 0
         for i, example in enumerate(by_task[task]):
             sources = [render(scene, args.size) for scene in example.inputs]
-            judge = measurer_judge(task, example) if args.judge == "measurer" else None
+            judge = measurer_judge(task, example) if args.judge == "measurer" else other_judge
             result = model.reflect(example.instruction, images=sources or None, max_rounds=args.rounds, judge=judge,
                                    seed=i, **settings)
             right_first = is_right(task, result.rounds[0].image[0], example)
@@ -237,8 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-guidance", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--step-cache", choices=STEP_CACHE_CHOICES, default="none")
-    parser.add_argument("--judge", choices=("own", "measurer"), default="own",
-                        help="who judges the reflection rounds: the model's own MLLM, or the pixel measurer")
+    parser.add_argument("--judge", default="own",
+                        help="who judges the reflection rounds: 'own' (the model's own MLLM), 'measurer' (the pixel "
+                             "measurer) or a vision-language model folder (as the Reflect node's judge_model)")
     parser.add_argument("--rounds", type=int, default=3, help="reflection: at most this many rounds")
     parser.add_argument("--seed", type=int, default=0, help="the dataset seed whose held-out split to score")
     parser.add_argument("--grid-examples", type=int, default=6, help="samples per task shown in the grid")

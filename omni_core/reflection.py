@@ -78,6 +78,7 @@ _LEADING = re.compile(
     r"(yes|yeah|yep|no|nope|not quite|not really|partially|partly|incorrect)\b",
     re.IGNORECASE,
 )
+_VERDICT_LINE = re.compile(r"^\W*(?:(?:answer|verdict)\s*[:=-]?\s*)?(yes|no)\W*$", re.IGNORECASE)
 _YES_WORDS = {"yes", "yeah", "yep"}
 _IMPERATIVE = re.compile(r"^\W*(make|change|add|remove|replace|correct|fix|move|turn)\b", re.IGNORECASE)  # a bare fix
 _BUT = re.compile(r"^\W*(but|however|except|although|though)\b", re.IGNORECASE)
@@ -96,10 +97,10 @@ def parse_judgement(text: str) -> Judgement:
     """Read a judge's free-form answer.
 
     The verdict is the first word when it is one (yes / no and their variants, also after "Answer:" or markdown); a
-    "yes, but ..." is a no. Without one, the text decides by its cues: an answer that starts with a fix ("Make ...",
-    "Remove ...") or any sign of a fault ("does not", "missing", "should", ...) is a no with the whole text as the
-    correction, an approval without such signs a yes, anything
-    else (empty, garbage) unclear. The correction of a no is its list items joined by "; ", or else the text after
+    "yes, but ..." is a no. A judge that gives its reasons first says its verdict on a line of its own after them
+    ("No." or "Answer: no"); the fixes follow it. Without either, the text decides by its cues: an answer that starts
+    with a fix ("Make ...", "Remove ...") or any sign of a fault ("does not", "missing", "should", ...) is a no with
+    the whole text as the correction, an approval without such signs a yes, anything else (empty, garbage) unclear. The correction of a no is its list items joined by "; ", or else the text after
     the verdict, on one line, at most `MAX_CORRECTION_CHARS`.
     """
     cleaned = _MARKUP.sub("", _SPECIAL_TOKEN.sub(" ", text or "")).strip()
@@ -113,6 +114,13 @@ def parse_judgement(text: str) -> Judgement:
                 return Judgement("yes")
             rest = rest[_BUT.match(rest).end():]
         return Judgement("no", _correction(rest))
+    lines = cleaned.splitlines()
+    for index, line in enumerate(lines):
+        verdict = _VERDICT_LINE.match(line)
+        if verdict:
+            if verdict.group(1).lower() in _YES_WORDS:
+                return Judgement("yes")
+            return Judgement("no", _correction("\n".join(lines[index + 1:])))
     if _IMPERATIVE.match(cleaned) or _NEGATIVE_CUES.search(cleaned):
         return Judgement("no", _correction(cleaned))
     if _POSITIVE_CUES.search(cleaned):

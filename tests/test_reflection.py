@@ -74,6 +74,10 @@ ANSWERS = [
     ("The image does not satisfy the instruction: the hat is blue instead of red.", "no",
      "The image does not satisfy the instruction: the hat is blue instead of red"),
     ("No<|im_end|>", "no", ""),
+    ("Wanted: a blue background with a red circle.\nShown: a green background with a red circle.\nNo.\n"
+     "- make the background blue", "no", "make the background blue"),
+    ("The picture shows a cat on a sofa, as asked.\n\nAnswer: Yes", "yes", ""),
+    ("The hat is blue.\nNo\nThe hat should be red.", "no", "The hat should be red"),
     ("Nope", "no", ""),
     ("Correct the colour of the hat to red.", "no", "Correct the colour of the hat to red"),
     ("Make the sky purple and remove the tree", "no", "Make the sky purple and remove the tree"),

@@ -2,6 +2,7 @@
 answers it learns agree with the pixel measurer, its fixes are what the reflection loop reads, and the model it
 trains is a Qwen2.5-VL that the engine's loaders read."""
 
+import numpy as np
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -10,7 +11,7 @@ from omni_core.reflection import parse_judgement
 from omni_core.text_encoder import IMAGE_REQUEST
 from omni_core.training.shapes import vlm
 from omni_core.training.shapes.vlm import optimise
-from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, turns
+from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, position_word, turns
 from omni_core.training.shapes.dataset import examples
 from omni_core.training.shapes.measure import read_scene, result_matches
 from omni_core.training.shapes.scenes import COLORS, SHAPES, Scene, Shape, render
@@ -35,8 +36,18 @@ def test_describe_and_judge_answers_agree_with_the_pixel_measurer_and_fixes_are_
         assert f'"{example.instruction}"' in turn.prompt
         judgement = parse_judgement(turn.answer)
         verdicts[judgement.verdict] += 1
-        right = result_matches(example.task_type, read_scene(render(turn.images[-1], 64)), example.output)
+        found = read_scene(render(turn.images[-1], 64))
+        right = result_matches(example.task_type, found, example.output)
         assert right == (judgement.verdict == "yes"), (example, turn)
+        looked = [line for line in turn.answer.splitlines() if line.endswith((" - same.", " - different."))]
+        assert all(line.endswith(" - same.") for line in looked) == right
+        said_shown = {line.split(":")[0]: line.split(", shown ")[1].rsplit(" - ", 1)[0] for line in looked}
+        placed = example.task_type != "t2i"
+        measured = {"Background": found.background}
+        for item in found.shapes if placed else found.shapes[:1]:
+            place = position_word(item.center).capitalize() if placed else "Object"
+            measured[f"{place} colour"], measured[f"{place} shape"] = item.color, item.shape
+        assert {name: what for name, what in said_shown.items() if what != "nothing"} == measured
         if not right:
             assert judgement.correction and judgement.correction.split()[0] in {"change", "make", "add", "move"}
     assert kinds == {"describe", "judge", "draw"} and described_pairs > 10
@@ -90,6 +101,12 @@ def test_a_short_training_writes_a_qwen25_vl_the_loaders_read_with_a_vision_towe
     assert not all(torch.equal(a, b) for a, b in zip(visual, random_visual))
     assert isinstance(encoder.mllm, Qwen2_5_VLForConditionalGeneration)
     assert encoder.hidden_size == vlm.TEXT["hidden_size"]
+    judged = [turn for turn in turns(40, 0, held_out=False) if turn.kind == "judge"][:6]
+    inputs, weights = vlm.batch_inputs(encoder, judged, np.random.default_rng(0))
+    for ids, row_weights, turn in zip(inputs["input_ids"], weights, judged):  # the judge's decisions weigh most
+        decided = encoder.tokenizer.decode(ids[row_weights == vlm.VERDICT_WEIGHT])
+        said = [line.rsplit(" ", 1)[-1].rstrip(".") for line in turn.answer.splitlines() if not line.startswith("- ")]
+        assert "".join(decided.split()) == "".join(said)
     example = next(examples(1, 0, held_out=True))
     reply = encoder.generate(DESCRIBE_PROMPT, [render(example.output, 64)], max_new_tokens=4)
     assert 0 < len(reply.token_ids) <= 4

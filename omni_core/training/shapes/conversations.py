@@ -4,8 +4,12 @@ Three kinds of turn, each in the exact words the engine uses at inference, so th
 asked there:
 - describe: an image and `DESCRIBE_PROMPT` -> every object's colour and shape and the background colour;
 - judge: the example's input images, then a candidate result, and the reflection loop's question
-  (`reflection.judge_prompt`) -> "Yes." for the expected scene, else "No." and one fix per line, phrased as the
-  dataset's edit instructions ("change the blue circle to red"), which the transformer already follows;
+  (`reflection.judge_prompt`) -> a `comparison` of what the result should show with what it shows, then "Yes." when
+  they are the same, else "No." and one fix per line, phrased as the dataset's edit instructions ("change the blue
+  circle to red"), which the transformer already follows. The verdict comes after the looking: a small model that
+  must say yes or no first learnt it one colour pair at a time (it said yes unless an object was missing); one that
+  first describes both scenes, or sets two phrases side by side, still says yes; one word asked beside one word
+  shown it compares;
 - draw: an instruction (with its input images, as the chat path shows them) -> `<|img|>`, the chat path's request to
   draw.
 A wrong candidate is the expected scene with one or two mistakes of the kinds a drawing model makes: an object's
@@ -16,6 +20,7 @@ input left unchanged.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -24,7 +29,7 @@ import numpy as np
 from ...reflection import judge_prompt
 from ...text_encoder import IMAGE_REQUEST
 from .dataset import Example, examples, pick
-from .scenes import COLORS, POSITIONS, SHAPES, Scene
+from .scenes import COLORS, POSITIONS, SHAPES, Scene, Shape
 
 DESCRIBE_PROMPT = "Describe image 1: the colour and shape of each object, and the background colour."
 TURN_SHARES = {"describe": 0.3, "judge": 0.6, "draw": 0.1}  # judging is the hardest to learn; drawing the easiest
@@ -48,6 +53,30 @@ def scene_words(scene: Scene) -> str:
     'a red circle and a blue square on a green background'."""
     objects = sorted(scene.shapes, key=lambda item: item.center)
     return " and ".join(f"a {item.words()}" for item in objects) + f" on a {scene.background} background"
+
+
+def comparison(wanted: Scene, shown: Scene, placed: bool) -> list[str]:
+    """A judge's looking, one line per word asked or shown, each said twice and compared on the spot: 'Background:
+    asked blue, shown green - different.', then per place (left to right; 'Object' where the instruction sets no
+    places, `placed` false) its colour and shape: 'Left colour: asked red, shown nothing - different.'. A small model
+    compares two words three tokens apart; two phrases ('a red circle') it did not learn to compare."""
+    lines = [_compared("Background", wanted.background, shown.background)]
+    asked, seen = _objects_by_place(wanted, placed), _objects_by_place(shown, placed)
+    for place in sorted(asked.keys() | seen.keys(), key=lambda name: POSITIONS.get(name, (0, 0))):
+        for label, attribute in (("colour", "color"), ("shape", "shape")):
+            lines.append(_compared(f"{place.capitalize()} {label}", getattr(asked.get(place), attribute, "nothing"),
+                                   getattr(seen.get(place), attribute, "nothing")))
+    return lines
+
+
+def _objects_by_place(scene: Scene, placed: bool) -> dict[str, Shape]:
+    if not placed:
+        return {"object": item for item in scene.shapes[:1]}
+    return {position_word(item.center): item for item in scene.shapes}
+
+
+def _compared(name: str, asked: str, shown: str) -> str:
+    return f"{name}: asked {asked}, shown {shown} - {'same' if asked == shown else 'different'}."
 
 
 def position_word(center: tuple[float, float]) -> str:
@@ -97,9 +126,22 @@ def wrong_candidate(rng: np.random.Generator, example: Example) -> tuple[Scene, 
     return scene, fixes
 
 
-def judge_answer(fixes: list[str]) -> str:
-    """The judge's answer in the form `reflection.parse_judgement` reads: a verdict, then one fix per line."""
-    return "Yes." if not fixes else "No.\n" + "\n".join(f"- {fix}" for fix in fixes)
+def judge_answer(example: Example, candidate: Scene, fixes: list[str]) -> str:
+    """The judge's answer in the form `reflection.parse_judgement` reads: its `comparison` of the expected scene with
+    the candidate, then the verdict on a line of its own ("Yes." when every line is the same, which is when `fixes` is
+    empty) and one fix per line. A text-to-image prompt places nothing, so its comparison names no places."""
+    lines = comparison(example.output, candidate, placed=example.task_type != "t2i")
+    verdict = "Yes." if not fixes else "No.\n" + "\n".join(f"- {fix}" for fix in fixes)
+    return "\n".join(lines) + "\n" + verdict
+
+
+def decisions(answer: str) -> list[tuple[int, int]]:
+    """Where a judge's answer decides: the character span of each comparison's ' same' / ' different' (with its space,
+    which a tokenizer may spell apart) and of the verdict."""
+    return [match.span(match.lastindex) for match in _DECISION.finditer(answer)]
+
+
+_DECISION = re.compile(r" -( same| different)\.$|^(Yes|No)\.$", re.MULTILINE)
 
 
 def turns_of(rng: np.random.Generator, example: Example) -> Turn:
@@ -113,7 +155,7 @@ def turns_of(rng: np.random.Generator, example: Example) -> Turn:
         return Turn(kind, example.instruction, example.inputs, IMAGE_REQUEST)
     candidate, fixes = (example.output, []) if rng.random() >= WRONG_SHARE else wrong_candidate(rng, example)
     question = judge_prompt(example.instruction, len(example.inputs))
-    return Turn(kind, question, (*example.inputs, candidate), judge_answer(fixes))
+    return Turn(kind, question, (*example.inputs, candidate), judge_answer(example, candidate, fixes))
 
 
 def turns(count: int, seed: int, held_out: bool) -> Iterator[Turn]:

@@ -36,7 +36,7 @@ from ...chat import answer_text
 from ...loading.text_encoder_loader import load_text_encoder
 from ...reflection import fold_correction, parse_judgement
 from ...text_encoder import IMAGE_PAD, TextEncoder, chat_template
-from .conversations import Turn, turns
+from .conversations import Turn, decisions, turns
 from .dataset import examples
 from .scenes import COLORS, SHAPES, Scene, draw_shape, render, shape_box
 
@@ -54,8 +54,8 @@ BLUR_SHARE = 0.5  # of training pictures, the share softened as a drawing model'
 # The answers are what the model is for; the rest of the text (template, questions, instructions) is learnt too, for
 # the features the transformer reads, but must not drown them: most of every conversation is the same template.
 ANSWER_WEIGHT, PROMPT_WEIGHT = 1.0, 0.1
-# A judge's verdict is one token, said before the fixes that spell out the comparison, and it is what the reflection
-# loop acts on: it weighs as much as a whole answer.
+# Where a judge decides (each comparison's same / different, and the verdict) is a token or two among forty, and it is
+# what the reflection loop acts on: at answer weight, a judge trained to 0.03 loss called every comparison "same".
 VERDICT_WEIGHT = 4.0
 # The transformer reads the last hidden states, where a small language model trained on next tokens alone forgets the
 # token it stands on ("circle" is always followed by "on"): captions that differ only in their shape got nearly equal
@@ -121,23 +121,26 @@ def picture(scene, rng: np.random.Generator, soften: bool) -> Image.Image:
 
 def batch_inputs(encoder: TextEncoder, batch: Sequence[Turn], rng: np.random.Generator) -> tuple[dict, torch.Tensor]:
     """Model inputs for `batch` (the chat conversation with its answer and end of turn, right-padded) and each
-    token's weight as a target: ANSWER_WEIGHT for the answer's tokens (VERDICT_WEIGHT for a judge's verdict),
+    token's weight as a target: ANSWER_WEIGHT for the answer's tokens (VERDICT_WEIGHT where a judge decides),
     PROMPT_WEIGHT for the other text, 0 for image pads and padding."""
-    rows, answer_lens = [], []
+    rows, answer_offsets = [], []
     for turn in batch:
         answer = turn.answer + END_OF_TURN
         rows.append(encoder.chat_inputs(turn.prompt, [picture(s, rng, True) for s in turn.images], answer))
-        answer_lens.append(len(encoder.tokenizer(answer).input_ids))
+        answer_offsets.append(encoder.tokenizer(answer, return_offsets_mapping=True).offset_mapping)
     longest = max(row["input_ids"].shape[1] for row in rows)
     ids = torch.full((len(rows), longest), encoder.tokenizer.pad_token_id, dtype=torch.int64)
     weights = torch.zeros(ids.shape)
-    for i, (turn, row, answer_len) in enumerate(zip(batch, rows, answer_lens)):
+    for i, (turn, row, offsets) in enumerate(zip(batch, rows, answer_offsets)):
         length = row["input_ids"].shape[1]
+        start = length - len(offsets)
         ids[i, :length] = row["input_ids"][0]
         weights[i, :length] = PROMPT_WEIGHT
-        weights[i, length - answer_len : length] = ANSWER_WEIGHT
-        if turn.kind == "judge":
-            weights[i, length - answer_len] = VERDICT_WEIGHT
+        weights[i, start:length] = ANSWER_WEIGHT
+        for first, last in decisions(turn.answer) if turn.kind == "judge" else ():
+            for index, (begin, end) in enumerate(offsets):
+                if begin < last and end > first:
+                    weights[i, start + index] = VERDICT_WEIGHT
     image_pad = ids == encoder.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
     inputs = {"input_ids": ids, "attention_mask": (weights > 0).to(torch.int64),
               "mm_token_type_ids": image_pad.to(torch.int64)}
@@ -253,7 +256,7 @@ def evaluate(encoder: TextEncoder, count: int, seed: int = 0) -> dict[str, float
     right: dict[str, list[bool]] = {"describe": [], "judge_verdict": [], "judge_answer": [], "draw": []}
     rng = np.random.default_rng(0)
     for turn in turns(count, seed, held_out=True):
-        answer = answer_text(encoder.generate(turn.prompt, [picture(s, rng, False) for s in turn.images], 64).text)
+        answer = answer_text(encoder.generate(turn.prompt, [picture(s, rng, False) for s in turn.images], 128).text)
         if turn.kind == "judge":
             right["judge_verdict"].append(parse_judgement(answer).verdict == parse_judgement(turn.answer).verdict)
             right["judge_answer"].append(answer.strip() == turn.answer)
