@@ -1,20 +1,21 @@
-"""Make the embedded default model from nothing: synthetic data, its VAE, and two transformers, by one command.
+"""Make the embedded default model from nothing: synthetic data, its VAE, its MLLM and transformer, by one command.
 
     python -m omni_core.training.shapes.make_default_model --output omni_core/default_model
 
 1. writes the seeded shapes dataset (train + held-out test) under `--work` (default runs/shapes/data);
 2. trains the small VAE on its images into <output>/vae (VAE_PHASES);
-3. copies the frozen text encoder (the tiny random-weight Qwen2.5-VL of tests/fixtures/omnigen2-tiny: mllm/,
-   processor/) and the scheduler config into <output>;
-4. trains the transformer from random weights with `python -m omni_core.training` in two phases: text-to-image
-   only (configs/training/shapes/t2i.yaml, so that it learns to read its prompt), then the official joint training
-   on the whole task mix (joint.yaml) into <output>/transformer;
+3. trains the MLLM, a small Qwen2.5-VL that describes the scenes, judges results and asks to draw (`vlm.py`), into
+   <output>/mllm and <output>/processor, and copies the scheduler config;
+4. trains the transformer from random weights on that MLLM's features (frozen, as in OmniGen2) with
+   `python -m omni_core.training` in two phases: text-to-image only (configs/training/shapes/t2i.yaml, so that it
+   learns to read its prompt), then the official joint training on the whole task mix (joint.yaml) into
+   <output>/transformer;
 5. trains the independent-condition LoRA on it (independent.yaml: OminiControl2's asymmetric mask, references
    at the clean timestep) into <output>/loras/independent_condition.safetensors;
 6. fits TeaCache's rescale polynomial to the trained transformer (`omni_core.training.calibrate_teacache`) into
    <output>/transformer/config.json, so that TeaCache's threshold means on this model what it means on the release.
-Run again, the command resumes: finished VAE phases are kept and every training run continues from its newest
-checkpoint under `--work`. Training runs `--processes` processes (default 2: DDP over gloo on a CPU) of
+Run again, the command resumes: the finished MLLM and VAE phases are kept and every training run continues from its
+newest checkpoint under `--work`. Training runs `--processes` processes (default 2: DDP over gloo on a CPU) of
 cpu_count / processes threads each.
 """
 
@@ -38,16 +39,19 @@ from ...loading.model_loader import (
     INDEPENDENT_CONDITION_LORA,
     load_model,
 )
+from ...loading.text_encoder_loader import load_text_encoder
 from ..calibrate_teacache import calibrate, prompts_and_images, write_coefficients
+from . import vlm
 from .dataset import write_dataset
 from .vae import train_vae
 
 REPO = Path(__file__).resolve().parents[3]
-TEXT_ENCODER_SOURCE = REPO / "tests" / "fixtures" / "omnigen2-tiny"
+SCHEDULER_SOURCE = REPO / "tests" / "fixtures" / "omnigen2-tiny" / "scheduler"
 CONFIGS = REPO / "configs" / "training" / "shapes"
 ACCELERATE_CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
 # The VAE's training: cosine phases (steps, learning rate), each continuing from the previous one's weights.
 VAE_PHASES = ((3000, 2e-3), (3000, 1e-3))
+MLLM_TRAINING = {"steps": 3000, "batch_size": 32, "learning_rate": 2e-3, "seed": 0}  # vlm.train
 CALIBRATION_EXAMPLES = 16  # shapes examples per task that TeaCache's polynomial is fitted on
 MODEL_INDEX = {
     "_class_name": "OmniGen2Pipeline",
@@ -61,12 +65,20 @@ MODEL_INDEX = {
 }
 
 
-def copy_frozen_parts(output: Path) -> None:
-    """The frozen text encoder, processor and scheduler config, as the release layout has them."""
-    for part in ("mllm", "processor", "scheduler"):
-        if (output / part).resolve() != (TEXT_ENCODER_SOURCE / part).resolve():
-            shutil.rmtree(output / part, ignore_errors=True)
-            shutil.copytree(TEXT_ENCODER_SOURCE / part, output / part)
+def train_mllm(output: Path, work: Path) -> None:
+    """The MLLM (`vlm.train`) into work/mllm, kept once done, then its mllm/ and processor/ and the scheduler config
+    into `output`, as the release layout has them."""
+    folder = work / "mllm"
+    if not (folder / "mllm" / "config.json").is_file():
+        torch.set_num_threads(os.cpu_count() or 1)
+        partial = work / "mllm.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        vlm.train(partial, **MLLM_TRAINING)
+        print(json.dumps({"mllm_held_out": vlm.evaluate(load_text_encoder(partial), 96)}), flush=True)
+        partial.rename(folder)
+    for part, source in (("mllm", folder / "mllm"), ("processor", folder / "processor"), ("scheduler", SCHEDULER_SOURCE)):
+        shutil.rmtree(output / part, ignore_errors=True)
+        shutil.copytree(source, output / part)
     (output / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
 
 
@@ -149,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data written ({time.perf_counter() - start:.0f} s)", flush=True)
     train_vae_phases(train_jsonl, args.output, args.work)
     print(f"vae trained ({time.perf_counter() - start:.0f} s)", flush=True)
-    copy_frozen_parts(args.output)
+    train_mllm(args.output, args.work)
+    print(f"mllm trained ({time.perf_counter() - start:.0f} s)", flush=True)
     train_transformers(args.output, args.work, args.processes, args.steps, args.lora_steps)
     calibrate_step_cache(args.output)
     print(f"default model written to {args.output} in {time.perf_counter() - start:.0f} s", flush=True)
