@@ -7,11 +7,12 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from omni_core.loading.text_encoder_loader import load_text_encoder, load_tokenizer
-from omni_core.reflection import parse_judgement
+from omni_core.reflection import fold_correction, parse_judgement, round_references
 from omni_core.text_encoder import IMAGE_REQUEST
 from omni_core.training.shapes import vlm
 from omni_core.training.shapes.vlm import optimise
 from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, position_word, turns
+from omni_core.training.shapes.corrections import with_corrections
 from omni_core.training.shapes.dataset import examples
 from omni_core.training.shapes.measure import read_scene, result_matches
 from omni_core.training.shapes.scenes import COLORS, SHAPES, Scene, Shape, render
@@ -110,3 +111,22 @@ def test_a_short_training_writes_a_qwen25_vl_the_loaders_read_with_a_vision_towe
     example = next(examples(1, 0, held_out=True))
     reply = encoder.generate(DESCRIBE_PROMPT, [render(example.output, 64)], max_new_tokens=4)
     assert 0 < len(reply.token_ids) <= 4
+
+
+def test_a_correction_example_is_the_round_the_loop_runs_after_a_judged_mistake():
+    originals = list(examples(300, 4, held_out=False))
+    redone = list(with_corrections(originals, 4))
+    corrected = [(before, after) for before, after in zip(originals, redone) if after != before]
+    assert 0.1 < len(corrected) / len(originals) < 0.2
+    assert {before.task_type for before, _ in corrected} == {"t2i", "edit", "in_context"}
+    for before, after in corrected:
+        attempt = after.inputs[-1]
+        assert after.inputs[:-1] == before.inputs and after.output == before.output and after.task_type == "edit"
+        assert not result_matches(before.task_type, read_scene(render(attempt, 64)), before.output)
+        _, slot = round_references(before.inputs, attempt)  # the loop's slot for the previous result
+        head, tail = fold_correction(before.instruction, "\0", slot).split("\0")
+        assert after.instruction.startswith(head) and after.instruction.endswith(tail)
+        fixes = after.instruction[len(head): len(after.instruction) - len(tail)].split("; ")
+        assert all(fix.split()[0] in {"change", "make", "add", "move"} for fix in fixes)
+        fixed = parse_judgement("No.\n" + "\n".join(f"- {fix}" for fix in fixes)).correction
+        assert after.instruction == fold_correction(before.instruction, fixed, slot)

@@ -42,7 +42,8 @@ from ...loading.model_loader import (
 from ...loading.text_encoder_loader import load_text_encoder
 from ..calibrate_teacache import calibrate, prompts_and_images, write_coefficients
 from . import vlm
-from .dataset import write_dataset
+from .corrections import with_corrections
+from .dataset import examples, write_split
 from .vae import train_vae
 
 REPO = Path(__file__).resolve().parents[3]
@@ -157,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    train_jsonl, _ = write_dataset(args.work / "data", args.train_examples, 48, resolution=64, seed=0)
+    data = args.work / "data"
+    train_jsonl = write_split(data, "train", with_corrections(examples(args.train_examples, 0, held_out=False), 0), 64,
+                              with_scene=False)
+    write_split(data, "test", examples(48, 0, held_out=True), 64, with_scene=True)
     print(f"data written ({time.perf_counter() - start:.0f} s)", flush=True)
     train_vae_phases(train_jsonl, args.output, args.work)
     print(f"vae trained ({time.perf_counter() - start:.0f} s)", flush=True)
