@@ -100,8 +100,9 @@ def parse_judgement(text: str) -> Judgement:
     "yes, but ..." is a no. A judge that gives its reasons first says its verdict on a line of its own after them
     ("No." or "Answer: no"); the fixes follow it. Without either, the text decides by its cues: an answer that starts
     with a fix ("Make ...", "Remove ...") or any sign of a fault ("does not", "missing", "should", ...) is a no with
-    the whole text as the correction, an approval without such signs a yes, anything else (empty, garbage) unclear. The correction of a no is its list items joined by "; ", or else the text after
-    the verdict, on one line, at most `MAX_CORRECTION_CHARS`.
+    the whole text as the correction, an approval without such signs a yes, anything else (empty, garbage) unclear.
+    The correction of a no is its list items joined by "; ", or else the text after the verdict, on one line, at most
+    `MAX_CORRECTION_CHARS`.
     """
     cleaned = _MARKUP.sub("", _SPECIAL_TOKEN.sub(" ", text or "")).strip()
     if not cleaned:
