@@ -37,6 +37,7 @@ from omni_core.config import TransformerConfig  # noqa: E402
 
 import omni_core  # noqa: E402
 from omni_core.pipeline import OmniGen2  # noqa: E402
+from omni_core.reflection import round_seed  # noqa: E402
 
 TEXT_FEAT_DIM = 32  # the bundled MLLM's hidden size
 PROMPT = "the cat of image 1 wearing the hat of image 2"
@@ -69,7 +70,8 @@ def run_separate(model: OmniGen2, args, images, side, loop) -> list:
     """Each round of `loop` again as its own `generate`: its instruction, the originals and the previous image."""
     results, previous = [], []
     for r in loop.rounds:
-        results.append(model.generate(r.instruction, images=[*images, *previous], align_res=False, **settings(args, side)))
+        same = {**settings(args, side), "seed": round_seed(settings(args, side)["seed"], r.number)}
+        results.append(model.generate(r.instruction, images=[*images, *previous], align_res=False, **same))
         previous = [r.image[0]]
     return results
 

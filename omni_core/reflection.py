@@ -100,8 +100,9 @@ def parse_judgement(text: str) -> Judgement:
     "yes, but ..." is a no. A judge that gives its reasons first says its verdict on a line of its own after them
     ("No." or "Answer: no"); the fixes follow it. Without either, the text decides by its cues: an answer that starts
     with a fix ("Make ...", "Remove ...") or any sign of a fault ("does not", "missing", "should", ...) is a no with
-    the whole text as the correction, an approval without such signs a yes, anything else (empty, garbage) unclear. The correction of a no is its list items joined by "; ", or else the text after
-    the verdict, on one line, at most `MAX_CORRECTION_CHARS`.
+    the whole text as the correction, an approval without such signs a yes, anything else (empty, garbage) unclear.
+    The correction of a no is its list items joined by "; ", or else the text after the verdict, on one line, at most
+    `MAX_CORRECTION_CHARS`.
     """
     cleaned = _MARKUP.sub("", _SPECIAL_TOKEN.sub(" ", text or "")).strip()
     if not cleaned:
@@ -164,6 +165,12 @@ def fold_correction(prompt: str, correction: str, previous_slot: int | None) -> 
     if previous_slot is None:
         return f"{prompt}\nAvoid the previous attempt's mistakes: {correction}."
     return f"{prompt}\nImage {previous_slot} is a previous attempt: keep what is right in it and fix this: {correction}."
+
+
+def round_seed(seed: int, round_number: int) -> int:
+    """The noise seed of a round: the next one each round. With the noise of the round before and a condition that
+    differs by a few words, a round would redraw much the same picture."""
+    return seed + round_number - 1
 
 
 def round_references(
@@ -236,7 +243,8 @@ def reflect(
 ) -> ReflectionResult:
     """The loop of the module docstring. `prompt` is the instruction, or a `Condition` (then `images` must be None:
     its references are the originals, its prompt text the instruction). Each round samples with `options`, except
-    that later rounds keep round 1's size when none was given (one more reference would change the automatic size).
+    that later rounds keep round 1's size when none was given (one more reference would change the automatic size)
+    and each round draws its own noise (`round_seed`).
     The previous result enters as encoded at the condition's max_pixels and `max_input_image_side_length` (not
     compacted, even when the originals are). `on_round(round, max_rounds)` runs before each round and may raise to
     cancel; `progress` is each round's sampler progress.
@@ -271,7 +279,8 @@ def reflect(
             if on_round is not None:
                 on_round(number, max_rounds)
             started = time.perf_counter()
-            result = model.sample(condition, options, progress=progress, condition_features=store)
+            round_options = dataclasses.replace(options, seed=round_seed(options.seed, number))
+            result = model.sample(condition, round_options, progress=progress, condition_features=store)
             sampled = time.perf_counter()
             image = result.images[:1]
             answer = judge(question, [*shown, to_pil(image[0], "result")])

@@ -25,7 +25,7 @@ from omni_core.judges import encoder_judge
 from omni_core.loading.judge_loader import load_judge_folder
 from omni_core.reflection import (
     STOP_MAX_ROUNDS, STOP_NO_FIX, STOP_SATISFIED, STOP_UNCLEAR, Judgement, fold_correction, judge_prompt,
-    parse_judgement, round_references, stop_reason,
+    parse_judgement, round_references, round_seed, stop_reason,
 )
 
 LIMITS = dict(max_pixels=64 * 64, max_input_image_side_length=64)
@@ -159,13 +159,13 @@ def test_an_answer_with_nothing_to_act_on_ends_the_loop(model, answer, reason):
 
 def test_the_previous_result_enters_as_the_next_reference(model):
     """Round 2 is exactly `generate` with the folded instruction and the round-1 image added as image 2, at round 1's
-    size (no size was given: the edit's automatic size is kept)."""
+    size (no size was given: the edit's automatic size is kept), from the next seed."""
     judge = ScriptedJudge("No\n- the background should be blue", "Yes")
     result = model.reflect("make it red", images=[picture(2)], max_rounds=2, judge=judge, **SETTINGS)
     first, second = result.rounds
     assert first.image.shape == second.image.shape == (1, 3, 48, 64)
     manual = model.generate(second.instruction, images=[picture(2), first.image[0]], width=64, height=48,
-                            align_res=False, **SETTINGS)
+                            align_res=False, **{**SETTINGS, "seed": round_seed(SETTINGS["seed"], 2)})
     assert torch.equal(second.image, manual.images)
     assert second.stats["reference_images"] == 2
 
@@ -245,7 +245,8 @@ def test_original_references_are_computed_once_for_the_loop(model, created_store
     assert created_stores and all(store.entries == {} for store in created_stores)  # nothing outlives the loop
     # every round alone (no store), from the same instructions and previous images
     for before, this in zip(result.rounds, result.rounds[1:]):
-        alone = model.generate(this.instruction, images=[*images, before.image[0]], align_res=False, **cached)
+        alone = model.generate(this.instruction, images=[*images, before.image[0]], align_res=False,
+                               **{**cached, "seed": round_seed(SETTINGS["seed"], this.number)})
         assert alone.stats["reference_tokens_computed"] == originals + result_tokens
         # each image's condition branch runs alone in both, so the stored features are the recomputed ones exactly
         assert torch.equal(alone.images, this.image)
