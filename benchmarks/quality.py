@@ -33,7 +33,8 @@ vision-language model folder (the Reflect node's judge_model):
 - judge_agreement: the share of round-1 verdicts that agree with the measurer (an unclear answer never does);
 - describe_accuracy: the model's chat, shown a held-out scene drawn exactly, names every object's colour and shape
   and the background colour.
-The samples grid ends with a loop's inputs and rounds: the first that turned a wrong image right, else the longest.
+The samples grid ends with a chat row (a held-out picture and the model's description of it) and a loop's inputs
+and rounds: the first that turned a wrong image right, else the longest.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -81,6 +82,24 @@ def grid(rows: list[list[Image.Image]], scale: int = 2) -> Image.Image:
         for c, tile in enumerate(row):
             canvas.paste(tile, (c * (side + TILE_GAP), r * (side + TILE_GAP)))
     return canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
+
+
+def text_tile(text: str, width: int, height: int) -> Image.Image:
+    """`text` in black on white, wrapped to `width` pixels (PIL's built-in font), as a grid tile."""
+    tile = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(tile)
+    lines: list[str] = []
+    for paragraph in text.splitlines():
+        line = ""
+        for word in paragraph.split():
+            wider = f"{line} {word}".strip()
+            if line and draw.textlength(wider) > width - 4:
+                lines.append(line)
+                wider = word
+            line = wider
+        lines.append(line)
+    draw.multiline_text((2, 1), "\n".join(lines), fill=(0, 0, 0), spacing=1)
+    return tile
 
 
 def is_right(task: str, image, example) -> bool:
@@ -128,16 +147,20 @@ def reflection_figures(model, by_task: dict, args: argparse.Namespace, settings:
     figures["judge_caught_wrong"] = share([verdict == "no" for right, verdict in verdicts if not right])
     figures["judge_rejected_right"] = share([verdict == "no" for right, verdict in verdicts if right])
     figures["judge_agreement"] = share([verdict == ("yes" if right else "no") for right, verdict in verdicts])
-    described = [
-        model.chat(DESCRIBE_PROMPT, [render(example.output, args.size)], respond="text").text.lower()
-        for example in by_task["t2i"]
-    ]
-    figures["describe_accuracy"] = share([
-        all(word in answer for item in example.output.shapes for word in (item.color, item.shape))
-        and example.output.background in answer
-        for answer, example in zip(described, by_task["t2i"])
-    ])
     return figures, fixing_loop or longest_loop
+
+
+def describe_figures(model, examples_shown: list, size: int, width: int) -> tuple[float | None, list[Image.Image]]:
+    """describe_accuracy on `examples_shown` (each drawn exactly), and the grid's chat row: the first picture and
+    the model's answer beside it, in a panel `width` pixels wide."""
+    pictures = [render(example.output, size) for example in examples_shown]
+    answers = [model.chat(DESCRIBE_PROMPT, [picture], respond="text").text.strip() for picture in pictures]
+    accuracy = share([
+        all(word in answer.lower() for item in example.output.shapes for word in (item.color, item.shape))
+        and example.output.background in answer.lower()
+        for answer, example in zip(answers, examples_shown)
+    ])
+    return accuracy, [pictures[0], text_tile(f"Q: {DESCRIBE_PROMPT}\nA: {answers[0]}", width, size)]
 
 
 def run_shape(
@@ -220,7 +243,10 @@ def run(args: argparse.Namespace) -> dict:
     rows = [sum((r for r in samples["t2i"][:shown]), [])]
     rows += [sum((r for r in samples["edit"][k:k + 3]), []) for k in range(0, min(shown, len(samples["edit"])), 3)]
     rows += samples["in_context"][: max(1, shown // 3)]
-    rows.append(loop)
+    columns = max(len(row) for row in rows)
+    figures["describe_accuracy"], chat = describe_figures(
+        model, by_task["t2i"], args.size, (columns - 1) * (args.size + TILE_GAP) - TILE_GAP)
+    rows += [chat, loop]
     args.samples_png.parent.mkdir(parents=True, exist_ok=True)
     grid(rows).save(args.samples_png)
     figures["samples_png"] = str(args.samples_png)
