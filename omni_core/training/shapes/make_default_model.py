@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="the model folder to write (release layout)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "shapes", help="data, logs and checkpoints")
-    parser.add_argument("--train-examples", type=int, default=12000)
+    parser.add_argument("--train-examples", type=int, default=24000)
     parser.add_argument("--processes", type=int, default=2,
                         help="training processes (global batch = processes x the configs' batch_size; the shipped "
                              "model used 2)")
