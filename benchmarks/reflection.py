@@ -1,7 +1,7 @@
 """The reflection loop's cost: what computing the original references' features once for the whole loop saves over
 running every round as a separate generation (rounds x full cost).
 
-The benchmark transformer (`_common.bench_config`, random weights; text width 32 to take the bundled model's MLLM)
+The benchmark transformer (`_common.bench_config`, random weights, as wide in its text input as the bundled MLLM)
 runs with the bundled model's VAE and MLLM. A scripted judge answers "no, fix this" every round (the judge's own
 cost depends on the judge model and is not part of this figure), so `--rounds` rounds run. Two ways, interleaved
 in one process over `--repeats` rounds, with caching on and the independent condition (the setting in which
@@ -39,7 +39,6 @@ import omni_core  # noqa: E402
 from omni_core.pipeline import OmniGen2  # noqa: E402
 from omni_core.reflection import round_seed  # noqa: E402
 
-TEXT_FEAT_DIM = 32  # the bundled MLLM's hidden size
 PROMPT = "the cat of image 1 wearing the hat of image 2"
 ANSWER = "No.\n- make the hat red\n- the cat should look at the viewer"
 RELEASED_SIDE, RELEASED_STEPS = 1024, 50  # the arithmetic table: OmniGen2's default size and steps
@@ -47,7 +46,8 @@ RELEASED_SIDE, RELEASED_STEPS = 1024, 50  # the arithmetic table: OmniGen2's def
 
 def build_model(args: argparse.Namespace) -> OmniGen2:
     bundled = omni_core.load_model()
-    transformer = build_ours(bench_config(args.layers, args.refiner_layers, TEXT_FEAT_DIM))
+    text_width = bundled.transformer.config.text_feat_dim  # what the bundled MLLM gives
+    transformer = build_ours(bench_config(args.layers, args.refiner_layers, text_width))
     return OmniGen2(transformer, bundled.vae, bundled.text_encoder, bundled.scheduler_config)
 
 

@@ -56,7 +56,8 @@ def direct(comfyui, classes, monkeypatch):
 
 def shrink(prompt: dict) -> dict:
     for node in prompt.values():
-        # the bundled MLLM (small, frozen, untrained for chat) never answers <|img|>: a turn that may draw is made to
+        # the bundled MLLM, taught only the shapes' questions, does not answer <|img|> to the release's prompts: a
+        # turn that may draw is made to draw
         if node["class_type"] == "OmniGen2Chat" and node["inputs"].get("respond") == "auto":
             node["inputs"]["respond"] = "image"
         for name, small in SMALL.items():
@@ -239,8 +240,9 @@ def test_interrupt_stops_within_a_step_and_leaves_no_stale_state(comfyui, object
 
 
 def test_interrupt_stops_a_chat_answer_between_tokens(comfyui, object_info):
-    """The Chat node's answer reports its tokens as progress, and /interrupt ends it there (the bundled MLLM never
-    writes an end of turn, so an answer of 4096 tokens would run to the end if nothing stopped it)."""
+    """The Chat node's answer reports its tokens as progress, and /interrupt ends it there (the bundled MLLM, taught
+    only the shapes' questions, writes no end of turn to this one, so an answer of 4096 tokens would run to the end
+    if nothing stopped it)."""
     prompt = example("omnigen2_chat.json", object_info)
     for node_id in [k for k, n in prompt.items() if n["class_type"] == "OmniGen2Chat"]:
         prompt[node_id]["inputs"].update(respond="text", max_new_tokens=4096)

@@ -192,16 +192,17 @@ def test_a_transformer_config_missing_sizes_is_an_error_naming_them(comfyui, obj
 
 
 def test_a_transformer_for_another_text_encoder_is_an_error_naming_both(comfyui, object_info):
-    """A transformer reading 48-wide text features beside the bundled MLLM (32 wide) fails at load."""
+    """A transformer reading 48-wide text features beside the bundled MLLM (of another width) fails at load."""
     folder = model_copy(comfyui, "text-width-mismatch")
     (folder / "transformer" / WEIGHTS).unlink()
-    values = {**json.loads((BUNDLED / "transformer" / "config.json").read_text()), "text_feat_dim": 48}
+    bundled = json.loads((BUNDLED / "transformer" / "config.json").read_text())
+    values = {**bundled, "text_feat_dim": 48}
     (folder / "transformer" / "config.json").write_text(json.dumps(values))
     torch.manual_seed(0)
     transformer = OmniGen2Transformer(TransformerConfig.from_dict(values))
     save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, folder / "transformer" / WEIGHTS)
     message = load_failure(comfyui, object_info, folder.name)["exception_message"]
-    assert "text_feat_dim" in message and "48" in message and "32" in message, message
+    assert "text_feat_dim" in message and "48" in message and str(bundled["text_feat_dim"]) in message, message
     for part in ("transformer", "mllm"):
         assert f"text-width-mismatch/{part}" in message, message
 
