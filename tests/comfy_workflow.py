@@ -147,6 +147,13 @@ def saved_pixels(images: torch.Tensor) -> list[np.ndarray]:
     return [np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8) for image in images]
 
 
+def saved_by_save_image(prompt: dict, saved: dict[str, list[np.ndarray]]) -> list[np.ndarray]:
+    """Of the pictures each image node showed (node id -> pictures), those of the prompt's one Save Image node: the
+    workflow's result, where a Preview Image beside it may show more (a reflection's every round)."""
+    (node_id,) = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
+    return saved[node_id]
+
+
 def run_directly(prompt: dict, classes: dict[str, type], input_dir: Path) -> dict[str, list[np.ndarray]]:
     """Execute an API prompt in this process; node id -> the pictures each Save/Preview Image node would write."""
     outputs: dict[str, tuple] = {}

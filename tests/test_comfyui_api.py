@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_workflow import CORE_OBJECT_INFO, node_info, run_directly, to_api_prompt
+from comfy_workflow import CORE_OBJECT_INFO, node_info, run_directly, saved_by_save_image, to_api_prompt
 from comfyui_server import BROKEN_MODEL_NAME, FIXTURE_MODEL, MODEL_NAME, PACK_FOLDER, SINGLE_FILES
 from loopback import HTTPError
+from omni_core.training.shapes.conversations import scene_words
 from omni_core.training.shapes.measure import main_object, read_scene, scene_matches
 from omni_core.training.shapes.scenes import PAIR_SIZE, POSITIONS, SIZES, Scene, Shape
 from conftest import ROOT, load_pack
@@ -318,6 +319,10 @@ def test_models_unload_and_reload_through_model_management(comfyui, object_info)
 BUNDLED_EXPECTED = {  # what each bundled-model example's prompt asks for, as a scene the measurer checks
     "omnigen2_bundled_text_to_image.json": Scene("blue", (Shape("red", "circle", SIZES["large"], POSITIONS["center"]),)),
     "omnigen2_bundled_edit.json": Scene("purple", (Shape("orange", "triangle", SIZES["large"], POSITIONS["center"]),)),
+    # the chat's turn that draws: it answers <|img|> to the edit and draws it
+    "omnigen2_bundled_chat.json": Scene("orange", (Shape("green", "square", SIZES["large"], POSITIONS["center"]),)),
+    # the loop's last round: round 1 draws the square purple, the judge says so, round 2 draws it white
+    "omnigen2_bundled_reflect.json": Scene("red", (Shape("white", "square", SIZES["small"], POSITIONS["right"]),)),
     "omnigen2_bundled_in_context.json": Scene("black", (Shape("white", "square", PAIR_SIZE, POSITIONS["left"]),
                                                        Shape("green", "circle", PAIR_SIZE, POSITIONS["right"]))),
 }
@@ -326,9 +331,16 @@ BUNDLED_EXPECTED = {  # what each bundled-model example's prompt asks for, as a 
 @pytest.mark.parametrize("name", sorted(BUNDLED_EXPECTED))
 def test_a_fresh_comfyui_draws_the_bundled_model_examples_as_asked(name, comfyui, object_info):
     """The bundled-model examples at their own settings (20 steps, 64 x 64; Load OmniGen2's bundled choice, Shapes
-    Scene references, the bundled LoRA for in-context): each saved picture reads back, from its pixels, as asked."""
+    Scene references, the bundled LoRA for in-context): each saved picture reads back, from its pixels, as asked,
+    and the chat's describe turn names what its picture shows."""
     prompt = to_api_prompt(json.loads((ROOT / "example_workflows" / name).read_text()), object_info)
-    (pictures,) = comfyui.saved_images(comfyui.run(prompt)).values()
+    entry = comfyui.run(prompt)
+    pictures = saved_by_save_image(prompt, comfyui.saved_images(entry))
+    if any(node["class_type"] == "OmniGen2Chat" for node in prompt.values()):  # the describe turn's answer, shown
+        (shown,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "OmniGen2ShapesScene"]
+        item = Shape(shown["color"], shown["shape"], SIZES[shown["size"]], POSITIONS[shown["position"]])
+        (answer_node,) = [k for k, n in prompt.items() if n["class_type"] == "PreviewAny"]
+        assert entry["outputs"][answer_node]["text"] == [scene_words(Scene(shown["background"], (item,)))]
     # Its thumbnail (tests/workflow_thumbnails.py) is this picture, as the template browser shows it.
     served = Image.open(io.BytesIO(comfyui.get_bytes(f"/api/workflow_templates/{PACK_FOLDER}/{Path(name).stem}.jpg")))
     difference = np.abs(np.asarray(served.convert("RGB"), np.int16) - np.asarray(enlarge(pictures[0]), np.int16))

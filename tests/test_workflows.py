@@ -29,9 +29,12 @@ EXPECTED = {
     "omnigen2_bundled_text_to_image.json": 0,
     "omnigen2_bundled_edit.json": 0,
     "omnigen2_bundled_in_context.json": 0,
+    "omnigen2_bundled_chat.json": 0,
+    "omnigen2_bundled_reflect.json": 0,
 }
 BUNDLED_REFERENCES = {"omnigen2_bundled_text_to_image.json": 0, "omnigen2_bundled_edit.json": 1,
-                      "omnigen2_bundled_in_context.json": 2}
+                      "omnigen2_bundled_in_context.json": 2, "omnigen2_bundled_chat.json": 1,
+                      "omnigen2_bundled_reflect.json": 1}
 SAMPLERS = ("OmniGen2CachedSampler", "OmniGen2Repaint", "OmniGen2Reflect")
 CHAT = "OmniGen2Chat"  # samples itself when it draws; the chat example has two and no sampler
 ANY = "*"  # an input that takes every type (PreviewAny's source)

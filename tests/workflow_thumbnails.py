@@ -44,12 +44,12 @@ def enlarge(picture: np.ndarray) -> Image.Image:
 
 def bundled_thumbnail(workflow: Path) -> Image.Image:
     """The picture the workflow saves, drawn now by the bundled model at the workflow's settings."""
-    from comfy_workflow import offline_object_info, run_directly, to_api_prompt
+    from comfy_workflow import offline_object_info, run_directly, saved_by_save_image, to_api_prompt
     from conftest import load_pack
 
     classes = load_pack().NODE_CLASS_MAPPINGS
     prompt = to_api_prompt(json.loads(workflow.read_text()), offline_object_info(classes))
-    (pictures,) = run_directly(prompt, classes, WORKFLOWS).values()
+    pictures = saved_by_save_image(prompt, run_directly(prompt, classes, WORKFLOWS))
     return enlarge(pictures[0])
 
 
