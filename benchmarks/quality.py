@@ -33,8 +33,9 @@ vision-language model folder (the Reflect node's judge_model):
 - judge_agreement: the share of round-1 verdicts that agree with the measurer (an unclear answer never does);
 - describe_accuracy: the model's chat, shown a held-out scene drawn exactly, names every object's colour and shape
   and the background colour.
-The samples grid ends with a chat row (a held-out picture and the model's description of it) and a loop's inputs
-and rounds: the first that turned a wrong image right, else the longest.
+The samples grid ends with a chat row (a held-out picture and the model's description of it), a loop's inputs and
+rounds (the first edit that the loop turned right, else the first text-to-image one, else the longest loop) and what
+its judge said each round.
 """
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ def share(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def reflection_figures(model, by_task: dict, args: argparse.Namespace, settings: dict) -> tuple[dict, list]:
-    """The reflection and judge figures of the module docstring, and the rounds of the loop to show."""
-    figures, verdicts, rounds_run, longest_loop, fixing_loop = {}, [], [], [], None
+def reflection_figures(model, by_task: dict, args: argparse.Namespace, settings: dict) -> tuple[dict, list, str]:
+    """The reflection and judge figures of the module docstring, and the loop to show: its inputs and rounds, and
+    what the judge said each round (an edit's loop that fixed a mistake, else a text-to-image one, else the
+    longest)."""
+    figures, verdicts, rounds_run, longest_loop, fixing_loops = {}, [], [], ([], ""), {}
     other_judge = None if args.judge in ("own", "measurer") else resolve_judge(model.text_encoder, args.judge)
     for task in ("t2i", "edit"):
         first = final = 0
@@ -137,17 +140,24 @@ def reflection_figures(model, by_task: dict, args: argparse.Namespace, settings:
             first, final = first + right_first, final + right_final
             verdicts.append((right_first, result.rounds[0].verdict))
             rounds_run.append(len(result.rounds))
-            tiles = [*sources, *(to_pil(r.image[0]) for r in result.rounds)]
-            longest_loop = max(longest_loop, tiles, key=len)
-            if fixing_loop is None and right_final and not right_first:
-                fixing_loop = tiles
+            loop = ([*sources, *(to_pil(r.image[0]) for r in result.rounds)], said_each_round(example, result))
+            longest_loop = max(longest_loop, loop, key=lambda shown: len(shown[0]))
+            if right_final and not right_first:
+                fixing_loops.setdefault(task, loop)
         figures[f"reflect_{task}_round1"] = first / len(by_task[task])
         figures[f"reflect_{task}_final"] = final / len(by_task[task])
     figures["reflect_mean_rounds"] = sum(rounds_run) / len(rounds_run)
     figures["judge_caught_wrong"] = share([verdict == "no" for right, verdict in verdicts if not right])
     figures["judge_rejected_right"] = share([verdict == "no" for right, verdict in verdicts if right])
     figures["judge_agreement"] = share([verdict == ("yes" if right else "no") for right, verdict in verdicts])
-    return figures, fixing_loop or longest_loop
+    return figures, *fixing_loops.get("edit", fixing_loops.get("t2i", longest_loop))
+
+
+def said_each_round(example, result) -> str:
+    """The loop in a few lines: the instruction, then per round the judge's verdict and fix."""
+    lines = [f"Reflect: {example.instruction}"]
+    lines += [f"round {r.number}: {r.verdict}" + (f" - {r.correction}" if r.correction else "") for r in result.rounds]
+    return "\n".join(lines)
 
 
 def describe_figures(model, examples_shown: list, size: int, width: int) -> tuple[float | None, list[Image.Image]]:
@@ -235,7 +245,7 @@ def run(args: argparse.Namespace) -> dict:
         figures["speedup_independent_once"] = seconds["full"][1] / seconds["independent_once"][1]
         figures["speedup_independent_once_wall"] = seconds["full"][0] / seconds["independent_once"][0]
 
-    reflection, loop = reflection_figures(model, by_task, args, settings)
+    reflection, loop, said = reflection_figures(model, by_task, args, settings)
     figures.update(reflection)
     figures["judge"] = args.judge
 
@@ -246,7 +256,7 @@ def run(args: argparse.Namespace) -> dict:
     columns = max(len(row) for row in rows)
     figures["describe_accuracy"], chat = describe_figures(
         model, by_task["t2i"], args.size, (columns - 1) * (args.size + TILE_GAP) - TILE_GAP)
-    rows += [chat, loop]
+    rows += [chat, loop, [text_tile(said, columns * (args.size + TILE_GAP) - TILE_GAP, args.size)]]
     args.samples_png.parent.mkdir(parents=True, exist_ok=True)
     grid(rows).save(args.samples_png)
     figures["samples_png"] = str(args.samples_png)
