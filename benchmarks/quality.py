@@ -55,7 +55,7 @@ import omni_core  # noqa: E402
 from _work import RunShape, run_macs  # noqa: E402
 from omni_core.judges import resolve_judge  # noqa: E402
 from omni_core.step_cache import STEP_CACHE_CHOICES, step_cache_by_name  # noqa: E402
-from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, scene_words  # noqa: E402
+from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, names_scene, scene_words  # noqa: E402
 from omni_core.training.shapes.dataset import examples  # noqa: E402
 from omni_core.training.shapes.measure import main_object, read_scene, result_matches, scene_matches  # noqa: E402
 from omni_core.training.shapes.scenes import render  # noqa: E402
@@ -74,10 +74,16 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray((image.clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy())
 
 
+def row_width(tiles: int, side: int) -> int:
+    """Pixels across `tiles` square tiles of `side` and the gaps between them."""
+    return tiles * (side + TILE_GAP) - TILE_GAP
+
+
 def grid(rows: list[list[Image.Image]], scale: int = 2) -> Image.Image:
-    """Rows of equal-size tiles, left-aligned, with gaps, scaled up by `scale` (nearest) for display."""
+    """Rows of equal-size tiles, left-aligned, with gaps, scaled up by `scale` (nearest) for display; a wider tile
+    (a text panel) spans the columns after it."""
     side = rows[0][0].width
-    width = max(len(row) for row in rows) * (side + TILE_GAP) - TILE_GAP
+    width = row_width(max(len(row) for row in rows), side)
     canvas = Image.new("RGB", (width, len(rows) * (side + TILE_GAP) - TILE_GAP), (128, 128, 128))
     for r, row in enumerate(rows):
         for c, tile in enumerate(row):
@@ -165,11 +171,7 @@ def describe_figures(model, examples_shown: list, size: int, width: int) -> tupl
     the model's answer beside it, in a panel `width` pixels wide."""
     pictures = [render(example.output, size) for example in examples_shown]
     answers = [model.chat(DESCRIBE_PROMPT, [picture], respond="text").text.strip() for picture in pictures]
-    accuracy = share([
-        all(word in answer.lower() for item in example.output.shapes for word in (item.color, item.shape))
-        and example.output.background in answer.lower()
-        for answer, example in zip(answers, examples_shown)
-    ])
+    accuracy = share([names_scene(answer, example.output) for answer, example in zip(answers, examples_shown)])
     return accuracy, [pictures[0], text_tile(f"Q: {DESCRIBE_PROMPT}\nA: {answers[0]}", width, size)]
 
 
@@ -254,9 +256,9 @@ def run(args: argparse.Namespace) -> dict:
     rows += [sum((r for r in samples["edit"][k:k + 3]), []) for k in range(0, min(shown, len(samples["edit"])), 3)]
     rows += samples["in_context"][: max(1, shown // 3)]
     columns = max(len(row) for row in rows)
-    figures["describe_accuracy"], chat = describe_figures(
-        model, by_task["t2i"], args.size, (columns - 1) * (args.size + TILE_GAP) - TILE_GAP)
-    rows += [chat, loop, [text_tile(said, columns * (args.size + TILE_GAP) - TILE_GAP, args.size)]]
+    figures["describe_accuracy"], chat = describe_figures(model, by_task["t2i"], args.size,
+                                                          row_width(columns - 1, args.size))
+    rows += [chat, loop, [text_tile(said, row_width(columns, args.size), args.size)]]
     args.samples_png.parent.mkdir(parents=True, exist_ok=True)
     grid(rows).save(args.samples_png)
     figures["samples_png"] = str(args.samples_png)

@@ -68,9 +68,9 @@ def run_loop(model: OmniGen2, args, images, side):
 
 def run_separate(model: OmniGen2, args, images, side, loop) -> list:
     """Each round of `loop` again as its own `generate`: its instruction, the originals and the previous image."""
-    results, previous = [], []
+    results, previous, common = [], [], settings(args, side)
     for r in loop.rounds:
-        same = {**settings(args, side), "seed": round_seed(settings(args, side)["seed"], r.number)}
+        same = {**common, "seed": round_seed(common["seed"], r.number)}
         results.append(model.generate(r.instruction, images=[*images, *previous], align_res=False, **same))
         previous = [r.image[0]]
     return results

@@ -16,7 +16,7 @@ import torch
 import omni_core
 from omni_core.judges import encoder_judge
 from omni_core.reflection import judge_prompt, parse_judgement
-from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, wrong_candidate
+from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, names_scene, wrong_candidate
 from omni_core.training.shapes.dataset import examples
 from omni_core.training.shapes.measure import main_object, read_scene, scene_matches
 from omni_core.training.shapes.scenes import render
@@ -101,9 +101,7 @@ def test_its_own_mllm_describes_and_judges_held_out_pictures(default_model):
     chosen = held_out("t2i", JUDGED // 2) + held_out("edit", JUDGED // 2)
     for example in chosen:
         picture = render(example.output, 64)
-        answer = default_model.chat(DESCRIBE_PROMPT, [picture], respond="text").text.lower()
-        described += example.output.background in answer and all(
-            word in answer for item in example.output.shapes for word in (item.color, item.shape))
+        described += names_scene(default_model.chat(DESCRIBE_PROMPT, [picture], respond="text").text, example.output)
         wrong, _ = wrong_candidate(rng, example)
         question = judge_prompt(example.instruction, len(example.inputs))
         inputs = [render(scene, 64) for scene in example.inputs]

@@ -55,6 +55,14 @@ def scene_words(scene: Scene) -> str:
     return " and ".join(f"a {item.words()}" for item in objects) + f" on a {scene.background} background"
 
 
+def names_scene(answer: str, scene: Scene) -> bool:
+    """Whether a description names every object's colour and shape and the background colour (what the describe
+    turns teach, scored without regard to order or wording)."""
+    answer = answer.lower()
+    words = [scene.background, *(word for item in scene.shapes for word in (item.color, item.shape))]
+    return all(word in answer for word in words)
+
+
 def comparison(wanted: Scene, shown: Scene, placed: bool) -> list[str]:
     """A judge's looking, one line per word asked or shown, each said twice and compared on the spot: 'Background:
     asked blue, shown green - different.', then per place (left to right; 'Object' where the instruction sets no

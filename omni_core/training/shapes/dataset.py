@@ -15,7 +15,7 @@ import dataclasses
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -196,11 +196,16 @@ def write_split(folder: Path, name: str, items: Iterator[Example], resolution: i
     return path
 
 
-def write_dataset(folder: Path, train: int, test: int, resolution: int, seed: int) -> tuple[Path, Path]:
-    """Write the training and held-out test splits into `folder`; returns (train.jsonl, test.jsonl)."""
+def write_dataset(
+    folder: Path, train: int, test: int, resolution: int, seed: int,
+    rework_train: Callable[[Iterator[Example]], Iterator[Example]] | None = None,
+) -> tuple[Path, Path]:
+    """Write the training and held-out test splits into `folder`; returns (train.jsonl, test.jsonl). `rework_train`
+    maps the training examples before they are written (the recipe redoes some as reflection corrections)."""
     folder = Path(folder)
+    training = examples(train, seed, held_out=False)
     return (
-        write_split(folder, "train", examples(train, seed, held_out=False), resolution, with_scene=False),
+        write_split(folder, "train", rework_train(training) if rework_train else training, resolution, with_scene=False),
         write_split(folder, "test", examples(test, seed, held_out=True), resolution, with_scene=True),
     )
 

@@ -43,7 +43,7 @@ from ...loading.text_encoder_loader import load_text_encoder
 from ..calibrate_teacache import calibrate, prompts_and_images, write_coefficients
 from . import vlm
 from .corrections import with_corrections
-from .dataset import examples, write_split
+from .dataset import write_dataset
 from .vae import train_vae
 
 REPO = Path(__file__).resolve().parents[3]
@@ -158,10 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    data = args.work / "data"
-    train_jsonl = write_split(data, "train", with_corrections(examples(args.train_examples, 0, held_out=False), 0), 64,
-                              with_scene=False)
-    write_split(data, "test", examples(48, 0, held_out=True), 64, with_scene=True)
+    train_jsonl, _ = write_dataset(args.work / "data", args.train_examples, 48, resolution=64, seed=0,
+                                   rework_train=lambda items: with_corrections(items, 0))
     print(f"data written ({time.perf_counter() - start:.0f} s)", flush=True)
     train_vae_phases(train_jsonl, args.output, args.work)
     print(f"vae trained ({time.perf_counter() - start:.0f} s)", flush=True)
