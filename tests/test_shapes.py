@@ -1,14 +1,15 @@
 """The synthetic shapes data and the pixel measurer the quality benchmark scores samples with."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from omni_core.training.shapes.dataset import examples, held_out_split, scene_from_json, scene_triples, write_dataset
-from omni_core.training.shapes.measure import main_object, read_scene, scene_matches
-from omni_core.training.shapes.scenes import COLORS, SHAPES, Scene, Shape, render
+from omni_core.training.shapes.measure import main_object, read_scene, result_matches, scene_matches
+from omni_core.training.shapes.scenes import COLORS, PALETTE, SHAPES, Scene, Shape, draw_shape, render, shape_box
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,37 @@ def test_every_colour_and_shape_reads_back_at_256_pixels(color, shape):
     found = main_object(read_scene(render(Scene(background, (Shape(color, shape, 0.4, (0.4, 0.6)),)), 256)))
     assert (found.color, found.shape) == (color, shape)
     assert np.allclose(found.center, (0.4, 0.6), atol=0.02)
+
+
+SAMPLES = Path(__file__).parent / "fixtures" / "shapes_samples"
+
+
+@pytest.mark.parametrize("sample", json.loads((SAMPLES / "samples.json").read_text()), ids=lambda s: s["file"])
+def test_the_measurer_reads_the_bundled_models_own_samples(sample):
+    """Samples checked by eye (fixtures/shapes_samples/README.md): rounded triangles, rims, blur."""
+    image = Image.open(SAMPLES / sample["file"])
+    assert result_matches(sample["task_type"], read_scene(image), scene_from_json(sample["scene"])), sample["instruction"]
+
+
+def rimmed(color: str, rim: str, background: str, shape: str, size: float) -> Image.Image:
+    """A centred object drawn in `rim`, then a little inside in `color`, blurred: the edge a decoded sample has."""
+    image = render(Scene(background, (Shape(rim, shape, size, (0.5, 0.5)),)), 64)
+    inner = Image.new("RGB", (64, 64))
+    x0, y0, x1, y1 = shape_box(Shape(color, shape, size, (0.5, 0.5)), 64)
+    draw_shape(ImageDraw.Draw(inner), shape, (x0 + 2.5, y0 + 4, x1 - 2.5, y1 - 2), PALETTE[color])
+    mask = Image.new("L", (64, 64))
+    draw_shape(ImageDraw.Draw(mask), shape, (x0 + 2.5, y0 + 4, x1 - 2.5, y1 - 2), 255)
+    image.paste(inner, mask=mask)
+    return image.filter(ImageFilter.GaussianBlur(1.0))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("size", [0.34, 0.56])
+@pytest.mark.parametrize("color, rim, background", [("orange", "red", "green"), ("yellow", "orange", "red"),
+                                                    ("white", "yellow", "blue")])
+def test_a_rim_of_another_colour_belongs_to_its_object(color, rim, background, shape, size):
+    image = rimmed(color, rim, background, shape, size)
+    assert scene_matches(read_scene(image), Scene(background, (Shape(color, shape, size, (0.5, 0.5)),)))
 
 
 def test_the_measurer_fails_wrong_images():

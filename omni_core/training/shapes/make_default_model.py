@@ -8,8 +8,8 @@
    <output>/mllm and <output>/processor, and copies the scheduler config;
 4. trains the transformer from random weights on that MLLM's features (frozen, as in OmniGen2) with
    `python -m omni_core.training` in two phases: text-to-image only (configs/training/shapes/t2i.yaml, so that it
-   learns to read its prompt), then the official joint training on the whole task mix (joint.yaml) into
-   <output>/transformer;
+   learns to read its prompt), then the official joint training on the whole task mix (joint.yaml), then the same
+   mix again under a shorter, gentler cosine (refine.yaml) into <output>/transformer;
 5. trains the independent-condition LoRA on it (independent.yaml: OminiControl2's asymmetric mask, references
    at the clean timestep) into <output>/loras/independent_condition.safetensors;
 6. fits TeaCache's rescale polynomial to the trained transformer (`omni_core.training.calibrate_teacache`) into
@@ -122,14 +122,15 @@ def train_vae_phases(train_jsonl: Path, output: Path, work: Path) -> None:
 
 
 def train_transformers(output: Path, work: Path, processes: int, steps: int | None, lora_steps: int | None) -> None:
-    """The transformer (text-to-image phase, then the mix) into output/transformer, then the independent-condition
-    LoRA on it. `steps`: each transformer phase's."""
+    """The transformer (text-to-image phase, then the mix, then the mix refined) into output/transformer, then the
+    independent-condition LoRA on it. `steps`: each transformer phase's."""
     phase_steps = [f"train.steps={steps}"] if steps else []
-    prompt_reader = run_training("t2i", output, work, processes, phase_steps)
-    joint = run_training("joint", output, work, processes,
-                         [f"model.transformer={prompt_reader / 'transformer'}", *phase_steps])
+    transformer = None
+    for phase in ("t2i", "joint", "refine"):
+        start = [f"model.transformer={transformer}"] if transformer else []
+        transformer = run_training(phase, output, work, processes, [*start, *phase_steps]) / "transformer"
     shutil.rmtree(output / "transformer", ignore_errors=True)
-    shutil.copytree(joint / "transformer", output / "transformer")
+    shutil.copytree(transformer, output / "transformer")
     independent = run_training("independent", output, work, processes,
                                [f"train.steps={lora_steps}"] if lora_steps else [])
     (output / INDEPENDENT_CONDITION_LORA).parent.mkdir(exist_ok=True)

@@ -1,10 +1,16 @@
 """Reads flat-shape scenes back from pixels, with no model: the quality measurer of `benchmarks/quality.py`.
 
-Every pixel is classified to its nearest palette colour; the background is the commonest colour on the border; each
-other colour is opened (thin bits removed) and its largest connected part covering enough pixels is an object, whose
-shape is the template (circle, square, apex-up triangle) drawn in its bounding box that overlaps it best (intersection
-over union). Colour rings that blurry edges leave between two colours (red next to yellow reads as orange) are thin,
-or overlap no template well, and are dropped.
+Every pixel is classified to its nearest palette colour; the background is the commonest colour on the border. The
+rest, opened (thin bits removed), falls into connected parts, and each part covering enough pixels is an object:
+- its colour is the commonest inside it;
+- its shape is a triangle where its mass sits low in its box (an apex-up triangle's centroid is two thirds of the
+  way down, a circle's or a square's halfway), else the circle or the square, whichever template drawn in its
+  bounding box overlaps it better (intersection over union); read from the whole part or from its colour's pixels
+  alone, whichever fits better.
+A part is read whole so that the rims blurry edges leave (an orange triangle drawn with a reddish edge, red next to
+yellow reading as orange) belong to their object: read colour by colour, a rim took the tip off a triangle, which
+then fitted the circle better, or itself read as a second object. Where a part is no one shape (no template fits,
+or its box is far from square, as every object's box is), it is two objects that blur joined, read colour by colour.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ from .scenes import COLORS, SHAPES, Scene, draw_shape, palette_array
 
 MIN_AREA = 0.03  # an object covers at least this fraction of the image
 MIN_IOU = 0.55  # and overlaps its best template at least this well
+# An apex-up triangle's centroid is 2/3 of the way down its box, a circle's or a square's halfway: blurred and rounded
+# as samples draw them, triangles measured 0.56-0.61, where their outline fitted the circle or the square as well.
+TRIANGLE_CENTROID = 0.55
+MAX_ASPECT = 1.4  # an object's box is square; a part wider or taller than this is objects joined
 POSITION_TOLERANCE = 0.12  # largest distance of a found centre from the expected one, fraction of the image side
 
 
@@ -74,8 +84,9 @@ def opened(mask: np.ndarray, radius: int) -> np.ndarray:
     return mask
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected part of a boolean mask (label propagation: each pixel takes its neighbours' max id)."""
+def components(mask: np.ndarray) -> list[np.ndarray]:
+    """The 4-connected parts of a boolean mask, largest first (label propagation: each pixel takes its neighbours'
+    max id)."""
     labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
     while True:
         padded = np.pad(labels, 1)
@@ -85,10 +96,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         if np.array_equal(spread, labels):
             break
         labels = spread
-    if not mask.any():
-        return mask
     ids, counts = np.unique(labels[mask], return_counts=True)
-    return labels == ids[counts.argmax()]
+    return [labels == ids[k] for k in np.argsort(-counts, kind="stable")]
 
 
 def _templates(box: tuple[float, float, float, float], size: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -101,17 +110,17 @@ def _templates(box: tuple[float, float, float, float], size: tuple[int, int]) ->
 
 
 def classify_shape(mask: np.ndarray) -> tuple[str, float, tuple[float, float, float, float]]:
-    """(shape, IoU with its template, pixel box) for a boolean object mask [H, W]."""
+    """(shape, IoU with its template, pixel box) for a boolean object mask [H, W]: a triangle where the mask's mass
+    sits low in its box (TRIANGLE_CENTROID), else the better fitting of circle and square."""
     ys, xs = np.nonzero(mask)
     x0, x1 = np.percentile(xs, [1, 99])
     y0, y1 = np.percentile(ys, [1, 99])
     box = (float(x0), float(y0), float(x1), float(y1))
-    best, best_iou = SHAPES[0], -1.0
-    for shape, template in _templates(box, (mask.shape[1], mask.shape[0])).items():
-        iou = (template & mask).sum() / max((template | mask).sum(), 1)
-        if iou > best_iou:
-            best, best_iou = shape, float(iou)
-    return best, best_iou, box
+    templates = _templates(box, (mask.shape[1], mask.shape[0]))
+    ious = {shape: float((template & mask).sum() / max((template | mask).sum(), 1)) for shape, template in templates.items()}
+    low = (ys.mean() - y0) / max(y1 - y0, 1.0) >= TRIANGLE_CENTROID
+    shape = "triangle" if low else max(("circle", "square"), key=ious.__getitem__)
+    return shape, ious[shape], box
 
 
 def read_scene(image) -> FoundScene:
@@ -120,21 +129,41 @@ def read_scene(image) -> FoundScene:
     height, width = labels.shape
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     background = int(np.bincount(border, minlength=len(COLORS)).argmax())
-    found = []
     radius = max(1, round(min(height, width) / 64))
-    for index, name in enumerate(COLORS):
-        if index == background or (labels == index).mean() < MIN_AREA:
+    found = []
+    for part in components(opened(labels != background, radius)):
+        if part.mean() < MIN_AREA:
+            break
+        whole = _object(part, labels)
+        if whole is not None:
+            core = _colored(part, labels, COLORS.index(whole.color), radius)
+            found.append(whole if core is None or core.iou <= whole.iou else core)
             continue
-        mask = largest_component(opened(labels == index, radius))
-        area = mask.sum() / (height * width)
-        if area < MIN_AREA:
-            continue
-        shape, iou, (x0, y0, x1, y1) = classify_shape(mask)
-        if iou >= MIN_IOU:
-            center = ((x0 + x1 + 1) / 2 / width, (y0 + y1 + 1) / 2 / height)
-            found.append(FoundShape(name, shape, center, float(area), iou))
+        found += [item for index in np.unique(labels[part])
+                  if (item := _colored(part, labels, int(index), radius)) is not None]
     found.sort(key=lambda item: -item.area)
     return FoundScene(COLORS[background], tuple(found))
+
+
+def _colored(part: np.ndarray, labels: np.ndarray, index: int, radius: int) -> FoundShape | None:
+    """The object that the pixels of one colour in a part show (their largest piece, opened), if any."""
+    pieces = components(opened(part & (labels == index), radius))
+    return _object(pieces[0], labels) if pieces else None
+
+
+def _object(mask: np.ndarray, labels: np.ndarray) -> FoundShape | None:
+    """The object a part shows, or None where it is too small, fits no template or its box is far from square."""
+    height, width = mask.shape
+    area = mask.sum() / (height * width)
+    if area < MIN_AREA:
+        return None
+    shape, iou, (x0, y0, x1, y1) = classify_shape(mask)
+    if iou < MIN_IOU or max(x1 - x0 + 1, y1 - y0 + 1) > MAX_ASPECT * min(x1 - x0 + 1, y1 - y0 + 1):
+        return None
+    inside = _shifted(mask, np.logical_and)
+    colors = labels[inside if inside.any() else mask]
+    center = ((x0 + x1 + 1) / 2 / width, (y0 + y1 + 1) / 2 / height)
+    return FoundShape(COLORS[int(np.bincount(colors).argmax())], shape, center, float(area), iou)
 
 
 def main_object(found: FoundScene) -> FoundShape | None:
