@@ -80,12 +80,8 @@ def test_the_measurer_reads_the_bundled_models_own_samples(sample):
 def rimmed(color: str, rim: str, background: str, shape: str, size: float) -> Image.Image:
     """A centred object drawn in `rim`, then a little inside in `color`, blurred: the edge a decoded sample has."""
     image = render(Scene(background, (Shape(rim, shape, size, (0.5, 0.5)),)), 64)
-    inner = Image.new("RGB", (64, 64))
     x0, y0, x1, y1 = shape_box(Shape(color, shape, size, (0.5, 0.5)), 64)
-    draw_shape(ImageDraw.Draw(inner), shape, (x0 + 2.5, y0 + 4, x1 - 2.5, y1 - 2), PALETTE[color])
-    mask = Image.new("L", (64, 64))
-    draw_shape(ImageDraw.Draw(mask), shape, (x0 + 2.5, y0 + 4, x1 - 2.5, y1 - 2), 255)
-    image.paste(inner, mask=mask)
+    draw_shape(ImageDraw.Draw(image), shape, (x0 + 2.5, y0 + 4, x1 - 2.5, y1 - 2), PALETTE[color])
     return image.filter(ImageFilter.GaussianBlur(1.0))
 
 

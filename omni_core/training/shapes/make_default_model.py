@@ -7,7 +7,7 @@
 3. trains the MLLM, a small Qwen2.5-VL that describes the scenes, judges results and asks to draw (`vlm.py`), into
    <output>/mllm and <output>/processor, and copies the scheduler config;
 4. trains the transformer from random weights on that MLLM's features (frozen, as in OmniGen2) with
-   `python -m omni_core.training` in two phases: text-to-image only (configs/training/shapes/t2i.yaml, so that it
+   `python -m omni_core.training` in three phases: text-to-image only (configs/training/shapes/t2i.yaml, so that it
    learns to read its prompt), then the official joint training on the whole task mix (joint.yaml), then the same
    mix again under a shorter, gentler cosine (refine.yaml) into <output>/transformer;
 5. trains the independent-condition LoRA on it (independent.yaml: OminiControl2's asymmetric mask, references
