@@ -34,8 +34,8 @@ vision-language model folder (the Reflect node's judge_model):
 - describe_accuracy: the model's chat, shown a held-out scene drawn exactly, names every object's colour and shape
   and the background colour.
 The samples grid ends with a chat row (a held-out picture and the model's description of it), a loop's inputs and
-rounds (the first edit that the loop turned right, else the first text-to-image one, else the longest loop) and what
-its judge said each round.
+rounds (the first loop that turned a wrong picture right, an edit's before a text-to-image one and one its judge
+ended satisfied before the others; else the longest loop) and what its judge said each round.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import omni_core  # noqa: E402
 from _work import RunShape, run_macs  # noqa: E402
 from omni_core.judges import resolve_judge  # noqa: E402
+from omni_core.reflection import STOP_SATISFIED  # noqa: E402
 from omni_core.step_cache import STEP_CACHE_CHOICES, step_cache_by_name  # noqa: E402
-from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, names_scene, scene_words  # noqa: E402
+from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, names_scene, scene_fix  # noqa: E402
 from omni_core.training.shapes.dataset import examples  # noqa: E402
 from omni_core.training.shapes.measure import main_object, read_scene, result_matches, scene_matches  # noqa: E402
 from omni_core.training.shapes.scenes import render  # noqa: E402
@@ -119,7 +120,7 @@ def measurer_judge(task: str, example):
     the expected scene as the fix, in the training data's words."""
 
     def judge(question: str, images) -> str:
-        return "Yes." if is_right(task, images[-1], example) else f"No.\n- show {scene_words(example.output)}"
+        return "Yes." if is_right(task, images[-1], example) else f"No.\n- {scene_fix(example.output)}"
 
     return judge
 
@@ -128,10 +129,13 @@ def share(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
+FIXING_LOOP_PREFERENCE = (("edit", True), ("t2i", True), ("edit", False), ("t2i", False))  # (task, judge satisfied)
+
+
 def reflection_figures(model, by_task: dict, args: argparse.Namespace, settings: dict) -> tuple[dict, list, str]:
     """The reflection and judge figures of the module docstring, and the loop to show: its inputs and rounds, and
-    what the judge said each round (an edit's loop that fixed a mistake, else a text-to-image one, else the
-    longest)."""
+    what the judge said each round (a loop that fixed a mistake, an edit's before a text-to-image one and one the
+    judge ended satisfied before one it did not; else the longest)."""
     figures, verdicts, rounds_run, longest_loop, fixing_loops = {}, [], [], ([], ""), {}
     other_judge = None if args.judge in ("own", "measurer") else resolve_judge(model.text_encoder, args.judge)
     for task in ("t2i", "edit"):
@@ -149,14 +153,15 @@ def reflection_figures(model, by_task: dict, args: argparse.Namespace, settings:
             loop = ([*sources, *(to_pil(r.image[0]) for r in result.rounds)], said_each_round(example, result))
             longest_loop = max(longest_loop, loop, key=lambda shown: len(shown[0]))
             if right_final and not right_first:
-                fixing_loops.setdefault(task, loop)
+                fixing_loops.setdefault((task, result.stop_reason == STOP_SATISFIED), loop)
         figures[f"reflect_{task}_round1"] = first / len(by_task[task])
         figures[f"reflect_{task}_final"] = final / len(by_task[task])
     figures["reflect_mean_rounds"] = sum(rounds_run) / len(rounds_run)
     figures["judge_caught_wrong"] = share([verdict == "no" for right, verdict in verdicts if not right])
     figures["judge_rejected_right"] = share([verdict == "no" for right, verdict in verdicts if right])
     figures["judge_agreement"] = share([verdict == ("yes" if right else "no") for right, verdict in verdicts])
-    return figures, *fixing_loops.get("edit", fixing_loops.get("t2i", longest_loop))
+    shown = next((fixing_loops[key] for key in FIXING_LOOP_PREFERENCE if key in fixing_loops), longest_loop)
+    return figures, *shown
 
 
 def said_each_round(example, result) -> str:

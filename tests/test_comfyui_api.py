@@ -321,7 +321,7 @@ BUNDLED_EXPECTED = {  # what each bundled-model example's prompt asks for, as a 
     "omnigen2_bundled_edit.json": Scene("purple", (Shape("orange", "triangle", SIZES["large"], POSITIONS["center"]),)),
     # the chat's turn that draws: it answers <|img|> to the edit and draws it
     "omnigen2_bundled_chat.json": Scene("orange", (Shape("green", "square", SIZES["large"], POSITIONS["center"]),)),
-    # the loop's last round: round 1 draws a rounded blob, the judge asks for a square, round 2 draws one
+    # the loop's last round: round 1 draws a rounded blob, the judge asks for a red square, round 2 draws one
     "omnigen2_bundled_reflect.json": Scene("yellow", (Shape("red", "square", SIZES["small"], POSITIONS["left"]),)),
     "omnigen2_bundled_in_context.json": Scene("black", (Shape("white", "square", PAIR_SIZE, POSITIONS["left"]),
                                                        Shape("green", "circle", PAIR_SIZE, POSITIONS["right"]))),

@@ -4,9 +4,9 @@ The examples are the first held-out ones of the synthetic dataset (colour/shape/
 no training image has); the measurer (omni_core/training/shapes/measure.py) reads colour, shape and place from the
 pixels without the model. Sampled at the bundled model's text guidance (2.5), 20 steps, the floors below sit just
 under what the shipped model measured here (t2i colour 11/12, shape 11/12; recolour edits 7/8; exact edits 8/12;
-exact in-context pairs 5/8 joint and 5/8 with the LoRA computed once; described 12/12; judge verdicts 20/24), far
-above chance (colour 1/7, shape 1/3, an exact scene about 0): a regression guard. benchmarks/quality.py measures
-the issue's targets on 48 held-out examples per task.
+exact in-context pairs 5/8 joint and 5/8 with the LoRA computed once; described 12/12; judge verdicts 20/24, the
+fix exactly the scene asked for 7/12), far above chance (colour 1/7, shape 1/3, an exact scene about 0): a
+regression guard. benchmarks/quality.py measures the issue's targets on 48 held-out examples per task.
 """
 
 import numpy as np
@@ -15,8 +15,8 @@ import torch
 
 import omni_core
 from omni_core.judges import encoder_judge
-from omni_core.reflection import judge_prompt, parse_judgement
-from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, names_scene, wrong_candidate
+from omni_core.reflection import Judgement, judge_prompt, parse_judgement
+from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, names_scene, scene_fix, wrong_candidate
 from omni_core.training.shapes.dataset import examples
 from omni_core.training.shapes.measure import main_object, read_scene, scene_matches
 from omni_core.training.shapes.scenes import render
@@ -34,6 +34,7 @@ MIN_EXACT_PAIRS = 4
 JUDGED = 12  # held-out pictures described, and judged right and wrong (2 verdicts each)
 MIN_DESCRIBED = 11
 MIN_JUDGED = 18
+MIN_WHOLE_SCENE_FIXES = 6  # of the JUDGED wrong results: the fix names exactly the scene asked for
 SETTINGS = dict(width=64, height=64, steps=STEPS, text_guidance_scale=omni_core.DEFAULT_MODEL_TEXT_GUIDANCE)
 FIXTURE = omni_core.DEFAULT_MODEL_DIR.parents[1] / "tests" / "fixtures" / "omnigen2-tiny"
 
@@ -93,9 +94,9 @@ def test_held_out_edits_and_compositions_come_out_exactly_right(default_model):
 
 def test_its_own_mllm_describes_and_judges_held_out_pictures(default_model):
     """The Chat node's describe answer names every object's colour and shape and the background; the Reflect node's
-    own judge says yes to the result asked for and no, with a fix, to one with a mistake (drawn exactly, so that
-    this is about the judge, not the transformer)."""
-    described = judged = 0
+    own judge says yes to the result asked for and no to one with a mistake, with the whole scene asked for as its
+    fix (drawn exactly, so that this is about the judge, not the transformer)."""
+    described = judged = whole_scene_fixes = 0
     rng = np.random.default_rng(0)
     judge = encoder_judge(default_model.text_encoder)
     chosen = held_out("t2i", JUDGED // 2) + held_out("edit", JUDGED // 2)
@@ -109,7 +110,9 @@ def test_its_own_mllm_describes_and_judges_held_out_pictures(default_model):
         wrong_says = parse_judgement(judge(question, [*inputs, render(wrong, 64)]))
         judged += right_says.verdict == "yes"
         judged += wrong_says.verdict == "no" and bool(wrong_says.correction)
+        whole_scene_fixes += wrong_says == Judgement("no", scene_fix(example.output))
     assert described >= MIN_DESCRIBED and judged >= MIN_JUDGED, (described, judged)
+    assert whole_scene_fixes >= MIN_WHOLE_SCENE_FIXES, whole_scene_fixes
 
 
 def test_the_bundled_model_is_the_trained_one_not_the_random_fixture(default_model):

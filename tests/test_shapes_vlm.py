@@ -2,16 +2,19 @@
 answers it learns agree with the pixel measurer, its fixes are what the reflection loop reads, and the model it
 trains is a Qwen2.5-VL that the engine's loaders read."""
 
+import shutil
+from itertools import islice
+
 import numpy as np
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from omni_core.loading.text_encoder_loader import load_text_encoder, load_tokenizer
-from omni_core.reflection import fold_correction, parse_judgement, round_references
+from omni_core.reflection import Judgement, fold_correction, parse_judgement, round_references
 from omni_core.text_encoder import IMAGE_REQUEST
 from omni_core.training.shapes import vlm
 from omni_core.training.shapes.vlm import optimise
-from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, position_word, turns
+from omni_core.training.shapes.conversations import DESCRIBE_PROMPT, position_word, scene_words, turns
 from omni_core.training.shapes.corrections import with_corrections
 from omni_core.training.shapes.dataset import examples
 from omni_core.training.shapes.measure import read_scene, result_matches
@@ -130,3 +133,40 @@ def test_a_correction_example_is_the_round_the_loop_runs_after_a_judged_mistake(
         assert all(fix.split()[0] in {"change", "make", "add", "move"} for fix in fixes)
         fixed = parse_judgement("No.\n" + "\n".join(f"- {fix}" for fix in fixes)).correction
         assert after.instruction == fold_correction(before.instruction, fixed, slot)
+
+
+def test_a_whole_scene_fix_replaces_the_edits_of_a_wrong_result_and_nothing_else():
+    plain, whole = list(turns(300, 5, held_out=False)), list(turns(300, 5, held_out=False, whole_scene_fix=True))
+    changed = 0
+    for example, before, after in zip(examples(300, 5, held_out=False), plain, whole):
+        said_before, said_after = parse_judgement(before.answer), parse_judgement(after.answer)
+        if before.kind != "judge" or said_before.verdict == "yes":
+            assert after == before
+            continue
+        changed += 1
+        assert after.answer.split("\nNo.\n")[0] == before.answer.split("\nNo.\n")[0]  # the same looking
+        assert said_after == Judgement("no", f"show {scene_words(example.output)}")
+        assert read_scene(render(example.output, 64)).background in said_after.correction
+    assert changed > 30
+
+
+def test_tuning_the_judge_holds_the_features_the_transformer_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(vlm, "TEXT", {**vlm.TEXT, "num_hidden_layers": 1})
+    monkeypatch.setattr(vlm, "VISION", {**vlm.VISION, "depth": 1, "fullatt_block_indexes": [0]})
+    monkeypatch.setattr(vlm, "SIGHT_BATCH", 8)
+    torch.manual_seed(0)
+    vlm.train(tmp_path / "base", steps=6, batch_size=4, learning_rate=3e-3, seed=0, sight_steps=2, log_every=100)
+    prompts = list(islice(vlm.drawing_prompts(1), 12))
+    assert "" in prompts and any("Image 2 is a previous attempt" in prompt and "show a " in prompt for prompt in prompts)
+    base = load_text_encoder(tmp_path / "base")
+    features, mask = base.encode_batch(prompts)
+    drift = {}
+    for hold in (0.0, vlm.HOLD_WEIGHT):
+        shutil.copytree(tmp_path / "base", tmp_path / str(hold))
+        monkeypatch.setattr(vlm, "HOLD_WEIGHT", hold)
+        vlm.tune_judge(tmp_path / str(hold), steps=4, batch_size=4, learning_rate=1e-3, seed=0, log_every=100)
+        tuned = load_text_encoder(tmp_path / str(hold))
+        assert all(torch.equal(a, b) for a, b in zip(tuned.mllm.model.visual.parameters(), base.mllm.model.visual.parameters()))
+        moved, _ = tuned.encode_batch(prompts)
+        drift[hold] = (moved - features)[mask.bool()].square().mean().item()
+    assert 0 < drift[vlm.HOLD_WEIGHT] < 0.2 * drift[0.0], drift

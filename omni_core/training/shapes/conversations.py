@@ -6,7 +6,8 @@ asked there:
 - judge: the example's input images, then a candidate result, and the reflection loop's question
   (`reflection.judge_prompt`) -> a `comparison` of what the result should show with what it shows, then "Yes." when
   they are the same, else "No." and one fix per line, phrased as the dataset's edit instructions ("change the blue
-  circle to red"), which the transformer already follows. The verdict comes after the looking: a small model that
+  circle to red"), or with `whole_scene_fix` (what `vlm.tune_judge` teaches last) as the one scene the result must
+  show (`scene_fix`). The verdict comes after the looking: a small model that
   must say yes or no first learnt it one colour pair at a time (it said yes unless an object was missing); one that
   first describes both scenes, or sets two phrases side by side, still says yes; one word asked beside one word
   shown it compares;
@@ -152,8 +153,15 @@ def decisions(answer: str) -> list[tuple[int, int]]:
 _DECISION = re.compile(r" -( same| different)\.$|^(Yes|No)\.$", re.MULTILINE)
 
 
-def turns_of(rng: np.random.Generator, example: Example) -> Turn:
-    """One turn about `example`, its kind drawn by TURN_SHARES."""
+def scene_fix(scene: Scene) -> str:
+    """A judge's fix as the whole scene the result must show ("show a red circle on a blue background"): what the
+    tuned judge says (`vlm.tune_judge`), since the transformer follows it better than a list of edits."""
+    return f"show {scene_words(scene)}"
+
+
+def turns_of(rng: np.random.Generator, example: Example, whole_scene_fix: bool = False) -> Turn:
+    """One turn about `example`, its kind drawn by TURN_SHARES; a wrong result's fix is `scene_fix` when
+    `whole_scene_fix`, else the edits that undo each mistake."""
     kind = list(TURN_SHARES)[int(np.searchsorted(np.cumsum(list(TURN_SHARES.values())), rng.random()))]
     if kind == "describe":
         images = (*example.inputs, example.output)
@@ -162,12 +170,14 @@ def turns_of(rng: np.random.Generator, example: Example) -> Turn:
     if kind == "draw":
         return Turn(kind, example.instruction, example.inputs, IMAGE_REQUEST)
     candidate, fixes = (example.output, []) if rng.random() >= WRONG_SHARE else wrong_candidate(rng, example)
+    if fixes and whole_scene_fix:
+        fixes = [scene_fix(example.output)]
     question = judge_prompt(example.instruction, len(example.inputs))
     return Turn(kind, question, (*example.inputs, candidate), judge_answer(example, candidate, fixes))
 
 
-def turns(count: int, seed: int, held_out: bool) -> Iterator[Turn]:
+def turns(count: int, seed: int, held_out: bool, whole_scene_fix: bool = False) -> Iterator[Turn]:
     """`count` turns about the shapes dataset's examples (its held-out split when `held_out`), reproducible by seed."""
     rng = np.random.default_rng([seed, 7 if held_out else 8])
     for example in examples(count, seed, held_out):
-        yield turns_of(rng, example)
+        yield turns_of(rng, example, whole_scene_fix)

@@ -12,9 +12,11 @@
    mix again under a shorter, gentler cosine (refine.yaml) into <output>/transformer;
 5. trains the independent-condition LoRA on it (independent.yaml: OminiControl2's asymmetric mask, references
    at the clean timestep) into <output>/loras/independent_condition.safetensors;
-6. fits TeaCache's rescale polynomial to the trained transformer (`omni_core.training.calibrate_teacache`) into
+6. tunes the MLLM's judge to state its fix as the whole scene the result must show (`vlm.tune_judge`), with the
+   features the transformer reads held where they were, into <output>/mllm;
+7. fits TeaCache's rescale polynomial to the trained transformer (`omni_core.training.calibrate_teacache`) into
    <output>/transformer/config.json, so that TeaCache's threshold means on this model what it means on the release.
-Run again, the command resumes: the finished MLLM and VAE phases are kept and every training run continues from its
+Run again, the command resumes: the finished MLLM, judge and VAE phases are kept and every training run continues from its
 newest checkpoint under `--work`. Training runs `--processes` processes (default 2: DDP over gloo on a CPU) of
 cpu_count / processes threads each.
 """
@@ -53,6 +55,7 @@ ACCELERATE_CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
 # The VAE's training: cosine phases (steps, learning rate), each continuing from the previous one's weights.
 VAE_PHASES = ((3000, 2e-3), (3000, 1e-3))
 MLLM_TRAINING = {"steps": 3000, "batch_size": 32, "learning_rate": 2e-3, "seed": 0}  # vlm.train
+JUDGE_TUNING = {"steps": 300, "batch_size": 32, "learning_rate": 1e-3, "seed": 0}  # vlm.tune_judge
 CALIBRATION_EXAMPLES = 16  # shapes examples per task that TeaCache's polynomial is fitted on
 MODEL_INDEX = {
     "_class_name": "OmniGen2Pipeline",
@@ -81,6 +84,25 @@ def train_mllm(output: Path, work: Path) -> None:
         shutil.rmtree(output / part, ignore_errors=True)
         shutil.copytree(source, output / part)
     (output / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
+
+
+def tune_judge(output: Path, work: Path) -> None:
+    """The MLLM's judge taught its whole-scene fix (`vlm.tune_judge`, features held for the trained transformer) in
+    work/judge, kept once done, then into output/mllm."""
+    folder = work / "judge"
+    if not (folder / "mllm" / "config.json").is_file():
+        torch.set_num_threads(os.cpu_count() or 1)
+        partial = work / "judge.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for part in ("mllm", "processor"):
+            shutil.copytree(output / part, partial / part)
+        vlm.tune_judge(partial, **JUDGE_TUNING)
+        print(json.dumps({"judge_held_out": vlm.evaluate(load_text_encoder(partial), 96, whole_scene_fix=True)}),
+              flush=True)
+        partial.rename(folder)
+    shutil.rmtree(output / "mllm", ignore_errors=True)
+    shutil.copytree(folder / "mllm", output / "mllm")
 
 
 def training_command(processes: int) -> list[str]:
@@ -167,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     train_mllm(args.output, args.work)
     print(f"mllm trained ({time.perf_counter() - start:.0f} s)", flush=True)
     train_transformers(args.output, args.work, args.processes, args.steps, args.lora_steps)
+    tune_judge(args.output, args.work)
+    print(f"judge tuned ({time.perf_counter() - start:.0f} s)", flush=True)
     calibrate_step_cache(args.output)
     print(f"default model written to {args.output} in {time.perf_counter() - start:.0f} s", flush=True)
 
