@@ -7,10 +7,9 @@ asked there:
   (`reflection.judge_prompt`) -> a `comparison` of what the result should show with what it shows, then "Yes." when
   they are the same, else "No." and one fix per line, phrased as the dataset's edit instructions ("change the blue
   circle to red"), or with `whole_scene_fix` (what `vlm.tune_judge` teaches last) as the one scene the result must
-  show (`scene_fix`). The verdict comes after the looking: a small model that
-  must say yes or no first learnt it one colour pair at a time (it said yes unless an object was missing); one that
-  first describes both scenes, or sets two phrases side by side, still says yes; one word asked beside one word
-  shown it compares;
+  show (`scene_fix`). The verdict comes after the looking: a small model that must say yes or no first learnt it one
+  colour pair at a time (it said yes unless an object was missing); one that first describes both scenes, or sets
+  two phrases side by side, still says yes; one word asked beside one word shown it compares;
 - draw: an instruction (with its input images, as the chat path shows them) -> `<|img|>`, the chat path's request to
   draw.
 A wrong candidate is the expected scene with one or two mistakes of the kinds a drawing model makes: an object's

@@ -16,9 +16,9 @@
    features the transformer reads held where they were, into <output>/mllm;
 7. fits TeaCache's rescale polynomial to the trained transformer (`omni_core.training.calibrate_teacache`) into
    <output>/transformer/config.json, so that TeaCache's threshold means on this model what it means on the release.
-Run again, the command resumes: the finished MLLM, judge and VAE phases are kept and every training run continues from its
-newest checkpoint under `--work`. Training runs `--processes` processes (default 2: DDP over gloo on a CPU) of
-cpu_count / processes threads each.
+Run again, the command resumes: the finished MLLM, judge and VAE phases are kept and every training run continues
+from its newest checkpoint under `--work`. Training runs `--processes` processes (default 2: DDP over gloo on a CPU)
+of cpu_count / processes threads each.
 """
 
 from __future__ import annotations
