@@ -96,12 +96,9 @@ class TextEncoder:
                 f"most {self.max_tokens} (its max_position_embeddings). Shorten it."
             )
 
-    @torch.no_grad()
-    def encode_batch(
-        self, prompts: Sequence[str], names: Sequence[str] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features [B, L, D] and attention mask [B, L] (int64) of right-padded ("longest") templated prompts.
-        `names` (default prompts[i]) are what errors call each prompt."""
+    def prompt_tokens(self, prompts: Sequence[str], names: Sequence[str] | None = None) -> Any:
+        """The templated prompts tokenized as `encode_batch` reads them (right-padded to the longest, on the MLLM's
+        device), each checked. `names` (default prompts[i]) are what errors call each prompt."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts) or not prompts:
             raise InvalidInputError(f"prompts must be a non-empty list of strings, got {prompts!r}.")
         names = names or [f"prompts[{i}]" for i in range(len(prompts))]
@@ -112,6 +109,15 @@ class TextEncoder:
         ).to(self.device)
         for length, name in zip(tokens.attention_mask.sum(dim=1).tolist(), names):
             self._check_length(int(length), name)
+        return tokens
+
+    @torch.no_grad()
+    def encode_batch(
+        self, prompts: Sequence[str], names: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features [B, L, D] and attention mask [B, L] (int64) of right-padded ("longest") templated prompts.
+        `names` (default prompts[i]) are what errors call each prompt."""
+        tokens = self.prompt_tokens(prompts, names)
         features = self.mllm(
             input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
         ).hidden_states[-1]

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from omni_core.training.shapes.dataset import examples, held_out_split, scene_from_json, scene_triples, write_dataset
+from omni_core.training.shapes.make_default_model import built_once
 from omni_core.training.shapes.measure import main_object, read_scene, result_matches, scene_matches
 from omni_core.training.shapes.scenes import COLORS, PALETTE, SHAPES, Scene, Shape, draw_shape, render, shape_box
 
@@ -129,3 +130,25 @@ def test_the_bundled_text_encoder_tells_captions_apart():
     distances = torch.cdist(flat, flat)[~torch.eye(len(captions), dtype=torch.bool)]
     typical_token = features[mask.bool()].norm(dim=-1).mean()
     assert distances.min() > 0.25 * typical_token, (distances.min() / typical_token).item()
+
+
+def test_a_recipe_stage_is_built_once_and_one_cut_short_starts_again_from_nothing(tmp_path):
+    built = []
+
+    def build(partial):
+        partial.mkdir()
+        (partial / "weights").write_text(str(len(built)))
+        built.append(partial)
+
+    def cut_short(partial):
+        partial.mkdir()
+        (partial / "half").write_text("")
+        raise KeyboardInterrupt
+
+    folder = tmp_path / "stage"
+    with pytest.raises(KeyboardInterrupt):
+        built_once(folder, cut_short)
+    assert not folder.exists()
+    assert built_once(folder, build) == folder and not (folder / "half").exists()
+    assert built_once(folder, build) == folder and (folder / "weights").read_text() == "0" and len(built) == 1
+    assert built == [tmp_path / "stage.partial"] and not built[0].exists()

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -69,17 +70,27 @@ MODEL_INDEX = {
 }
 
 
+def built_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """`folder`, built by `build(partial)` into a fresh `<folder>.partial` that is renamed when it returns, unless it
+    exists: a folder that exists is finished, and a stage cut short starts again from nothing."""
+    if not folder.is_dir():
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        build(partial)
+        partial.rename(folder)
+    return folder
+
+
 def train_mllm(output: Path, work: Path) -> None:
     """The MLLM (`vlm.train`) into work/mllm, kept once done, then its mllm/ and processor/ and the scheduler config
     into `output`, as the release layout has them."""
-    folder = work / "mllm"
-    if not (folder / "mllm" / "config.json").is_file():
+
+    def build(partial: Path) -> None:
         torch.set_num_threads(os.cpu_count() or 1)
-        partial = work / "mllm.partial"
-        shutil.rmtree(partial, ignore_errors=True)
         vlm.train(partial, **MLLM_TRAINING)
         print(json.dumps({"mllm_held_out": vlm.evaluate(load_text_encoder(partial), 96)}), flush=True)
-        partial.rename(folder)
+
+    folder = built_once(work / "mllm", build)
     for part, source in (("mllm", folder / "mllm"), ("processor", folder / "processor"), ("scheduler", SCHEDULER_SOURCE)):
         shutil.rmtree(output / part, ignore_errors=True)
         shutil.copytree(source, output / part)
@@ -89,18 +100,16 @@ def train_mllm(output: Path, work: Path) -> None:
 def tune_judge(output: Path, work: Path) -> None:
     """The MLLM's judge taught its whole-scene fix (`vlm.tune_judge`, features held for the trained transformer) in
     work/judge, kept once done, then into output/mllm."""
-    folder = work / "judge"
-    if not (folder / "mllm" / "config.json").is_file():
+
+    def build(partial: Path) -> None:
         torch.set_num_threads(os.cpu_count() or 1)
-        partial = work / "judge.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
         for part in ("mllm", "processor"):
             shutil.copytree(output / part, partial / part)
         vlm.tune_judge(partial, **JUDGE_TUNING)
         print(json.dumps({"judge_held_out": vlm.evaluate(load_text_encoder(partial), 96, whole_scene_fix=True)}),
               flush=True)
-        partial.rename(folder)
+
+    folder = built_once(work / "judge", build)
     shutil.rmtree(output / "mllm", ignore_errors=True)
     shutil.copytree(folder / "mllm", output / "mllm")
 
@@ -133,12 +142,8 @@ def train_vae_phases(train_jsonl: Path, output: Path, work: Path) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     previous = None
     for phase, (steps, learning_rate) in enumerate(VAE_PHASES):
-        folder = work / f"vae_phase_{phase}"
-        if not (folder / "config.json").is_file():
-            partial = work / f"vae_phase_{phase}.partial"
-            train_vae(train_jsonl, partial, steps, learning_rate=learning_rate, seed=phase, start=previous)
-            partial.rename(folder)
-        previous = folder
+        previous = built_once(work / f"vae_phase_{phase}", lambda into, start=previous: train_vae(
+            train_jsonl, into, steps, learning_rate=learning_rate, seed=phase, start=start))
     shutil.rmtree(output / "vae", ignore_errors=True)
     shutil.copytree(previous, output / "vae")
 

@@ -247,7 +247,7 @@ def drawing_prompts(seed: int) -> Iterator[str]:
 def feature_drift(encoder: TextEncoder, teacher: torch.nn.Module, prompts: Sequence[str]) -> torch.Tensor:
     """Mean squared distance of the MLLM's last hidden states from `teacher`'s over the templated prompts' tokens (what
     `TextEncoder.encode_batch` gives the transformer)."""
-    tokens = encoder.tokenizer([encoder.template(prompt) for prompt in prompts], padding="longest", return_tensors="pt")
+    tokens = encoder.prompt_tokens(prompts)
     inputs = {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask, "output_hidden_states": True}
     features = encoder.mllm(**inputs).hidden_states[-1]
     with torch.no_grad():
