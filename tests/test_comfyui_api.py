@@ -241,10 +241,12 @@ def test_interrupt_stops_within_a_step_and_leaves_no_stale_state(comfyui, object
 
 
 def test_interrupt_stops_a_chat_answer_between_tokens(comfyui, object_info):
-    """The Chat node's answer reports its tokens as progress, and /interrupt ends it there (the bundled MLLM, taught
-    only the shapes' questions, writes no end of turn to this one, so an answer of 4096 tokens would run to the end
-    if nothing stopped it)."""
+    """The Chat node's answer reports its tokens as progress, and /interrupt ends it there. The fixture model's random
+    MLLM repeats one token and never writes an end of turn, so an answer of 4096 tokens would run to the end if
+    nothing stopped it (the bundled MLLM ends its answers to these questions within a few tokens, which an interrupt
+    would race)."""
     prompt = example("omnigen2_chat.json", object_info)
+    prompt[node_of(prompt, "LoadOmniGen2")]["inputs"]["model_folder"] = FIXTURE_MODEL.name
     for node_id in [k for k, n in prompt.items() if n["class_type"] == "OmniGen2Chat"]:
         prompt[node_id]["inputs"].update(respond="text", max_new_tokens=4096)
     client = str(uuid.uuid4())
